@@ -1,0 +1,357 @@
+//! Safetensors checkpoints in the official layout: `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`, with the official tensor names.
+//!
+//! Reading: every file is memory-mapped; a tensor is copied once from the mapping into its placed tensor
+//! (converted to the run dtype, moved to the run device), then its pages are released with
+//! `madvise(MADV_DONTNEED)`, so host memory never holds a second copy of the weights (measured in
+//! docs/performance.md). Routed experts are accepted per expert (`experts.{e}.gate_proj.weight`, released
+//! checkpoints) or fused (`experts.gate_proj` as `[E, I, H]`, dFactory training checkpoints).
+//!
+//! Writing: [`save`] writes the per-expert (or fused) layout, atomically (temp file + rename), optionally sharded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::Dtype;
+use tch::{Device, Kind, Tensor};
+
+use crate::device::DType;
+use crate::error::{Error, Result};
+use crate::weights::{Role, WeightSource};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<i64>,
+    /// Byte range in the file (absolute).
+    start: usize,
+    end: usize,
+}
+
+/// An opened checkpoint: headers parsed, data mapped, nothing copied yet.
+pub struct Checkpoint {
+    /// The file named in errors about missing tensors: the single file or the index.
+    origin: PathBuf,
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+    used: HashSet<String>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors.index.json` if present, else `dir/model.safetensors`.
+    pub fn open(dir: &Path, device: Device, dtype: DType) -> Result<Checkpoint> {
+        let index = dir.join(INDEX_FILE);
+        let single = dir.join(SINGLE_FILE);
+        let (origin, files, weight_map) = if index.exists() {
+            let (files, map) = read_index(&index)?;
+            (index, files, Some(map))
+        } else if single.exists() {
+            (single.clone(), vec![single], None)
+        } else {
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {SINGLE_FILE} or {INDEX_FILE} in this folder")),
+            ));
+        };
+        let mut ckpt = Checkpoint { origin, shards: Vec::new(), entries: HashMap::new(), used: HashSet::new(), device, dtype };
+        for file in files {
+            ckpt.add_shard(&file)?;
+        }
+        if let Some(map) = weight_map {
+            for (name, file) in &map {
+                match ckpt.entries.get(name) {
+                    None => {
+                        return Err(Error::Index {
+                            file: ckpt.origin.clone(),
+                            message: format!("weight_map lists `{name}` in {file}, but that file has no such tensor"),
+                        })
+                    }
+                    Some(e) if ckpt.shards[e.shard].path.file_name().and_then(|f| f.to_str()) != Some(file) => {
+                        return Err(Error::Index {
+                            file: ckpt.origin.clone(),
+                            message: format!("weight_map puts `{name}` in {file}, but it is in {}", ckpt.shards[e.shard].path.display()),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(ckpt)
+    }
+
+    fn add_shard(&mut self, path: &Path) -> Result<()> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and private; a checkpoint modified on disk while loading is the
+        // user's race, as with every mmap-based loader (safetensors, candle, PyTorch).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::CorruptFile { file: path.to_path_buf(), message: describe(&e, mmap.len()) })?;
+        let data_start = 8 + header_len;
+        let shard = self.shards.len();
+        for (name, info) in meta.tensors() {
+            if let Some(prev) = self.entries.get(&name) {
+                return Err(Error::Index {
+                    file: path.to_path_buf(),
+                    message: format!("tensor `{name}` also appears in {}", self.shards[prev.shard].path.display()),
+                });
+            }
+            let entry = Entry {
+                shard,
+                dtype: info.dtype,
+                shape: info.shape.iter().map(|&d| d as i64).collect(),
+                start: data_start + info.data_offsets.0,
+                end: data_start + info.data_offsets.1,
+            };
+            self.entries.insert(name, entry);
+        }
+        self.shards.push(Shard { path: path.to_path_buf(), mmap });
+        Ok(())
+    }
+
+    /// Names of all tensors in the checkpoint, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Total bytes of tensor data on disk.
+    pub fn data_bytes(&self) -> usize {
+        self.entries.values().map(|e| e.end - e.start).sum()
+    }
+
+    fn file_of(&self, name: &str) -> PathBuf {
+        match self.entries.get(name) {
+            Some(e) => self.shards[e.shard].path.clone(),
+            None => self.origin.clone(),
+        }
+    }
+
+    /// Copies tensor `name` out of the mapping, checks its shape, converts and places it.
+    fn load(&mut self, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        let Some(e) = self.entries.get(name) else {
+            return Err(Error::MissingTensor { file: self.origin.clone(), tensor: name.into(), shape: Some(shape.to_vec()) });
+        };
+        let file = &self.shards[e.shard].path;
+        if e.shape != shape {
+            return Err(Error::ShapeMismatch { file: file.clone(), tensor: name.into(), expected: shape.to_vec(), found: e.shape.clone() });
+        }
+        let disk_kind = match e.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            other => return Err(Error::UnsupportedDtype { file: file.clone(), tensor: name.into(), dtype: format!("{other:?}") }),
+        };
+        let mmap = &self.shards[e.shard].mmap;
+        let bytes = &mmap[e.start..e.end];
+        let host = Tensor::f_from_data_size(bytes, shape, disk_kind)?;
+        let placed = host.f_to_kind(kind)?.f_to_device(self.device)?;
+        drop(host);
+        // SAFETY: the mapping is private and read-only, and nothing borrows these pages any more: DONTNEED
+        // only drops them from this process (a later read would fault them back in from the file).
+        let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
+        self.used.insert(name.to_string());
+        Ok(placed)
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn tensor(&mut self, name: &str, shape: &[i64], role: Role) -> Result<Tensor> {
+        let kind = role.kind(self.dtype);
+        self.load(name, shape, kind)
+    }
+
+    fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor> {
+        let fused = format!("{prefix}.{proj}");
+        let kind = self.dtype.kind();
+        let first = format!("{prefix}.0.{proj}.weight");
+        if self.entries.contains_key(&fused) {
+            if self.entries.contains_key(&first) {
+                return Err(Error::Index {
+                    file: self.file_of(&first),
+                    message: format!("both the fused `{fused}` and the per-expert `{first}` are present; keep one layout"),
+                });
+            }
+            return self.load(&fused, &shape, kind);
+        }
+        if !self.entries.contains_key(&first) {
+            return Err(Error::MissingTensor {
+                file: self.origin.clone(),
+                tensor: format!("{first} (or fused {fused})"),
+                shape: Some(shape[1..].to_vec()),
+            });
+        }
+        let out = Tensor::f_empty(shape, (kind, self.device))?;
+        for e in 0..shape[0] {
+            let t = self.load(&format!("{prefix}.{e}.{proj}.weight"), &shape[1..], kind)?;
+            tch::no_grad(|| out.get(e).copy_(&t));
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let mut extra: Vec<&String> = self.entries.keys().filter(|n| !self.used.contains(*n)).collect();
+        extra.sort();
+        match extra.first() {
+            Some(name) => Err(Error::ExtraTensor { file: self.file_of(name), tensor: (*name).clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn read_index(index: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String>)> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let parsed: Index = serde_json::from_str(&text)
+        .map_err(|e| Error::Index { file: index.to_path_buf(), message: format!("not a valid index: {e}") })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
+    files.sort();
+    files.dedup();
+    let mut paths = Vec::new();
+    for f in files {
+        if f.contains('/') || f.contains("..") {
+            return Err(Error::Index { file: index.to_path_buf(), message: format!("shard name {f:?} must be a file name in the same folder") });
+        }
+        let p = dir.join(&f);
+        if !p.exists() {
+            return Err(Error::Index { file: index.to_path_buf(), message: format!("shard {f} is listed but does not exist") });
+        }
+        paths.push(p);
+    }
+    if paths.is_empty() {
+        return Err(Error::Index { file: index.to_path_buf(), message: "weight_map is empty".into() });
+    }
+    Ok((paths, parsed.weight_map))
+}
+
+fn describe(e: &safetensors::SafeTensorError, file_len: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => format!("only {file_len} bytes, shorter than the 8-byte header length"),
+        E::InvalidHeaderLength => format!("the header length exceeds the file size ({file_len} bytes): truncated?"),
+        E::MetadataIncompleteBuffer => format!("the data section is shorter than the header says ({file_len} bytes): truncated?"),
+        other => other.to_string(),
+    }
+}
+
+/// How [`save`] lays tensors out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SaveOptions {
+    /// On-disk dtype of floating tensors (the expert bias stays f32).
+    pub dtype: DType,
+    /// Keep routed experts fused (`experts.gate_proj` `[E, I, H]`) instead of one tensor per expert.
+    pub fused_experts: bool,
+    /// Split into shards of at most this many bytes, with an index; `None` writes one file.
+    pub shard_bytes: Option<usize>,
+}
+
+/// Writes named tensors (as held by a model's VarStore: fused experts) into `dir` in the official layout.
+/// Each file is written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+pub fn save(tensors: &[(String, Tensor)], dir: &Path, opts: SaveOptions) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in tensors {
+        let is_experts = [".experts.gate_proj", ".experts.up_proj", ".experts.down_proj"].iter().any(|s| name.ends_with(s));
+        let t = if name.ends_with("expert_bias") { t.to_kind(Kind::Float) } else { t.to_kind(opts.dtype.kind()) };
+        let t = t.to_device(Device::Cpu).contiguous();
+        if is_experts && !opts.fused_experts {
+            let (prefix, proj) = name.rsplit_once('.').expect("dotted name");
+            for e in 0..t.size()[0] {
+                out.push((format!("{prefix}.{e}.{proj}.weight"), t.get(e).contiguous()));
+            }
+        } else {
+            out.push((name.clone(), t));
+        }
+    }
+    out.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    let shards: Vec<Vec<(String, Tensor)>> = match opts.shard_bytes {
+        None => vec![out],
+        Some(limit) => {
+            let mut shards = vec![Vec::new()];
+            let mut size = 0;
+            for (name, t) in out {
+                let b = crate::model::tensor_bytes(&t);
+                if size > 0 && size + b > limit {
+                    shards.push(Vec::new());
+                    size = 0;
+                }
+                size += b;
+                shards.last_mut().expect("non-empty").push((name, t));
+            }
+            shards
+        }
+    };
+    if opts.shard_bytes.is_none() {
+        write_file(&shards[0], &dir.join(SINGLE_FILE))?;
+        let _ = std::fs::remove_file(dir.join(INDEX_FILE));
+        return Ok(());
+    }
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0;
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
+        write_file(shard, &dir.join(&file))?;
+        for (name, t) in shard {
+            weight_map.insert(name.clone(), file.clone());
+            total += crate::model::tensor_bytes(t);
+        }
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    write_atomic(&dir.join(INDEX_FILE), serde_json::to_string_pretty(&index).expect("json").as_bytes())?;
+    let _ = std::fs::remove_file(dir.join(SINGLE_FILE));
+    Ok(())
+}
+
+fn write_file(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let mut bytes = vec![0u8; crate::model::tensor_bytes(t)];
+        t.f_copy_data_u8(&mut bytes, t.numel())?;
+        let dtype = match t.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::Half => Dtype::F16,
+            Kind::BFloat16 => Dtype::BF16,
+            k => return Err(Error::invalid("tensor dtype", format!("{k:?}"), format!("cannot save `{name}`"))),
+        };
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        buffers.push((name.clone(), dtype, shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("consistent view")))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::CorruptFile { file: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|f| f.to_str()).unwrap_or("file"), std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Sort key that orders `layers.10` after `layers.9`.
+fn natural_key(name: &str) -> Vec<(u64, String)> {
+    name.split('.').map(|p| p.parse::<u64>().map(|n| (n, String::new())).unwrap_or((u64::MAX, p.to_string()))).collect()
+}

@@ -1,0 +1,290 @@
+//! `config.json` of a `llada2_moe` checkpoint (Hugging Face `LLaDA2MoeConfig`).
+//!
+//! [`RawConfig`] mirrors the JSON field names one to one (every field optional); [`Config::resolve`] turns it
+//! into the resolved [`Config`] the model is built from, in one function, applying the official defaults of
+//! `configuration_llada2_moe.py` (e.g. `use_qk_norm` absent means true, `partial_rotary_factor` 0.5).
+//!
+//! Departure from the Python class: it defaults *every* field, so a config missing `hidden_size` silently
+//! builds a 1024-wide model. Here the fields that fix tensor shapes are required, so such a file fails
+//! while reading the config, naming the field, instead of later with a shape mismatch.
+//!
+//! Fields the official code never reads (`score_function`, `router_dtype`, `norm_topk_prob`, `rotary_dim`,
+//! `sliding_window`, ...) are accepted and ignored; they are not branched on (llada2.md section 1).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// config.json as written by Hugging Face, every field optional. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RawConfig {
+    pub model_type: Option<String>,
+    pub vocab_size: Option<i64>,
+    pub hidden_size: Option<i64>,
+    pub intermediate_size: Option<i64>,
+    pub num_hidden_layers: Option<i64>,
+    pub num_attention_heads: Option<i64>,
+    pub num_key_value_heads: Option<i64>,
+    pub head_dim: Option<i64>,
+    pub hidden_act: Option<String>,
+    pub use_qkv_bias: Option<bool>,
+    pub use_qk_norm: Option<bool>,
+    pub use_bias: Option<bool>,
+    pub rms_norm_eps: Option<f64>,
+    pub tie_word_embeddings: Option<bool>,
+    pub max_position_embeddings: Option<i64>,
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<serde_json::Value>,
+    pub partial_rotary_factor: Option<f64>,
+    pub num_experts: Option<i64>,
+    pub num_shared_experts: Option<i64>,
+    pub num_experts_per_tok: Option<i64>,
+    pub n_group: Option<i64>,
+    pub topk_group: Option<i64>,
+    pub routed_scaling_factor: Option<f64>,
+    pub moe_intermediate_size: Option<i64>,
+    pub first_k_dense_replace: Option<i64>,
+    pub pad_token_id: Option<i64>,
+    pub eos_token_id: Option<serde_json::Value>,
+    pub mask_token_id: Option<i64>,
+}
+
+/// The resolved model configuration. Field names follow config.json.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    /// Width of the dense SwiGLU in layers `< first_k_dense_replace`.
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+    pub use_qkv_bias: bool,
+    pub use_qk_norm: bool,
+    /// Bias on the attention output projection `dense`.
+    pub use_bias: bool,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    pub max_position_embeddings: i64,
+    pub rope_theta: f64,
+    pub partial_rotary_factor: f64,
+    pub num_experts: i64,
+    /// 0 means no shared expert.
+    pub num_shared_experts: i64,
+    pub num_experts_per_tok: i64,
+    pub n_group: i64,
+    pub topk_group: i64,
+    pub routed_scaling_factor: f64,
+    /// Width of each routed expert; the shared expert is `moe_intermediate_size * num_shared_experts` wide.
+    pub moe_intermediate_size: i64,
+    pub first_k_dense_replace: i64,
+    pub pad_token_id: Option<i64>,
+    pub eos_token_id: Option<i64>,
+    pub mask_token_id: Option<i64>,
+}
+
+impl Config {
+    /// Reads and resolves `path` (a config.json). Errors name the file and the field.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Config::from_json(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Parses and resolves config.json text.
+    pub fn from_json(text: &str) -> Result<Config> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            Error::Config { file: None, field, message: e.into_inner().to_string() }
+        })?;
+        Config::resolve(&raw)
+    }
+
+    /// Applies the official defaults and checks the result is a model we can build.
+    pub fn resolve(raw: &RawConfig) -> Result<Config> {
+        let bad = |field: &str, message: String| Error::Config { file: None, field: field.into(), message };
+        let required = |v: Option<i64>, field: &str| {
+            v.ok_or_else(|| bad(field, "missing required field (it fixes tensor shapes, so there is no default)".into()))
+        };
+        if let Some(t) = &raw.model_type {
+            if t != "llada2_moe" {
+                return Err(bad("model_type", format!("expected \"llada2_moe\", found {t:?}")));
+            }
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                return Err(bad("hidden_act", format!("only \"silu\" is supported, found {act:?}")));
+            }
+        }
+        if let Some(s) = &raw.rope_scaling {
+            if !s.is_null() {
+                return Err(bad("rope_scaling", format!("only null (plain RoPE) is supported, found {s}")));
+            }
+        }
+        let hidden_size = required(raw.hidden_size, "hidden_size")?;
+        let num_hidden_layers = required(raw.num_hidden_layers, "num_hidden_layers")?;
+        let num_attention_heads = required(raw.num_attention_heads, "num_attention_heads")?;
+        let vocab_size = required(raw.vocab_size, "vocab_size")?;
+        let first_k_dense_replace = raw.first_k_dense_replace.unwrap_or(0);
+        let has_moe = first_k_dense_replace < num_hidden_layers;
+        let has_dense = first_k_dense_replace > 0;
+        let intermediate_size =
+            if has_dense { required(raw.intermediate_size, "intermediate_size")? } else { raw.intermediate_size.unwrap_or(0) };
+        let (num_experts, num_experts_per_tok, moe_intermediate_size) = if has_moe {
+            (
+                required(raw.num_experts, "num_experts")?,
+                required(raw.num_experts_per_tok, "num_experts_per_tok")?,
+                required(raw.moe_intermediate_size, "moe_intermediate_size")?,
+            )
+        } else {
+            (raw.num_experts.unwrap_or(0), raw.num_experts_per_tok.unwrap_or(0), raw.moe_intermediate_size.unwrap_or(0))
+        };
+        let num_key_value_heads = match raw.num_key_value_heads {
+            None | Some(0) => num_attention_heads, // 0 means "as many as query heads" in the official class
+            Some(n) => n,
+        };
+        let eos_token_id = match &raw.eos_token_id {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            // transformers allows a list of EOS ids; the first is the one generation stops on.
+            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_i64()),
+            Some(other) => return Err(bad("eos_token_id", format!("expected an integer or a list, found {other}"))),
+        };
+        let cfg = Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim: raw.head_dim.unwrap_or(if num_attention_heads > 0 { hidden_size / num_attention_heads } else { 0 }),
+            use_qkv_bias: raw.use_qkv_bias.unwrap_or(false),
+            use_qk_norm: raw.use_qk_norm.unwrap_or(true),
+            use_bias: raw.use_bias.unwrap_or(true),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-5),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(16384),
+            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            partial_rotary_factor: raw.partial_rotary_factor.unwrap_or(0.5),
+            num_experts,
+            num_shared_experts: raw.num_shared_experts.unwrap_or(0),
+            num_experts_per_tok,
+            n_group: raw.n_group.unwrap_or(8),
+            topk_group: raw.topk_group.unwrap_or(4),
+            routed_scaling_factor: raw.routed_scaling_factor.unwrap_or(2.5),
+            moe_intermediate_size,
+            first_k_dense_replace,
+            pad_token_id: raw.pad_token_id,
+            eos_token_id,
+            mask_token_id: raw.mask_token_id,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: String| Err(Error::Config { file: None, field: field.into(), message });
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v <= 0 {
+                return bad(field, format!("must be positive, found {v}"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad(
+                "num_key_value_heads",
+                format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
+            );
+        }
+        if self.rotary_dim() % 2 != 0 || self.rotary_dim() > self.head_dim {
+            return bad(
+                "partial_rotary_factor",
+                format!("head_dim {} * {} gives an odd or too large rotary_dim", self.head_dim, self.partial_rotary_factor),
+            );
+        }
+        if self.first_k_dense_replace < 0 {
+            return bad("first_k_dense_replace", format!("must be >= 0, found {}", self.first_k_dense_replace));
+        }
+        if self.has_moe() {
+            for (field, v) in [
+                ("num_experts", self.num_experts),
+                ("num_experts_per_tok", self.num_experts_per_tok),
+                ("moe_intermediate_size", self.moe_intermediate_size),
+            ] {
+                if v <= 0 {
+                    return bad(field, format!("must be positive in a model with MoE layers, found {v}"));
+                }
+            }
+            if self.num_experts_per_tok > self.num_experts {
+                return bad("num_experts_per_tok", format!("{} exceeds num_experts {}", self.num_experts_per_tok, self.num_experts));
+            }
+            if self.group_limited() {
+                if self.num_experts % self.n_group != 0 {
+                    return bad("n_group", format!("{} does not divide num_experts {}", self.n_group, self.num_experts));
+                }
+                if self.num_experts / self.n_group < 2 {
+                    return bad("n_group", "each group needs at least 2 experts (its score is the sum of its top 2)".into());
+                }
+                if self.topk_group < 1 || self.topk_group > self.n_group {
+                    return bad("topk_group", format!("must be in 1..={}, found {}", self.n_group, self.topk_group));
+                }
+                let reachable = self.topk_group * (self.num_experts / self.n_group);
+                if reachable < self.num_experts_per_tok {
+                    return bad(
+                        "topk_group",
+                        format!("{} groups hold {reachable} experts, fewer than num_experts_per_tok", self.topk_group),
+                    );
+                }
+            }
+            if self.num_shared_experts < 0 {
+                return bad("num_shared_experts", format!("must be >= 0, found {}", self.num_shared_experts));
+            }
+        }
+        if self.intermediate_size <= 0 && self.first_k_dense_replace > 0 {
+            return bad("intermediate_size", format!("must be positive, found {}", self.intermediate_size));
+        }
+        Ok(())
+    }
+
+    /// Dimensions of each head that RoPE rotates (`head_dim * partial_rotary_factor`, as the HF code computes it).
+    pub fn rotary_dim(&self) -> i64 {
+        (self.head_dim as f64 * self.partial_rotary_factor) as i64
+    }
+
+    pub fn has_moe(&self) -> bool {
+        self.first_k_dense_replace < self.num_hidden_layers
+    }
+
+    pub fn is_moe_layer(&self, layer: i64) -> bool {
+        layer >= self.first_k_dense_replace
+    }
+
+    /// Group-limited routing applies when there is more than one group; with one group it is the identity.
+    pub fn group_limited(&self) -> bool {
+        self.n_group > 1
+    }
+
+    /// The config.json a checkpoint writer puts next to the weights (official field names).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("Config serialises");
+        let obj = v.as_object_mut().expect("object");
+        obj.insert("model_type".into(), "llada2_moe".into());
+        obj.insert("architectures".into(), serde_json::json!(["LLaDA2MoeModelLM"]));
+        obj.insert("hidden_act".into(), "silu".into());
+        obj.insert("score_function".into(), "sigmoid".into());
+        obj.insert("router_dtype".into(), "fp32".into());
+        obj.insert("moe_router_enable_expert_bias".into(), true.into());
+        obj.insert("norm_topk_prob".into(), true.into());
+        obj.retain(|_, v| !v.is_null());
+        v
+    }
+}

@@ -1,0 +1,61 @@
+//! The engine's error type. Every variant names what was wrong (file, tensor, field) and, where it helps,
+//! what was expected, so a long-lived session can report it and go on.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{}field `{field}`: {message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Config { file: Option<PathBuf>, field: String, message: String },
+
+    #[error("{}: not a valid safetensors file: {message}", file.display())]
+    CorruptFile { file: PathBuf, message: String },
+
+    #[error("{}: tensor `{tensor}` is missing (the model needs it{})", file.display(),
+            shape.as_ref().map(|s| format!(" with shape {s:?}")).unwrap_or_default())]
+    MissingTensor { file: PathBuf, tensor: String, shape: Option<Vec<i64>> },
+
+    #[error("{}: unexpected tensor `{tensor}` (the model has no such parameter; is config.json from another model?)", file.display())]
+    ExtraTensor { file: PathBuf, tensor: String },
+
+    #[error("{}: tensor `{tensor}` has shape {found:?}, expected {expected:?}", file.display())]
+    ShapeMismatch { file: PathBuf, tensor: String, expected: Vec<i64>, found: Vec<i64> },
+
+    #[error("{}: tensor `{tensor}` has dtype {dtype}, expected F32, F16 or BF16", file.display())]
+    UnsupportedDtype { file: PathBuf, tensor: String, dtype: String },
+
+    #[error("{}: {message}", file.display())]
+    Index { file: PathBuf, message: String },
+
+    #[error("tokenizer {}: {message}", file.display())]
+    Tokenizer { file: PathBuf, message: String },
+
+    #[error("invalid {what} {value:?}: {message}")]
+    Invalid { what: &'static str, value: String, message: String },
+
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+
+    /// Attaches the file a config error came from.
+    pub(crate) fn in_file(self, path: &Path) -> Error {
+        match self {
+            Error::Config { file: None, field, message } => Error::Config { file: Some(path.to_path_buf()), field, message },
+            other => other,
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, value: impl ToString, message: impl ToString) -> Error {
+        Error::Invalid { what, value: value.to_string(), message: message.to_string() }
+    }
+}

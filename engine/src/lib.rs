@@ -1,0 +1,25 @@
+//! dllm-engine: LLaDA2.x MoE diffusion language models on libtorch (tch).
+//!
+//! The model ([`Model`]) with its block-causal attention and KV cache, checkpoints in the official
+//! safetensors layout ([`load`], [`checkpoint`]), the tokenizer and chat template ([`Tokenizer`]), devices and
+//! dtypes, and named model shapes ([`presets`]). No terminal or socket IO happens here.
+
+mod checkpoint_dir;
+pub mod checkpoint;
+mod config;
+mod device;
+mod error;
+mod model;
+mod moe;
+pub mod presets;
+mod tokenizer;
+mod weights;
+
+pub use checkpoint_dir::{load, load_builtin, Loaded, BUILTIN};
+pub use config::{Config, RawConfig};
+pub use device::{cuda_device_count, cuda_status, load_cuda_backend, parse_device, DType};
+pub use error::{Error, Result};
+pub use model::{apply_rope, block_causal_mask, rms_norm, rope_tables, BlockMask, KvCache, MaskKind, Model};
+pub use moe::Router;
+pub use tokenizer::{Role, Tokenizer, TokenizerSpec};
+pub use weights::{RandomInit, Role as WeightRole, WeightSource};

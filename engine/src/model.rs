@@ -1,0 +1,542 @@
+//! The LLaDA2.x MoE transformer (`model_type: "llada2_moe"`, HF class `LLaDA2MoeModelLM`).
+//!
+//! Reference: the Hugging Face remote code `modeling_llada2_moe.py` shipped with inclusionAI/LLaDA2.x
+//! checkpoints; the facts it encodes are in shared/reference/llada2.md section 1. Top-down: norms, rotary,
+//! attention (with the block-causal mask and the KV cache), dense MLP, decoder layer, model. The MoE block
+//! lives in `moe.rs`.
+//!
+//! Departures from the reference, all numerically neutral:
+//! 1. Attention goes through `scaled_dot_product_attention` with a boolean block-causal mask (the reference
+//!    builds an additive mask and softmaxes in fp32; SDPA's CPU/CUDA kernels accumulate in fp32 too).
+//! 2. The KV cache holds only finished blocks. With a block-causal mask their keys and values never depend on
+//!    later positions, so a cached forward equals a full recompute (tested at 1e-5 in f32).
+//! 3. The routed experts of a layer are stored fused, `[E, I, H]` / `[E, H, I]` (the dFactory layout); the
+//!    per-expert layout of released checkpoints is stacked into it at load time.
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::device::DType;
+use crate::error::{Error, Result};
+use crate::moe::Moe;
+use crate::weights::{Role, WeightSource};
+
+/// How queries see keys. The mask is cut into blocks of `block_length` from position 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockMask {
+    pub block_length: i64,
+    pub kind: MaskKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskKind {
+    /// A query in block i sees keys in blocks <= i (what training, dInfer and SGLang use).
+    BlockCausal,
+    /// The HF remote code's `generate`: its 0/1 block pattern is ADDED to the scores (+1 allowed, +0 "forbidden"),
+    /// so earlier blocks do see later positions, with relative weight e^-1. No KV cache is exact under it.
+    HfAdditive,
+}
+
+impl BlockMask {
+    pub fn block_causal(block_length: i64) -> BlockMask {
+        BlockMask { block_length, kind: MaskKind::BlockCausal }
+    }
+}
+
+/// Keys and values of finished blocks, per layer `[batch, kv_heads, len, head_dim]` after QK-norm and RoPE.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: i64,
+}
+
+impl KvCache {
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Number of cached positions (always a whole number of blocks).
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops every position from `len` on (to rewind to an earlier block).
+    pub fn truncate(&mut self, len: i64) {
+        if len >= self.len {
+            return;
+        }
+        if len <= 0 {
+            self.layers.clear();
+        } else {
+            for (k, v) in &mut self.layers {
+                *k = k.narrow(2, 0, len);
+                *v = v.narrow(2, 0, len);
+            }
+        }
+        self.len = len.max(0);
+    }
+
+    /// Bytes held by the cached tensors.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| tensor_bytes(k) + tensor_bytes(v)).sum()
+    }
+
+    /// An independent copy (for forking a decoder).
+    pub fn deep_clone(&self) -> KvCache {
+        KvCache { layers: self.layers.iter().map(|(k, v)| (k.copy(), v.copy())).collect(), len: self.len }
+    }
+}
+
+pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
+    t.numel() * t.kind().elt_size_in_bytes()
+}
+
+/// RMSNorm in fp32, cast back, times weight (the reference's order).
+#[derive(Debug)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(w: &mut Weights, name: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: w.get(name, &[dim], Role::Norm)?, eps })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    (xf * (var + eps).rsqrt()).to_kind(x.kind()) * weight
+}
+
+/// cos and sin for positions `start..start+len`, `[len, rotary_dim]`, computed in fp32 then cast to `kind`.
+pub fn rope_tables(rotary_dim: i64, theta: f64, start: i64, len: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+    let opts = (Kind::Float, device);
+    let exponents = Tensor::arange_start_step(0, rotary_dim, 2, opts) / rotary_dim as f64;
+    let inv_freq = Tensor::from(theta).to_device(device).pow(&exponents).reciprocal();
+    let pos = Tensor::arange_start(start, start + len, opts);
+    let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+}
+
+/// NeoX rotate-half RoPE on the first `cos.size(-1)` dims of the last axis; the rest pass through.
+/// `x` is `[.., len, head_dim]`, `cos`/`sin` are `[len, rotary_dim]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let rd = cos.size()[1];
+    let hd = *x.size().last().expect("rank >= 1");
+    let rot = x.narrow(-1, 0, rd);
+    let half = rd / 2;
+    let rotated = Tensor::cat(&[-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)], -1);
+    let out = &rot * cos + rotated * sin;
+    if rd == hd {
+        out
+    } else {
+        Tensor::cat(&[out, x.narrow(-1, rd, hd - rd)], -1)
+    }
+}
+
+/// `allowed[q, k]` for queries at `q_start..q_start+q_len` and keys `0..k_len`: block(k) <= block(q).
+pub fn block_causal_mask(q_start: i64, q_len: i64, k_len: i64, block_length: i64, device: Device) -> Tensor {
+    let opts = (Kind::Int64, device);
+    let qb = Tensor::arange_start(q_start, q_start + q_len, opts).floor_divide_scalar(block_length);
+    let kb = Tensor::arange(k_len, opts).floor_divide_scalar(block_length);
+    kb.unsqueeze(0).le_tensor(&qb.unsqueeze(1))
+}
+
+#[derive(Debug)]
+struct Attention {
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    dense: Tensor,
+    dense_bias: Option<Tensor>,
+    n_heads: i64,
+    n_kv: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(w: &mut Weights, p: &str, c: &Config) -> Result<Attention> {
+        let (h, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let qkv_rows = (h + 2 * kv) * d;
+        let norm = |w: &mut Weights, n: &str| RmsNorm::new(w, &format!("{p}.{n}.weight"), d, c.rms_norm_eps);
+        Ok(Attention {
+            qkv: w.get(&format!("{p}.query_key_value.weight"), &[qkv_rows, c.hidden_size], Role::Matrix)?,
+            qkv_bias: c
+                .use_qkv_bias
+                .then(|| w.get(&format!("{p}.query_key_value.bias"), &[qkv_rows], Role::Bias))
+                .transpose()?,
+            q_norm: c.use_qk_norm.then(|| norm(w, "query_layernorm")).transpose()?,
+            k_norm: c.use_qk_norm.then(|| norm(w, "key_layernorm")).transpose()?,
+            dense: w.get(&format!("{p}.dense.weight"), &[c.hidden_size, h * d], Role::Matrix)?,
+            dense_bias: c.use_bias.then(|| w.get(&format!("{p}.dense.bias"), &[c.hidden_size], Role::Bias)).transpose()?,
+            n_heads: h,
+            n_kv: kv,
+            head_dim: d,
+        })
+    }
+
+    /// `x`: `[B, L, H]`. Appends the K/V of the first `commit` positions to `cache` (a `(k, v)` slot).
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnBias, cache: &mut Option<(Tensor, Tensor)>, commit: i64) -> Tensor {
+        let (b, l) = (x.size()[0], x.size()[1]);
+        let qkv = x.linear(&self.qkv, self.qkv_bias.as_ref()).view([b, l, self.n_heads + 2 * self.n_kv, self.head_dim]);
+        let parts = qkv.split_with_sizes([self.n_heads, self.n_kv, self.n_kv], 2);
+        let (mut q, mut k) = (parts[0].transpose(1, 2), parts[1].transpose(1, 2));
+        let v = parts[2].transpose(1, 2);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q);
+            k = kn.forward(&k);
+        }
+        let q = apply_rope(&q, &rope.0, &rope.1);
+        let k = apply_rope(&k, &rope.0, &rope.1);
+        let (keys, values) = match cache.as_ref() {
+            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2), Tensor::cat(&[cv, &v], 2)),
+            None => (k.shallow_clone(), v.shallow_clone()),
+        };
+        if commit > 0 {
+            let cut = keys.size()[2] - l + commit;
+            *cache = Some((keys.narrow(2, 0, cut), values.narrow(2, 0, cut)));
+        }
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = match mask {
+            AttnBias::None => Tensor::scaled_dot_product_attention(&q, &keys, &values, None::<Tensor>, 0.0, false, scale, true),
+            AttnBias::Bool(m) | AttnBias::Additive(m) => {
+                Tensor::scaled_dot_product_attention(&q, &keys, &values, Some(m), 0.0, false, scale, true)
+            }
+        };
+        out.transpose(1, 2).reshape([b, l, self.n_heads * self.head_dim]).linear(&self.dense, self.dense_bias.as_ref())
+    }
+}
+
+/// The mask handed to SDPA: none when every query sees every key (the common decoding case), a boolean
+/// mask (true = attend), or the HF-compatible additive float mask.
+enum AttnBias {
+    None,
+    Bool(Tensor),
+    Additive(Tensor),
+}
+
+/// SwiGLU: `down(silu(gate x) * up x)`. Used for dense layers and shared experts.
+#[derive(Debug)]
+pub(crate) struct Mlp {
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+impl Mlp {
+    pub(crate) fn new(w: &mut Weights, p: &str, hidden: i64, inter: i64) -> Result<Mlp> {
+        Ok(Mlp {
+            gate: w.get(&format!("{p}.gate_proj.weight"), &[inter, hidden], Role::Matrix)?,
+            up: w.get(&format!("{p}.up_proj.weight"), &[inter, hidden], Role::Matrix)?,
+            down: w.get(&format!("{p}.down_proj.weight"), &[hidden, inter], Role::Matrix)?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        swiglu(x, &self.gate, &self.up, &self.down)
+    }
+}
+
+pub(crate) fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Tensor {
+    (x.linear(gate, None::<&Tensor>).silu() * x.linear(up, None::<&Tensor>)).linear(down, None::<&Tensor>)
+}
+
+#[derive(Debug)]
+enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+#[derive(Debug)]
+struct Layer {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_norm: RmsNorm,
+    ffn: Ffn,
+}
+
+/// The weights being placed: a source (checkpoint or random init) and the VarStore they are registered in,
+/// under their official names.
+pub(crate) struct Weights<'a> {
+    pub(crate) source: &'a mut dyn WeightSource,
+    pub(crate) vs: &'a nn::VarStore,
+}
+
+impl Weights<'_> {
+    pub(crate) fn get(&mut self, name: &str, shape: &[i64], role: Role) -> Result<Tensor> {
+        let t = self.source.tensor(name, shape, role)?;
+        Ok(self.register(name, t, role))
+    }
+
+    pub(crate) fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor> {
+        let t = self.source.experts(prefix, proj, shape)?;
+        Ok(self.register(&format!("{prefix}.{proj}"), t, Role::Matrix))
+    }
+
+    fn register(&self, name: &str, t: Tensor, role: Role) -> Tensor {
+        let (path, leaf) = name.rsplit_once('.').unwrap_or(("", name));
+        let mut p = self.vs.root();
+        for part in path.split('.').filter(|s| !s.is_empty()) {
+            p = p / part;
+        }
+        p.add(leaf, t, role != Role::Buffer)
+    }
+}
+
+/// A loaded LLaDA2 MoE model: weights resident on one device in one dtype.
+pub struct Model {
+    config: Config,
+    vs: nn::VarStore,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("config", &self.config).field("dtype", &self.dtype).finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Builds the model, asking `source` for every tensor by its official name and shape.
+    pub fn build(config: &Config, source: &mut dyn WeightSource, device: Device, dtype: DType) -> Result<Model> {
+        let vs = nn::VarStore::new(device);
+        let c = config;
+        let mut w = Weights { source, vs: &vs };
+        let embed = w.get("model.word_embeddings.weight", &[c.vocab_size, c.hidden_size], Role::Matrix)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let input_norm = RmsNorm::new(&mut w, &format!("{p}.input_layernorm.weight"), c.hidden_size, c.rms_norm_eps)?;
+            let attention = Attention::new(&mut w, &format!("{p}.attention"), c)?;
+            let post_norm =
+                RmsNorm::new(&mut w, &format!("{p}.post_attention_layernorm.weight"), c.hidden_size, c.rms_norm_eps)?;
+            let ffn = if c.is_moe_layer(i) {
+                Ffn::Moe(Moe::new(&mut w, &format!("{p}.mlp"), c)?)
+            } else {
+                Ffn::Dense(Mlp::new(&mut w, &format!("{p}.mlp"), c.hidden_size, c.intermediate_size)?)
+            };
+            layers.push(Layer { input_norm, attention, post_norm, ffn });
+        }
+        let norm = RmsNorm::new(&mut w, "model.norm.weight", c.hidden_size, c.rms_norm_eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            embed.shallow_clone()
+        } else {
+            w.get("lm_head.weight", &[c.vocab_size, c.hidden_size], Role::Matrix)?
+        };
+        source.finish()?;
+        Ok(Model { config: c.clone(), vs, embed, layers, norm, lm_head, dtype })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The parameters under their official names (fused experts as `...mlp.experts.{gate,up,down}_proj`).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Number of parameters (expert bias buffers excluded).
+    pub fn num_parameters(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+
+    /// Bytes of all weights and buffers.
+    pub fn weight_bytes(&self) -> usize {
+        self.vs.variables().values().map(tensor_bytes).sum()
+    }
+
+    /// Logits (f32, `[B, L - commit, vocab]`) for `ids` (`[B, L]`, int64) placed right after the cached positions.
+    ///
+    /// Queries see the cache and this input under `mask`. The K/V of the first `commit` positions are appended
+    /// to the cache and their logits are not computed (they belong to finished blocks). Because cached blocks
+    /// must never depend on later positions, the cache and every commit must end on a block boundary, and the
+    /// HF-additive mask (under which nothing is cacheable) works only without a cache.
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor> {
+        let size = ids.size();
+        if size.len() != 2 {
+            return Err(Error::invalid("input ids", format!("{size:?}"), "expected a [batch, length] tensor"));
+        }
+        let (b, l) = (size[0], size[1]);
+        let start = cache.len();
+        self.check_forward(b, l, start, commit, mask, cache)?;
+        let ids = ids.to_device(self.device()).to_kind(Kind::Int64);
+        if l > 0 {
+            let (min, max) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+            if min < 0 || max >= self.config.vocab_size {
+                return Err(Error::invalid(
+                    "token id",
+                    if min < 0 { min } else { max },
+                    format!("ids must be in 0..{}", self.config.vocab_size),
+                ));
+            }
+        }
+        tch::no_grad(|| Ok(self.run(&ids, cache, commit, mask)))
+    }
+
+    fn check_forward(&self, b: i64, l: i64, start: i64, commit: i64, mask: BlockMask, cache: &KvCache) -> Result<()> {
+        let bl = mask.block_length;
+        if bl <= 0 {
+            return Err(Error::invalid("block length", bl, "must be positive"));
+        }
+        if b == 0 || l == 0 {
+            return Err(Error::invalid("input ids", format!("[{b}, {l}]"), "batch and length must be non-empty"));
+        }
+        if !(0..=l).contains(&commit) {
+            return Err(Error::invalid("commit", commit, format!("must be in 0..={l}")));
+        }
+        if start + l > self.config.max_position_embeddings {
+            return Err(Error::invalid(
+                "sequence length",
+                start + l,
+                format!("the model has {} positions (max_position_embeddings)", self.config.max_position_embeddings),
+            ));
+        }
+        if mask.kind == MaskKind::HfAdditive && (start > 0 || commit > 0) {
+            return Err(Error::invalid("KV cache", start + commit, "the HF-additive mask lets earlier blocks see later ones, so nothing can be cached"));
+        }
+        if start % bl != 0 || (commit > 0 && (start + commit) % bl != 0) {
+            return Err(Error::invalid(
+                "KV cache",
+                format!("{start} cached + {commit} committed"),
+                format!("the cache must end on a block boundary (block length {bl})"),
+            ));
+        }
+        if let Some((k, _)) = cache.layers.first() {
+            if k.size()[0] != b {
+                return Err(Error::invalid("input ids", format!("batch {b}"), format!("the cache holds batch {}", k.size()[0])));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, ids: &Tensor, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Tensor {
+        let l = ids.size()[1];
+        let start = cache.len();
+        let dev = self.device();
+        let kind = self.dtype.kind();
+        let c = &self.config;
+        let rope = rope_tables(c.rotary_dim(), c.rope_theta, start, l, kind, dev);
+        let allowed = block_causal_mask(start, l, start + l, mask.block_length, dev);
+        let bias = match mask.kind {
+            MaskKind::HfAdditive => AttnBias::Additive(allowed.to_kind(kind).view([1, 1, l, start + l])),
+            MaskKind::BlockCausal if allowed.all().int64_value(&[]) == 1 => AttnBias::None,
+            MaskKind::BlockCausal => AttnBias::Bool(allowed.view([1, 1, l, start + l])),
+        };
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        if cache.layers.len() != self.layers.len() {
+            cache.layers.clear();
+        }
+        let mut slots: Vec<Option<(Tensor, Tensor)>> = if cache.layers.is_empty() {
+            (0..self.layers.len()).map(|_| None).collect()
+        } else {
+            cache.layers.drain(..).map(Some).collect()
+        };
+        for (layer, slot) in self.layers.iter().zip(slots.iter_mut()) {
+            let h = &x + layer.attention.forward(&layer.input_norm.forward(&x), &rope, &bias, slot, commit);
+            let y = layer.post_norm.forward(&h);
+            let f = match &layer.ffn {
+                Ffn::Dense(m) => m.forward(&y),
+                Ffn::Moe(m) => m.forward(&y),
+            };
+            x = h + f;
+        }
+        if slots.iter().all(Option::is_some) {
+            cache.layers = slots.into_iter().flatten().collect();
+            cache.len = start + commit;
+        }
+        let x = if commit > 0 { x.narrow(1, commit, l - commit) } else { x };
+        self.norm.forward(&x).linear(&self.lm_head, None::<&Tensor>).to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vec(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(&t.reshape([-1]).to_kind(Kind::Float)).unwrap()
+    }
+
+    #[test]
+    fn rms_norm_hand_checked() {
+        // x = [3, 4]: mean(x^2) = 12.5, rsqrt(12.5 + 0.5) = 1/sqrt(13); weight [1, 2].
+        let x = Tensor::from_slice(&[3.0f32, 4.0]);
+        let y = vec(&rms_norm(&x, &Tensor::from_slice(&[1.0f32, 2.0]), 0.5));
+        let r = 1.0 / 13f32.sqrt();
+        assert!((y[0] - 3.0 * r).abs() < 1e-6 && (y[1] - 8.0 * r).abs() < 1e-6, "{y:?}");
+    }
+
+    #[test]
+    fn rms_norm_computes_in_f32_and_returns_input_dtype() {
+        let x = Tensor::from_slice(&[300.0f32, 400.0]).to_kind(Kind::BFloat16);
+        let y = rms_norm(&x, &Tensor::ones([2], (Kind::BFloat16, Device::Cpu)), 1e-6);
+        assert_eq!(y.kind(), Kind::BFloat16);
+        let y = vec(&y);
+        assert!((y[0] - 0.8485).abs() < 0.01 && (y[1] - 1.1314).abs() < 0.01, "{y:?}");
+    }
+
+    #[test]
+    fn partial_rope_rotates_only_the_head_and_is_identity_at_zero() {
+        // head_dim 4, rotary_dim 2, theta 10: inv_freq = [1]; position p rotates (x0, x1) by angle p.
+        let (cos, sin) = rope_tables(2, 10.0, 0, 3, Kind::Float, Device::Cpu);
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([1, 4]).repeat([3, 1]);
+        let y = apply_rope(&x, &cos, &sin);
+        let y: Vec<Vec<f32>> = (0..3).map(|p| vec(&y.get(p))).collect();
+        assert_eq!(y[0], vec![1.0, 2.0, 3.0, 4.0], "position 0 is the identity");
+        for (p, row) in y.iter().enumerate() {
+            let a = p as f32;
+            // rotate_half: [x0, x1] -> [x0 cos - x1 sin, x1 cos + x0 sin]
+            assert!((row[0] - (a.cos() - 2.0 * a.sin())).abs() < 1e-5, "{row:?}");
+            assert!((row[1] - (2.0 * a.cos() + a.sin())).abs() < 1e-5, "{row:?}");
+            assert_eq!(&row[2..], &[3.0, 4.0], "dims past rotary_dim pass through");
+        }
+    }
+
+    #[test]
+    fn rope_frequencies_follow_theta() {
+        // rotary_dim 4, theta 100: inv_freq = [1, 1/10]; emb = [f0, f1, f0, f1].
+        let (cos, _) = rope_tables(4, 100.0, 5, 1, Kind::Float, Device::Cpu);
+        let c = vec(&cos);
+        let want = [5f32.cos(), 0.5f32.cos(), 5f32.cos(), 0.5f32.cos()];
+        for (a, b) in c.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn block_causal_pattern() {
+        // Blocks of 2 over 6 positions, queries 2..6 (blocks 1 and 2).
+        let m = block_causal_mask(2, 4, 6, 2, Device::Cpu);
+        let rows: Vec<Vec<i64>> = (0..4).map(|q| Vec::<i64>::try_from(&m.get(q).to_kind(Kind::Int64)).unwrap()).collect();
+        assert_eq!(rows[0], vec![1, 1, 1, 1, 0, 0]); // position 2 sees its own block both ways, not block 2
+        assert_eq!(rows[1], vec![1, 1, 1, 1, 0, 0]);
+        assert_eq!(rows[2], vec![1, 1, 1, 1, 1, 1]);
+        assert_eq!(rows[3], vec![1, 1, 1, 1, 1, 1]);
+    }
+}

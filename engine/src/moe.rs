@@ -1,0 +1,213 @@
+//! The sparse MoE block of LLaDA2 layers `>= first_k_dense_replace`.
+//!
+//! Routing (llada2.md section 1, step 7): router logits in fp32; s = sigmoid(logits); selection scores
+//! s' = s + expert_bias (the bias only selects, it never weights); group-limited top-k: a group's score is
+//! the sum of its top-2 s', the best `topk_group` groups stay, every other expert gets -inf (not 0: the bias
+//! can be negative); the top `num_experts_per_tok` experts by s'. Weights are the UNBIASED s of the chosen
+//! experts, renormalised (when more than one is chosen), times `routed_scaling_factor`. The weighted sum is
+//! accumulated in fp32; the shared experts are added unweighted.
+//!
+//! Dispatch groups tokens by expert: one gather, one SwiGLU and one scatter-add per active expert, never a
+//! per-token loop.
+
+use tch::{Kind, Tensor};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::model::{swiglu, Mlp, Weights};
+use crate::weights::Role;
+
+#[derive(Debug)]
+pub(crate) struct Moe {
+    gate: Tensor,
+    /// fp32 buffer `[E]`, not trained by gradient (updated by load balancing).
+    expert_bias: Tensor,
+    /// Fused routed experts: gate/up `[E, I, H]`, down `[E, H, I]`.
+    gate_proj: Tensor,
+    up_proj: Tensor,
+    down_proj: Tensor,
+    shared: Option<Mlp>,
+    router: Router,
+}
+
+/// The routing hyper-parameters, separate so routing can be tested on hand-made scores.
+#[derive(Debug, Clone, Copy)]
+pub struct Router {
+    pub num_experts: i64,
+    pub top_k: i64,
+    pub n_group: i64,
+    pub topk_group: i64,
+    pub routed_scaling_factor: f64,
+}
+
+impl Router {
+    pub fn from_config(c: &Config) -> Router {
+        Router {
+            num_experts: c.num_experts,
+            top_k: c.num_experts_per_tok,
+            n_group: if c.group_limited() { c.n_group } else { 1 },
+            topk_group: c.topk_group,
+            routed_scaling_factor: c.routed_scaling_factor,
+        }
+    }
+
+    /// From router probabilities `s` (`[T, E]`, fp32, after sigmoid) and the expert bias, the chosen experts
+    /// `[T, top_k]` (int64) and their weights `[T, top_k]` (fp32).
+    pub fn route(&self, s: &Tensor, expert_bias: &Tensor) -> (Tensor, Tensor) {
+        let t = s.size()[0];
+        let mut sel = s + expert_bias;
+        if self.n_group > 1 {
+            let per = self.num_experts / self.n_group;
+            let grouped = sel.view([t, self.n_group, per]);
+            let group_scores = grouped.topk(2, -1, true, true).0.sum_dim_intlist(-1, false, Kind::Float);
+            let (_, group_idx) = group_scores.topk(self.topk_group, -1, true, false);
+            let keep = Tensor::zeros([t, self.n_group], (Kind::Float, s.device())).scatter_value(1, &group_idx, 1.0);
+            let keep = keep.unsqueeze(-1).expand([t, self.n_group, per], false).reshape([t, self.num_experts]);
+            sel = sel.masked_fill(&keep.eq(0.0), f64::NEG_INFINITY);
+        }
+        let (_, idx) = sel.topk(self.top_k, -1, true, true);
+        let mut w = s.gather(1, &idx, false);
+        if self.top_k > 1 {
+            w = &w / (w.sum_dim_intlist(-1, true, Kind::Float) + 1e-20);
+        }
+        (idx, w * self.routed_scaling_factor)
+    }
+}
+
+impl Moe {
+    pub(crate) fn new(w: &mut Weights, p: &str, c: &Config) -> Result<Moe> {
+        let (e, h, i) = (c.num_experts, c.hidden_size, c.moe_intermediate_size);
+        let gate = w.get(&format!("{p}.gate.weight"), &[e, h], Role::Matrix)?;
+        let expert_bias = w.get(&format!("{p}.gate.expert_bias"), &[e], Role::Buffer)?;
+        let experts = format!("{p}.experts");
+        let gate_proj = w.experts(&experts, "gate_proj", [e, i, h])?;
+        let up_proj = w.experts(&experts, "up_proj", [e, i, h])?;
+        let down_proj = w.experts(&experts, "down_proj", [e, h, i])?;
+        let shared = if c.num_shared_experts > 0 {
+            Some(Mlp::new(w, &format!("{p}.shared_experts"), h, i * c.num_shared_experts)?)
+        } else {
+            None
+        };
+        Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c) })
+    }
+
+    /// `x`: `[B, L, H]` -> `[B, L, H]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        let size = x.size();
+        let h = size[2];
+        let flat = x.reshape([-1, h]);
+        let logits = flat.to_kind(Kind::Float).linear(&self.gate.to_kind(Kind::Float), None::<&Tensor>);
+        let (idx, w) = self.router.route(&logits.sigmoid(), &self.expert_bias);
+        let routed = self.dispatch(&flat, &idx, &w).to_kind(x.kind());
+        let out = match &self.shared {
+            Some(m) => routed + m.forward(&flat),
+            None => routed,
+        };
+        out.view(size.as_slice())
+    }
+
+    /// Sum over chosen experts of `w * expert(x)`, in fp32. Assignments are sorted by expert so each active
+    /// expert runs once on all its tokens.
+    fn dispatch(&self, x: &Tensor, idx: &Tensor, w: &Tensor) -> Tensor {
+        let (t, k) = (idx.size()[0], idx.size()[1]);
+        let flat_idx = idx.reshape([-1]);
+        let order = flat_idx.argsort_stable(true, 0, false);
+        let counts = Vec::<i64>::try_from(&flat_idx.bincount(None::<Tensor>, self.router.num_experts)).expect("int64 counts");
+        let tokens = order.floor_divide_scalar(k);
+        let weights = w.reshape([-1]).index_select(0, &order);
+        let mut out = Tensor::zeros([t, x.size()[1]], (Kind::Float, x.device()));
+        let mut start = 0;
+        for (e, &n) in counts.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let tok = tokens.narrow(0, start, n);
+            let xe = x.index_select(0, &tok);
+            let e = e as i64;
+            let ye = swiglu(&xe, &self.gate_proj.get(e), &self.up_proj.get(e), &self.down_proj.get(e));
+            out = out.index_add(0, &tok, &(ye.to_kind(Kind::Float) * weights.narrow(0, start, n).unsqueeze(1)));
+            start += n;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(n_group: i64, topk_group: i64, top_k: i64) -> Router {
+        Router { num_experts: 8, top_k, n_group, topk_group, routed_scaling_factor: 2.5 }
+    }
+
+    fn ids(t: &Tensor) -> Vec<i64> {
+        let mut v = Vec::<i64>::try_from(&t.reshape([-1])).unwrap();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unbiased_weights_renormalised_and_scaled() {
+        let s = Tensor::from_slice(&[0.9f32, 0.1, 0.8, 0.2, 0.3, 0.4, 0.5, 0.6]).view([1, 8]);
+        let (idx, w) = router(1, 1, 2).route(&s, &Tensor::zeros([8], (Kind::Float, tch::Device::Cpu)));
+        assert_eq!(ids(&idx), vec![0, 2]);
+        let w = Vec::<f32>::try_from(&w.reshape([-1])).unwrap();
+        // 0.9 / 1.7 * 2.5 and 0.8 / 1.7 * 2.5
+        assert!((w[0] - 0.9 / 1.7 * 2.5).abs() < 1e-6 && (w[1] - 0.8 / 1.7 * 2.5).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn negative_bias_changes_selection_not_weights() {
+        let s = Tensor::from_slice(&[0.9f32, 0.1, 0.8, 0.2, 0.3, 0.4, 0.5, 0.6]).view([1, 8]);
+        let bias = Tensor::from_slice(&[-1.0f32, 0., 0., 0., 0., 0., 0., 0.]);
+        let (idx, w) = router(1, 1, 2).route(&s, &bias);
+        assert_eq!(ids(&idx), vec![2, 7]); // expert 0 pushed below expert 7 (0.6)
+        let w = Vec::<f32>::try_from(&w.reshape([-1])).unwrap();
+        // weights use the unbiased scores 0.8 and 0.6
+        assert!((w[0] - 0.8 / 1.4 * 2.5).abs() < 1e-6 && (w[1] - 0.6 / 1.4 * 2.5).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn dropped_groups_are_minus_infinity_even_with_negative_bias() {
+        // Two groups of four: group 0 = experts 0..4, group 1 = 4..8. Group 1 wins on its top-2 sum
+        // (0.7 + 0.6 > 0.95 + 0.05). With every bias at -5, a 0-masked (not -inf) dropped group would still
+        // beat the kept experts' scores; -inf keeps it out.
+        let s = Tensor::from_slice(&[0.95f32, 0.05, 0.01, 0.02, 0.7, 0.6, 0.1, 0.1]).view([1, 8]);
+        let bias = Tensor::full([8], -5.0, (Kind::Float, tch::Device::Cpu));
+        let (idx, _) = router(2, 1, 2).route(&s, &bias);
+        assert_eq!(ids(&idx), vec![4, 5]);
+        // Without group limiting the best single expert (0) would have been chosen.
+        let (idx, _) = router(1, 1, 2).route(&s, &bias);
+        assert_eq!(ids(&idx), vec![0, 4]);
+    }
+
+    #[test]
+    fn group_score_is_top2_sum_not_max() {
+        // Group 0 holds the single best expert (0.99) but group 1 has the better top-2 sum (0.8 + 0.8).
+        let s = Tensor::from_slice(&[0.99f32, 0.1, 0.1, 0.1, 0.8, 0.8, 0.1, 0.1]).view([1, 8]);
+        let (idx, _) = router(2, 1, 2).route(&s, &Tensor::zeros([8], (Kind::Float, tch::Device::Cpu)));
+        assert_eq!(ids(&idx), vec![4, 5]);
+    }
+
+    #[test]
+    fn ties_resolve_like_torch_topk() {
+        // All scores equal: selection must still pick exactly top_k distinct experts with equal weights.
+        let s = Tensor::full([3, 8], 0.5, (Kind::Float, tch::Device::Cpu));
+        let (idx, w) = router(2, 1, 2).route(&s, &Tensor::zeros([8], (Kind::Float, tch::Device::Cpu)));
+        for row in 0..3 {
+            let r = Vec::<i64>::try_from(&idx.get(row)).unwrap();
+            assert_ne!(r[0], r[1]);
+            assert_eq!(r[0] / 4, r[1] / 4, "both from the one kept group");
+        }
+        let w = Vec::<f32>::try_from(&w.reshape([-1])).unwrap();
+        assert!(w.iter().all(|x| (x - 1.25).abs() < 1e-6), "{w:?}");
+    }
+
+    #[test]
+    fn single_expert_is_not_renormalised() {
+        let s = Tensor::from_slice(&[0.2f32, 0.4, 0.1, 0.3, 0.0, 0.0, 0.0, 0.0]).view([1, 8]);
+        let (idx, w) = router(1, 1, 1).route(&s, &Tensor::zeros([8], (Kind::Float, tch::Device::Cpu)));
+        assert_eq!(ids(&idx), vec![1]);
+        assert!((w.double_value(&[0, 0]) - 0.4 * 2.5).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,106 @@
+//! Named model shapes for `dllm init-model` and benchmarks, and writing a random checkpoint in the
+//! official layout (config.json, model.safetensors, tokenizer.json).
+
+use std::path::Path;
+
+use tch::Device;
+
+use crate::checkpoint::{self, SaveOptions};
+use crate::config::{Config, RawConfig};
+use crate::device::DType;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tokenizer::TokenizerSpec;
+use crate::weights::RandomInit;
+
+/// (name, what it is for).
+pub const PRESETS: &[(&str, &str)] = &[
+    ("micro", "smallest complete model for unit tests: 3 layers (1 dense), 8 experts in 2 groups, vocab 128"),
+    ("tiny", "the tiny-model recipe shape (~1.7M parameters): hidden 128, 4 layers, 8 experts top-2"),
+    ("mid", "a mid-size CPU benchmark shape (~100M parameters): hidden 512, 8 layers, 32 experts top-4"),
+    ("llada2-mini", "LLaDA2.x mini shapes (16B): hidden 2048, 20 layers, 256 experts top-8 (GPU)"),
+    ("llada2-flash", "LLaDA2.x flash shapes (100B): hidden 4096, 32 layers, 256 experts top-8 (GPU)"),
+];
+
+/// The config of a named preset.
+pub fn preset(name: &str) -> Result<Config> {
+    let raw = |vocab, hidden, inter, layers, heads, kv, head_dim, experts, top_k, shared, groups, topk_group, moe_inter, theta| RawConfig {
+        vocab_size: Some(vocab),
+        hidden_size: Some(hidden),
+        intermediate_size: Some(inter),
+        num_hidden_layers: Some(layers),
+        num_attention_heads: Some(heads),
+        num_key_value_heads: Some(kv),
+        head_dim: Some(head_dim),
+        num_experts: Some(experts),
+        num_experts_per_tok: Some(top_k),
+        num_shared_experts: Some(shared),
+        n_group: Some(groups),
+        topk_group: Some(topk_group),
+        moe_intermediate_size: Some(moe_inter),
+        first_k_dense_replace: Some(1),
+        rope_theta: Some(theta),
+        partial_rotary_factor: Some(0.5),
+        routed_scaling_factor: Some(2.5),
+        rms_norm_eps: Some(1e-6),
+        use_bias: Some(false),
+        use_qkv_bias: Some(false),
+        tie_word_embeddings: Some(false),
+        ..RawConfig::default()
+    };
+    let mut r = match name {
+        "micro" => raw(128, 32, 64, 3, 4, 2, 8, 8, 2, 1, 2, 1, 16, 10000.0),
+        "tiny" => raw(64, 128, 512, 4, 4, 2, 32, 8, 2, 1, 2, 1, 128, 10000.0),
+        "mid" => raw(8192, 512, 1536, 8, 8, 2, 64, 32, 4, 1, 8, 4, 256, 10000.0),
+        "llada2-mini" => raw(157184, 2048, 5120, 20, 16, 4, 128, 256, 8, 1, 8, 4, 512, 600000.0),
+        "llada2-flash" => raw(157184, 4096, 9216, 32, 32, 4, 128, 256, 8, 1, 8, 4, 1024, 600000.0),
+        _ => {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            return Err(Error::invalid("preset", name, format!("known presets: {}", names.join(", "))));
+        }
+    };
+    r.max_position_embeddings = Some(if name.starts_with("llada2") { 32768 } else { 4096 });
+    let spec = tokenizer_spec(r.vocab_size.expect("set"));
+    let eos = spec.specials.iter().find(|s| s.1 == crate::tokenizer::EOS_TOKEN).map(|s| s.0);
+    r.pad_token_id = eos;
+    r.eos_token_id = eos.map(serde_json::Value::from);
+    Config::resolve(&r)
+}
+
+/// The tokenizer a random checkpoint of this vocabulary size ships with: the official special ids when the
+/// vocabulary has LLaDA2's size, a compact character vocabulary otherwise.
+pub fn tokenizer_spec(vocab_size: i64) -> TokenizerSpec {
+    if vocab_size > 156900 {
+        TokenizerSpec::llada2(vocab_size)
+    } else {
+        TokenizerSpec::compact(vocab_size)
+    }
+}
+
+/// Builds a seeded random model of `config` on `device` (nothing touches the disk).
+pub fn random_model(config: &Config, seed: u64, device: Device, dtype: DType) -> Result<Model> {
+    let mut init = RandomInit::new(seed, 0.02, device, dtype);
+    Model::build(config, &mut init, device, dtype)
+}
+
+/// Writes a random checkpoint of `config` into `dir`: config.json, weights, tokenizer.json.
+pub fn write_random_checkpoint(config: &Config, seed: u64, dir: &Path, opts: SaveOptions) -> Result<()> {
+    let model = random_model(config, seed, Device::Cpu, DType::F32)?;
+    write_checkpoint(&model, dir, opts)?;
+    let tok = serde_json::to_string(&tokenizer_spec(config.vocab_size).to_json()).expect("json");
+    checkpoint::write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())
+}
+
+/// Writes `model`'s weights and config.json into `dir` (the tokenizer is the caller's).
+pub fn write_checkpoint(model: &Model, dir: &Path, opts: SaveOptions) -> Result<()> {
+    let mut tensors: Vec<(String, tch::Tensor)> = model.var_store().variables().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    checkpoint::save(&tensors, dir, opts)?;
+    let mut cfg = model.config().to_hf_json();
+    cfg["torch_dtype"] = serde_json::Value::from(match opts.dtype {
+        DType::F32 => "float32",
+        DType::Bf16 => "bfloat16",
+        DType::F16 => "float16",
+    });
+    checkpoint::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())
+}

@@ -1,0 +1,82 @@
+//! Where a model's tensors come from: a checkpoint on disk ([`crate::checkpoint::Checkpoint`]) or a seeded
+//! random initialisation ([`RandomInit`]). The model asks for each tensor by official name and shape; the source
+//! returns it placed (device and dtype) or an error naming the tensor.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::device::DType;
+use crate::error::Result;
+
+/// What a tensor is, which fixes its random initialisation and its dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A weight matrix or embedding: N(0, initializer_range).
+    Matrix,
+    /// A norm weight: ones.
+    Norm,
+    /// A linear bias: zeros.
+    Bias,
+    /// The router's expert bias: zeros, kept in fp32 and never trained by gradient.
+    Buffer,
+}
+
+impl Role {
+    /// The dtype a tensor of this role runs in.
+    pub fn kind(self, dtype: DType) -> Kind {
+        match self {
+            Role::Buffer => Kind::Float,
+            _ => dtype.kind(),
+        }
+    }
+}
+
+pub trait WeightSource {
+    /// The tensor `name` with exactly `shape`, placed on the run device in `role.kind(dtype)`.
+    fn tensor(&mut self, name: &str, shape: &[i64], role: Role) -> Result<Tensor>;
+
+    /// The routed experts' projection `proj` under `prefix` (`model.layers.{i}.mlp.experts`) as one fused
+    /// `[E, rows, cols]` tensor, from either the fused or the per-expert layout.
+    fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor>;
+
+    /// Called once the model has taken every tensor it needs: a source with tensors left over fails here.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// Seeded random weights: N(0, std) matrices, unit norms, zero biases. Deterministic for a seed on a device.
+pub struct RandomInit {
+    pub device: Device,
+    pub dtype: DType,
+    pub std: f64,
+}
+
+impl RandomInit {
+    /// Seeds libtorch's (process-global) generator; weights drawn next are a function of `seed` alone.
+    pub fn new(seed: u64, std: f64, device: Device, dtype: DType) -> RandomInit {
+        tch::manual_seed(seed as i64);
+        RandomInit { device, dtype, std }
+    }
+
+    fn draw(&self, shape: &[i64], role: Role) -> Tensor {
+        let opts = (role.kind(self.dtype), self.device);
+        match role {
+            // Drawn in f32 then cast, so a bf16 and an f32 model from one seed hold the same values (rounded).
+            Role::Matrix => (Tensor::randn(shape, (Kind::Float, self.device)) * self.std).to_kind(opts.0),
+            Role::Norm => Tensor::ones(shape, opts),
+            Role::Bias | Role::Buffer => Tensor::zeros(shape, opts),
+        }
+    }
+}
+
+impl WeightSource for RandomInit {
+    fn tensor(&mut self, _name: &str, shape: &[i64], role: Role) -> Result<Tensor> {
+        Ok(self.draw(shape, role))
+    }
+
+    fn experts(&mut self, _prefix: &str, _proj: &str, shape: [i64; 3]) -> Result<Tensor> {
+        Ok(self.draw(&shape, Role::Matrix))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! Shared helpers for the engine's integration tests: small random models with weights that make logits
+//! spread out (std 0.3, non-unit norms, non-zero expert biases of both signs), so comparisons are meaningful.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use dllm_engine::checkpoint::SaveOptions;
+use dllm_engine::{presets, Config, DType, Model, RandomInit};
+use tch::{Device, Kind, Tensor};
+
+pub fn micro() -> Config {
+    presets::preset("micro").unwrap()
+}
+
+/// A random model whose every tensor (norms and expert biases included) carries information.
+pub fn spiky_model(config: &Config, seed: u64) -> Model {
+    let mut init = RandomInit::new(seed, 0.3, Device::Cpu, DType::F32);
+    let model = Model::build(config, &mut init, Device::Cpu, DType::F32).unwrap();
+    let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (name, t) in &mut vars {
+            if name.ends_with("layernorm.weight") || name.ends_with("norm.weight") {
+                let _ = t.copy_(&(Tensor::rand_like(t) + 0.5));
+            } else if name.ends_with("expert_bias") {
+                let _ = t.copy_(&((Tensor::rand_like(t) - 0.5) * 0.2));
+            }
+        }
+    });
+    model
+}
+
+pub fn save(model: &Model, dir: &Path, opts: SaveOptions) {
+    presets::write_checkpoint(model, dir, opts).unwrap();
+    let tok = presets::tokenizer_spec(model.config().vocab_size).to_json();
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
+}
+
+pub fn f32_opts() -> SaveOptions {
+    SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None }
+}
+
+pub fn ids(config: &Config, batch: i64, len: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randint(config.vocab_size, [batch, len], (Kind::Int64, Device::Cpu))
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}

@@ -1,0 +1,207 @@
+//! `dllm bench`: forward latency, load time and peak memory. Numbers go to docs/performance.md with the
+//! machine they ran on; compare runs only as ratios measured in one invocation (these machines are noisy).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use dllm_engine::{presets, BlockMask, DType, KvCache};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Latency of one block forward after a cached prefix, on a random model of a preset's shape.
+    Forward(ForwardBench),
+    /// Load time and peak host memory of loading a checkpoint folder.
+    Load(LoadBench),
+}
+
+#[derive(Args)]
+pub struct ForwardBench {
+    /// Model shape (see `dllm init-model --help`).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Cached prefix length (a multiple of the block length).
+    #[arg(long, default_value_t = 0)]
+    prefix: i64,
+    #[arg(long, default_value_t = 32)]
+    block: i64,
+    #[arg(long, default_value_t = 1)]
+    batch: i64,
+    /// Timed repetitions (after 2 warm-up runs).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct LoadBench {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    dtype: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Forward(a) => forward(&a),
+        BenchCommand::Load(a) => load(&a),
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
+fn forward(a: &ForwardBench) -> Result<()> {
+    if a.prefix % a.block != 0 {
+        bail!("--prefix {} must be a multiple of --block {}", a.prefix, a.block);
+    }
+    let device = dllm_engine::parse_device(&a.device)?;
+    let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?.unwrap_or_else(|| DType::default_for(device));
+    let config = presets::preset(&a.preset)?;
+    let mem_before = gpu_memory_used(device);
+    let t0 = Instant::now();
+    let model = presets::random_model(&config, 0, device, dtype)?;
+    sync(device);
+    let build_s = t0.elapsed().as_secs_f64();
+    let mask = BlockMask::block_causal(a.block);
+    let vocab = config.vocab_size;
+    let ids = |len: i64| Tensor::randint(vocab, [a.batch, len], (Kind::Int64, device));
+
+    // The cached case: prefix committed once, then the block alone.
+    let mut cache = KvCache::new();
+    let t0 = Instant::now();
+    if a.prefix > 0 {
+        let _ = model.forward(&ids(a.prefix), &mut cache, a.prefix, mask)?;
+    }
+    sync(device);
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let block = ids(a.block);
+    let mut cached = Vec::new();
+    for i in 0..a.iters + 2 {
+        let t = Instant::now();
+        let logits = model.forward(&block, &mut cache, 0, mask)?;
+        sync(device);
+        drop(logits);
+        if i >= 2 {
+            cached.push(t.elapsed().as_secs_f64());
+        }
+    }
+    // The same logits without a cache: prefix and block recomputed every time (the reference decoder's cost).
+    let full_ids = ids(a.prefix + a.block);
+    let mut full = Vec::new();
+    for i in 0..a.iters.min(5) + 1 {
+        let t = Instant::now();
+        let logits = model.forward(&full_ids, &mut KvCache::new(), 0, mask)?;
+        sync(device);
+        drop(logits);
+        if i >= 1 {
+            full.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mem_after = gpu_memory_used(device);
+    let (cached, full) = (median(cached), median(full));
+    let out = json!({
+        "bench": "forward",
+        "preset": a.preset,
+        "device": format!("{device:?}").to_lowercase(),
+        "dtype": dtype.to_string(),
+        "threads": tch::get_num_threads(),
+        "parameters": model.num_parameters(),
+        "weight_bytes": model.weight_bytes(),
+        "build_seconds": build_s,
+        "batch": a.batch,
+        "prefix": a.prefix,
+        "block": a.block,
+        "prefill_ms": prefill_s * 1e3,
+        "block_forward_ms": cached * 1e3,
+        "no_cache_forward_ms": full * 1e3,
+        "no_cache_over_cached": full / cached,
+        "kv_cache_bytes": cache.bytes(),
+        "gpu_memory_used_bytes": mem_after,
+        "gpu_memory_before_bytes": mem_before,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn load(a: &LoadBench) -> Result<()> {
+    let device = dllm_engine::parse_device(&a.device)?;
+    let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+    // Reset the peak-RSS counter so VmHWM below measures the load alone.
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let rss_before = proc_status_kib("VmRSS")? * 1024;
+    let loaded = dllm_engine::load(&a.model, device, dtype)?;
+    let peak = proc_status_kib("VmHWM")? * 1024;
+    let rss_after = proc_status_kib("VmRSS")? * 1024;
+    let ckpt = loaded.checkpoint_bytes as u64;
+    let out = json!({
+        "bench": "load",
+        "model": a.model.display().to_string(),
+        "device": format!("{device:?}").to_lowercase(),
+        "dtype": loaded.model.dtype().to_string(),
+        "checkpoint_bytes": ckpt,
+        "weight_bytes": loaded.model.weight_bytes(),
+        "load_seconds": loaded.load_time.as_secs_f64(),
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "peak_rss_bytes": peak,
+        "peak_over_checkpoint": (peak - rss_before) as f64 / ckpt as f64,
+        "resident_over_checkpoint": (rss_after.saturating_sub(rss_before)) as f64 / ckpt as f64,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn proc_status_kib(field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
+            return Ok(rest.trim().trim_end_matches("kB").trim().parse()?);
+        }
+    }
+    bail!("/proc/self/status has no {field}")
+}
+
+/// Device memory in use (total - free, as cudaMemGetInfo reports it), or None off CUDA.
+fn gpu_memory_used(device: Device) -> Option<u64> {
+    let Device::Cuda(_) = device else { return None };
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    let name = std::ffi::CString::new("cudaMemGetInfo").expect("no NUL");
+    // SAFETY: dlsym on the global scope; libtorch_cuda (loaded RTLD_GLOBAL) brings libcudart in.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if sym.is_null() {
+        return None;
+    }
+    // SAFETY: cudaMemGetInfo(size_t* free, size_t* total) -> cudaError_t.
+    let f: MemGetInfo = unsafe { std::mem::transmute(sym) };
+    let (mut free, mut total) = (0usize, 0usize);
+    (unsafe { f(&mut free, &mut total) } == 0).then(|| (total - free) as u64)
+}

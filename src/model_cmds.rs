@@ -1,0 +1,198 @@
+//! `dllm info`, `dllm init-model`, `dllm forward`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dllm_engine::{checkpoint::SaveOptions, presets, BlockMask, DType, KvCache, Loaded, MaskKind};
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+/// Where a model comes from and where it runs.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json); default: the embedded model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+impl Default for ModelArgs {
+    fn default() -> Self {
+        ModelArgs { model: None, device: "auto".into(), dtype: None }
+    }
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Loaded> {
+        let device = match self.device.as_str() {
+            "auto" if dllm_engine::cuda_device_count() > 0 => tch::Device::Cuda(0),
+            "auto" => tch::Device::Cpu,
+            d => dllm_engine::parse_device(d)?,
+        };
+        let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+        Ok(match &self.model {
+            Some(dir) => dllm_engine::load(dir, device, dtype).with_context(|| format!("loading {}", dir.display()))?,
+            None => dllm_engine::load_builtin(device, dtype)?,
+        })
+    }
+}
+
+#[derive(Args, Default)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn summary(l: &Loaded) -> serde_json::Value {
+    let m = &l.model;
+    let c = m.config();
+    let untrained = l.dir.to_str() == Some(dllm_engine::BUILTIN);
+    json!({
+        "model": l.dir.display().to_string(),
+        "untrained": untrained,
+        "parameters": m.num_parameters(),
+        "device": format!("{:?}", m.device()).to_lowercase(),
+        "dtype": m.dtype().to_string(),
+        "weight_bytes": m.weight_bytes(),
+        "load_seconds": l.load_time.as_secs_f64(),
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "experts": c.num_experts,
+        "experts_per_token": c.num_experts_per_tok,
+        "vocab_size": c.vocab_size,
+        "mask_id": l.tokenizer.mask_id,
+        "eos_id": l.tokenizer.eos_id,
+        "cuda": dllm_engine::cuda_status(),
+    })
+}
+
+pub fn info(a: &InfoArgs) -> Result<()> {
+    let l = a.model.load()?;
+    let s = summary(&l);
+    if a.json {
+        println!("{s}");
+        return Ok(());
+    }
+    let m = &l.model;
+    let c = m.config();
+    let label = if s["untrained"] == true { " (UNTRAINED: random weights, for trying the tool, not for text)" } else { "" };
+    println!("model      {}{label}", l.dir.display());
+    println!(
+        "shape      {} layers ({} dense), hidden {}, {} heads / {} KV x {}, {} experts top-{} (+{} shared), vocab {}",
+        c.num_hidden_layers,
+        c.first_k_dense_replace,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.num_experts,
+        c.num_experts_per_tok,
+        c.num_shared_experts,
+        c.vocab_size
+    );
+    println!("parameters {} ({:.1} MiB of weights)", m.num_parameters(), m.weight_bytes() as f64 / (1 << 20) as f64);
+    println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
+    println!("tokens     mask {} eos {} pad {}", l.tokenizer.mask_id, l.tokenizer.eos_id, l.tokenizer.pad_id);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Model shape: micro, tiny, mid, llada2-mini, llada2-flash.
+    #[arg(long)]
+    pub preset: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// On-disk dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Store routed experts fused ([E, I, H], the dFactory layout) instead of one tensor per expert.
+    #[arg(long)]
+    pub fused_experts: bool,
+    /// Split the weights into shards of at most this many MiB, with model.safetensors.index.json.
+    #[arg(long)]
+    pub shard_mib: Option<f64>,
+}
+
+pub fn init_model(a: &InitArgs) -> Result<()> {
+    let config = presets::preset(&a.preset)?;
+    let opts = SaveOptions {
+        dtype: a.dtype.parse()?,
+        fused_experts: a.fused_experts,
+        shard_bytes: a.shard_mib.map(|m| (m * (1u64 << 20) as f64) as usize),
+    };
+    presets::write_random_checkpoint(&config, a.seed, &a.out, opts)?;
+    println!("wrote a random {} checkpoint (seed {}) to {}", a.preset, a.seed, a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Comma-separated token ids, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ids: Vec<i64>,
+    /// Block length of the block-causal attention mask.
+    #[arg(long, default_value_t = 32)]
+    pub block_length: i64,
+    /// Number of top tokens per position.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: i64,
+    /// block-causal (default) or hf-additive (the HF remote code's generate).
+    #[arg(long, default_value = "block-causal")]
+    pub attention: String,
+    /// Print one JSON object: {"positions": [{"pos": 0, "top": [[id, p], ...]}, ...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn forward(a: &ForwardArgs) -> Result<()> {
+    let mut margs = a.model.clone();
+    if margs.dtype.is_none() {
+        margs.dtype = Some("f32".into()); // the comparison format is defined on an f32 run
+    }
+    let l = margs.load()?;
+    let kind = match a.attention.as_str() {
+        "block-causal" => MaskKind::BlockCausal,
+        "hf-additive" => MaskKind::HfAdditive,
+        other => bail!("unknown --attention {other:?}: expected block-causal or hf-additive"),
+    };
+    let vocab = l.model.config().vocab_size;
+    if a.top_k < 1 || a.top_k > vocab {
+        bail!("--top-k {} must be in 1..={vocab}", a.top_k);
+    }
+    let ids = Tensor::from_slice(&a.ids).view([1, -1]);
+    let logits = l.model.forward(&ids, &mut KvCache::new(), 0, BlockMask { block_length: a.block_length, kind })?;
+    let probs = logits.softmax(-1, Kind::Float).get(0);
+    let (p, idx) = probs.topk(a.top_k, -1, true, true);
+    let mut positions = Vec::new();
+    for pos in 0..a.ids.len() as i64 {
+        let p = Vec::<f32>::try_from(&p.get(pos))?;
+        let idx = Vec::<i64>::try_from(&idx.get(pos))?;
+        positions.push((pos, idx.into_iter().zip(p).collect::<Vec<_>>()));
+    }
+    if a.json {
+        let out: Vec<_> = positions.iter().map(|(pos, top)| json!({"pos": pos, "top": top.iter().map(|(i, p)| json!([i, p])).collect::<Vec<_>>()})).collect();
+        println!("{}", json!({ "positions": out }));
+    } else {
+        for (pos, top) in positions {
+            let cells: Vec<String> =
+                top.iter().map(|(i, p)| format!("{:>8} {:<12} {:.4}", i, format!("{:?}", l.tokenizer.token_text(*i)), p)).collect();
+            println!("{pos:>5}  {}", cells.join("  "));
+        }
+    }
+    Ok(())
+}
