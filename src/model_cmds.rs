@@ -112,6 +112,12 @@ pub struct InitArgs {
     pub preset: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Standard deviation of the N(0, std) weight matrices.
+    #[arg(long, default_value_t = 0.02)]
+    pub std: f64,
+    /// Also randomise norm weights and (expert) biases, so every tensor matters (for cross-checks).
+    #[arg(long)]
+    pub spread: bool,
     /// Output folder (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -133,7 +139,8 @@ pub fn init_model(a: &InitArgs) -> Result<()> {
         fused_experts: a.fused_experts,
         shard_bytes: a.shard_mib.map(|m| (m * (1u64 << 20) as f64) as usize),
     };
-    presets::write_random_checkpoint(&config, a.seed, &a.out, opts)?;
+    let init = dllm_engine::RandomInit::new(a.seed, a.std, tch::Device::Cpu, DType::F32).spread(a.spread);
+    presets::write_random_checkpoint(&config, init, &a.out, opts)?;
     println!("wrote a random {} checkpoint (seed {}) to {}", a.preset, a.seed, a.out.display());
     Ok(())
 }

@@ -77,15 +77,17 @@ pub fn tokenizer_spec(vocab_size: i64) -> TokenizerSpec {
     }
 }
 
-/// Builds a seeded random model of `config` on `device` (nothing touches the disk).
+/// Builds a seeded random model of `config` on `device` (nothing touches the disk), with the usual
+/// initialisation (N(0, 0.02) matrices, unit norms, zero biases).
 pub fn random_model(config: &Config, seed: u64, device: Device, dtype: DType) -> Result<Model> {
     let mut init = RandomInit::new(seed, 0.02, device, dtype);
     Model::build(config, &mut init, device, dtype)
 }
 
 /// Writes a random checkpoint of `config` into `dir`: config.json, weights, tokenizer.json.
-pub fn write_random_checkpoint(config: &Config, seed: u64, dir: &Path, opts: SaveOptions) -> Result<()> {
-    let model = random_model(config, seed, Device::Cpu, DType::F32)?;
+pub fn write_random_checkpoint(config: &Config, init: RandomInit, dir: &Path, opts: SaveOptions) -> Result<()> {
+    let mut init = init;
+    let model = Model::build(config, &mut init, Device::Cpu, DType::F32)?;
     write_checkpoint(&model, dir, opts)?;
     let tok = serde_json::to_string(&tokenizer_spec(config.vocab_size).to_json()).expect("json");
     checkpoint::write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())

@@ -47,13 +47,21 @@ pub struct RandomInit {
     pub device: Device,
     pub dtype: DType,
     pub std: f64,
+    /// Also randomise what a fresh model holds constant: norm weights ~ U[0.5, 1.5], biases and expert biases
+    /// ~ U[-0.1, 0.1] (both signs). Cross-implementation tests use it so that every tensor matters.
+    pub spread: bool,
 }
 
 impl RandomInit {
     /// Seeds libtorch's (process-global) generator; weights drawn next are a function of `seed` alone.
     pub fn new(seed: u64, std: f64, device: Device, dtype: DType) -> RandomInit {
         tch::manual_seed(seed as i64);
-        RandomInit { device, dtype, std }
+        RandomInit { device, dtype, std, spread: false }
+    }
+
+    pub fn spread(mut self, on: bool) -> RandomInit {
+        self.spread = on;
+        self
     }
 
     fn draw(&self, shape: &[i64], role: Role) -> Tensor {
@@ -61,7 +69,9 @@ impl RandomInit {
         match role {
             // Drawn in f32 then cast, so a bf16 and an f32 model from one seed hold the same values (rounded).
             Role::Matrix => (Tensor::randn(shape, (Kind::Float, self.device)) * self.std).to_kind(opts.0),
+            Role::Norm if self.spread => (Tensor::rand(shape, (Kind::Float, self.device)) + 0.5).to_kind(opts.0),
             Role::Norm => Tensor::ones(shape, opts),
+            Role::Bias | Role::Buffer if self.spread => ((Tensor::rand(shape, (Kind::Float, self.device)) - 0.5) * 0.2).to_kind(opts.0),
             Role::Bias | Role::Buffer => Tensor::zeros(shape, opts),
         }
     }

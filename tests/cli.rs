@@ -1,0 +1,83 @@
+//! The `dllm` binary end to end: random checkpoints, `forward --json` against the NumPy reference, summaries,
+//! and clear errors with a non-zero exit status.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dllm")).args(args).output().expect("run dllm")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dllm(args);
+    assert!(out.status.success(), "dllm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = dllm(args);
+    assert!(!out.status.success(), "dllm {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn python() -> String {
+    std::env::var("DLLM_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+#[test]
+fn forward_json_matches_the_numpy_reference_top_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    ok(&["init-model", "--preset", "micro", "--seed", "3", "--std", "0.3", "--spread", "--out", d]);
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let ids = "5,17,99,3,42,8,0";
+    let out: serde_json::Value = serde_json::from_str(&ok(&["forward", "--model", d, "--ids", ids, "--block-length", "4", "--top-k", "3", "--json"])).unwrap();
+    let positions = out["positions"].as_array().unwrap();
+    assert_eq!(positions.len(), 7);
+
+    let ref_out = dir.path().join("ref.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/llada2_ref.py");
+    let st = Command::new(python())
+        .args([script.to_str().unwrap(), "--model", d, "--ids", ids, "--block-length", "4", "--out", ref_out.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let logits: Vec<Vec<f64>> = serde_json::from_value(serde_json::from_slice::<serde_json::Value>(&std::fs::read(ref_out).unwrap()).unwrap()["logits"].clone()).unwrap();
+    for (pos, row) in positions.iter().enumerate() {
+        assert_eq!(row["pos"], pos);
+        let max = logits[pos].iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits[pos].iter().map(|l| (l - max).exp()).sum();
+        let mut want: Vec<(usize, f64)> = logits[pos].iter().map(|l| (l - max).exp() / z).enumerate().collect();
+        want.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+        let top = row["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        for (k, entry) in top.iter().enumerate() {
+            assert_eq!(entry[0].as_u64().unwrap() as usize, want[k].0, "position {pos} rank {k}");
+            assert!((entry[1].as_f64().unwrap() - want[k].1).abs() < 1e-5, "position {pos} rank {k}");
+        }
+    }
+}
+
+#[test]
+fn default_model_summary_is_labelled_untrained() {
+    let s: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", "--device", "cpu"])).unwrap();
+    assert_eq!(s["untrained"], true);
+    assert_eq!(s["model"], "builtin:tiny-random");
+    assert!(s["parameters"].as_i64().unwrap() > 1_000_000);
+    assert_eq!(s["dtype"], "f32");
+    let text = ok(&[]);
+    assert!(text.contains("UNTRAINED"), "{text}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_nonzero_exit() {
+    assert!(fails(&["init-model", "--preset", "huge", "--out", "/tmp/x"]).contains("known presets: micro, tiny"));
+    assert!(fails(&["info", "--device", "tpu"]).contains("expected cpu, cuda or cuda:N"));
+    assert!(fails(&["info", "--dtype", "int4"]).contains("expected f32, bf16 or f16"));
+    assert!(fails(&["info", "--model", "/nonexistent/dir"]).contains("/nonexistent/dir"));
+    assert!(fails(&["forward", "--ids", "1,2,x"]).contains("invalid value"));
+    assert!(fails(&["forward", "--ids", "1,2,64"]).contains("ids must be in 0..64"));
+    assert!(fails(&["forward", "--ids", "1,2", "--attention", "sideways"]).contains("block-causal or hf-additive"));
+}
