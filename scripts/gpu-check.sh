@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one prepared run for the GPU machine (numbers recorded in docs/performance.md). Under 8 minutes.
+#
+# The GPU machine has PyTorch 2.11.0 (CUDA 13) but no Rust toolchain, so the release binary is built here
+# and carried:
+#   here:        make release            (or: cargo build --release)
+#   device tool: run  command="bash scripts/gpu-check.sh"  carry=["target/release/dllm"]  timeout_s=540
+# There, scripts/setup-libtorch.sh finds the installed PyTorch and links `.libtorch` to it; the binary's
+# $ORIGIN-relative rpath finds it, and dllm dlopens libtorch_cuda.so at start-up.
+#
+# Dry run on a CPU machine (checks the script itself, small shapes): DRY_RUN=1 scripts/gpu-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+BIN=target/release/dllm
+[ -x "$BIN" ] || { echo "gpu-check: no $BIN; build it here with 'make release' and carry it" >&2; exit 1; }
+
+if [ -n "${DRY_RUN:-}" ]; then
+  device=cpu; preset=micro; dtype=f32; prefix=64; block=8; iters=3
+else
+  device=cuda; preset=llada2-mini; dtype=bf16; prefix=1024; block=32; iters=20
+fi
+
+echo "== libtorch"
+./scripts/setup-libtorch.sh
+ls -l .libtorch
+
+echo "== device: $device (fails here if it is not available)"
+"$BIN" info --device "$device" --json | tee "$OUT/info.json"
+grep -q "\"device\":\"${device}" "$OUT/info.json"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.csv"
+
+echo "== same logits on $device as on cpu (random micro checkpoint, f32)"
+ck=$(mktemp -d)
+"$BIN" init-model --preset micro --seed 7 --std 0.3 --spread --out "$ck" >/dev/null
+ids=5,17,99,3,42,8,0,11,64,2
+"$BIN" forward --model "$ck" --ids $ids --block-length 4 --top-k 5 --device cpu --json >"$OUT/forward-cpu.json"
+"$BIN" forward --model "$ck" --ids $ids --block-length 4 --top-k 5 --device "$device" --json >"$OUT/forward-dev.json"
+python3 - "$OUT/forward-cpu.json" "$OUT/forward-dev.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p))["positions"] for p in sys.argv[1:3])
+worst = 0.0
+for x, y in zip(a, b):
+    assert [t[0] for t in x["top"]] == [t[0] for t in y["top"]], (x, y)
+    worst = max(worst, max(abs(s[1] - t[1]) for s, t in zip(x["top"], y["top"])))
+print(f"top-5 ids identical at {len(a)} positions; max |p_cpu - p_dev| = {worst:.2e}")
+assert worst < 1e-4
+PY
+
+echo "== $preset ($dtype): a $block-token block forward after a $prefix-token cached prefix"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/gpu-mem.csv" &
+  smi=$!
+fi
+"$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+  --iters "$iters" --json | tee "$OUT/bench-forward.json"
+"$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+  --batch 4 --iters "$iters" --json | tee "$OUT/bench-forward-batch4.json"
+if [ -n "${smi:-}" ]; then
+  kill "$smi" 2>/dev/null || true
+  echo "peak GPU memory used (nvidia-smi): $(sort -n "$OUT/gpu-mem.csv" | tail -1) MiB"
+fi
+echo "== gpu-check passed; outputs in $OUT"
