@@ -69,6 +69,14 @@ impl Checkpoint {
             ckpt.add_shard(&file)?;
         }
         if let Some(map) = weight_map {
+            let mut unlisted: Vec<&String> = ckpt.entries.keys().filter(|n| !map.contains_key(*n)).collect();
+            unlisted.sort();
+            if let Some(name) = unlisted.first() {
+                return Err(Error::Index {
+                    file: ckpt.origin.clone(),
+                    message: format!("{} holds `{name}`, which weight_map does not list", ckpt.file_of(name).display()),
+                });
+            }
             for (name, file) in &map {
                 match ckpt.entries.get(name) {
                     None => {
@@ -188,8 +196,8 @@ impl WeightSource for Checkpoint {
         if !self.entries.contains_key(&first) {
             return Err(Error::MissingTensor {
                 file: self.origin.clone(),
-                tensor: format!("{first} (or fused {fused})"),
-                shape: Some(shape[1..].to_vec()),
+                tensor: format!("{first} (per expert, shape {:?}) or the fused `{fused}` (shape {shape:?})", &shape[1..]),
+                shape: None,
             });
         }
         let out = Tensor::f_empty(shape, (kind, self.device))?;
@@ -244,7 +252,10 @@ fn describe(e: &safetensors::SafeTensorError, file_len: usize) -> String {
     match e {
         E::HeaderTooSmall => format!("only {file_len} bytes, shorter than the 8-byte header length"),
         E::InvalidHeaderLength => format!("the header length exceeds the file size ({file_len} bytes): truncated?"),
-        E::MetadataIncompleteBuffer => format!("the data section is shorter than the header says ({file_len} bytes): truncated?"),
+        // Raised for a file shorter *or longer* than the data its header describes.
+        E::MetadataIncompleteBuffer => {
+            format!("its size ({file_len} bytes) does not match the tensor data its header describes: truncated, or bytes appended?")
+        }
         other => other.to_string(),
     }
 }

@@ -98,7 +98,11 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
-            Error::Config { file: None, field, message: e.into_inner().to_string() }
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return Error::Config { file: None, field: String::new(), message: format!("not valid JSON: {inner}") };
+            }
+            Error::Config { file: None, field, message: inner.to_string() }
         })?;
         Config::resolve(&raw)
     }

@@ -10,7 +10,9 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
-    #[error("{}field `{field}`: {message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    #[error("{}{}{message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default(),
+            if field.is_empty() { String::new() } else { format!("field `{field}`: ") })]
+    /// `field` is empty when the file is not valid JSON at all.
     Config { file: Option<PathBuf>, field: String, message: String },
 
     #[error("{}: not a valid safetensors file: {message}", file.display())]

@@ -22,4 +22,4 @@ pub use error::{Error, Result};
 pub use model::{apply_rope, block_causal_mask, rms_norm, rope_tables, BlockMask, KvCache, MaskKind, Model};
 pub use moe::Router;
 pub use tokenizer::{Role, Tokenizer, TokenizerSpec};
-pub use weights::{RandomInit, Role as WeightRole, WeightSource};
+pub use weights::{with_global_seed, RandomInit, Role as WeightRole, WeightSource};

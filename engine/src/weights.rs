@@ -2,6 +2,8 @@
 //! random initialisation ([`RandomInit`]). The model asks for each tensor by official name and shape; the source
 //! returns it placed (device and dtype) or an error naming the tensor.
 
+use std::sync::{Mutex, MutexGuard};
+
 use tch::{Device, Kind, Tensor};
 
 use crate::device::DType;
@@ -42,7 +44,24 @@ pub trait WeightSource {
     fn finish(&mut self) -> Result<()>;
 }
 
-/// Seeded random weights: N(0, std) matrices, unit norms, zero biases. Deterministic for a seed on a device.
+/// libtorch's default generator is process-global. Whoever seeds it and then draws holds this lock for the
+/// whole seed-then-draw sequence, so concurrent users (parallel tests, background work) cannot interleave.
+static GLOBAL_RNG: Mutex<()> = Mutex::new(());
+
+fn lock_global_rng() -> MutexGuard<'static, ()> {
+    GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Seeds libtorch's global generator and runs `f` with exclusive use of it. Not reentrant: `f` must not
+/// create a [`RandomInit`] or call this again.
+pub fn with_global_seed<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    let _guard = lock_global_rng();
+    tch::manual_seed(seed as i64);
+    f()
+}
+
+/// Seeded random weights: N(0, std) matrices, unit norms, zero biases. Deterministic for a seed on a device:
+/// it holds the global generator (see [`with_global_seed`]) from creation until it is dropped.
 pub struct RandomInit {
     pub device: Device,
     pub dtype: DType,
@@ -50,13 +69,15 @@ pub struct RandomInit {
     /// Also randomise what a fresh model holds constant: norm weights ~ U[0.5, 1.5], biases and expert biases
     /// ~ U[-0.1, 0.1] (both signs). Cross-implementation tests use it so that every tensor matters.
     pub spread: bool,
+    _rng: MutexGuard<'static, ()>,
 }
 
 impl RandomInit {
     /// Seeds libtorch's (process-global) generator; weights drawn next are a function of `seed` alone.
     pub fn new(seed: u64, std: f64, device: Device, dtype: DType) -> RandomInit {
+        let rng = lock_global_rng();
         tch::manual_seed(seed as i64);
-        RandomInit { device, dtype, std, spread: false }
+        RandomInit { device, dtype, std, spread: false, _rng: rng }
     }
 
     pub fn spread(mut self, on: bool) -> RandomInit {

@@ -104,20 +104,24 @@ fn layouts_shards_and_disk_dtypes_load_to_the_same_model() {
         }
         let loaded = load(dir.path(), Device::Cpu, Some(DType::F32)).unwrap();
         let got = full(&loaded.model, &x, MaskKind::BlockCausal);
-        assert!(max_abs_diff(&got, &reference) < tol, "{what}");
+        let e = max_abs_diff(&got, &reference);
+        assert!(e < tol, "{what}: {e}");
     }
-    // bf16 and f16 on disk, run in f32: the same model up to the rounding of the weights.
+    // bf16 and f16 on disk, run in f32: exactly the original weights rounded to that dtype (the expert bias
+    // is stored in f32 and stays exact). Logits are not compared: rounding can flip a near-tie in routing.
+    let original = model.var_store().variables();
     for dtype in [DType::Bf16, DType::F16] {
         let dir = tempfile::tempdir().unwrap();
         save(&model, dir.path(), SaveOptions { dtype, fused_experts: false, shard_bytes: None });
         let loaded = load(dir.path(), Device::Cpu, Some(DType::F32)).unwrap();
         assert_eq!(loaded.model.dtype(), DType::F32);
-        let got = full(&loaded.model, &x, MaskKind::BlockCausal);
-        let err = max_abs_diff(&got, &reference);
-        assert!(err > 0.0 && err < 0.5, "{dtype}: {err}");
-        // Argmax agrees almost everywhere.
-        let agree = got.argmax(-1, false).eq_tensor(&reference.argmax(-1, false)).to_kind(tch::Kind::Float).mean(tch::Kind::Float);
-        assert!(agree.double_value(&[]) > 0.8, "{dtype}");
+        let vars = loaded.model.var_store().variables();
+        assert_eq!(vars.len(), original.len());
+        for (name, t) in &vars {
+            let want = if name.ends_with("expert_bias") { original[name].shallow_clone() } else { original[name].to_kind(dtype.kind()).to_kind(tch::Kind::Float) };
+            assert_eq!(t.kind(), tch::Kind::Float, "{name}");
+            assert!(t.equal(&want), "{dtype}: {name} is not the original rounded to {dtype}");
+        }
     }
 }
 
@@ -155,7 +159,7 @@ fn forward_rejects_bad_input_with_clear_errors() {
     assert!(err(ids(&cfg, 1, 8, 0), &mut c, 4, hf).contains("nothing can be cached"));
     // A failed call leaves the cache as it was.
     assert_eq!(c.len(), 0);
-    model.forward(&ids(&cfg, 2, 4, 0), &mut c, 4, mask).unwrap();
+    let _ = model.forward(&ids(&cfg, 2, 4, 0), &mut c, 4, mask).unwrap();
     assert!(err(ids(&cfg, 1, 4, 0), &mut c, 0, mask).contains("cache holds batch 2"));
     assert_eq!(c.len(), 4);
 }

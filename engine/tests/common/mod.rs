@@ -13,22 +13,11 @@ pub fn micro() -> Config {
     presets::preset("micro").unwrap()
 }
 
-/// A random model whose every tensor (norms and expert biases included) carries information.
+/// A random model whose every tensor carries information: N(0, 0.3) matrices, norms ~ U[0.5, 1.5],
+/// expert biases ~ U[-0.1, 0.1].
 pub fn spiky_model(config: &Config, seed: u64) -> Model {
-    let mut init = RandomInit::new(seed, 0.3, Device::Cpu, DType::F32);
-    let model = Model::build(config, &mut init, Device::Cpu, DType::F32).unwrap();
-    let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (name, t) in &mut vars {
-            if name.ends_with("layernorm.weight") || name.ends_with("norm.weight") {
-                let _ = t.copy_(&(Tensor::rand_like(t) + 0.5));
-            } else if name.ends_with("expert_bias") {
-                let _ = t.copy_(&((Tensor::rand_like(t) - 0.5) * 0.2));
-            }
-        }
-    });
-    model
+    let mut init = RandomInit::new(seed, 0.3, Device::Cpu, DType::F32).spread(true);
+    Model::build(config, &mut init, Device::Cpu, DType::F32).unwrap()
 }
 
 pub fn save(model: &Model, dir: &Path, opts: SaveOptions) {
@@ -41,9 +30,8 @@ pub fn f32_opts() -> SaveOptions {
     SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None }
 }
 
-pub fn ids(config: &Config, batch: i64, len: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randint(config.vocab_size, [batch, len], (Kind::Int64, Device::Cpu))
+pub fn ids(config: &Config, batch: i64, len: i64, seed: u64) -> Tensor {
+    dllm_engine::with_global_seed(seed, || Tensor::randint(config.vocab_size, [batch, len], (Kind::Int64, Device::Cpu)))
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

@@ -1,0 +1,543 @@
+//! Loading a checkpoint folder: every way it can be broken is a clear error naming the file and the tensor or
+//! field (with expected and found shapes where they apply), and a repaired folder loads again.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use dllm_engine::checkpoint::SaveOptions;
+use dllm_engine::{load, Config, DType, Error, Loaded};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+use tch::Device;
+use tempfile::TempDir;
+
+const WEIGHTS: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+const CONFIG: &str = "config.json";
+
+// ---------------------------------------------------------------------------------------------- helpers
+
+/// A tensor as stored in a safetensors file: name, dtype, shape, bytes.
+type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+fn load_dir(dir: &Path) -> dllm_engine::Result<Loaded> {
+    load(dir, Device::Cpu, Some(DType::F32))
+}
+
+fn sharded() -> SaveOptions {
+    SaveOptions { shard_bytes: Some(40_000), ..f32_opts() }
+}
+
+fn fused() -> SaveOptions {
+    SaveOptions { fused_experts: true, ..f32_opts() }
+}
+
+/// A folder holding a valid micro checkpoint saved with `opts`.
+fn saved(opts: SaveOptions) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    save(&spiky_model(&micro(), 1), dir.path(), opts);
+    dir
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.clone(), std::fs::read(p).unwrap())).collect()
+}
+
+fn restore(dir: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    for (path, bytes) in files {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Saves a valid checkpoint with `opts`, applies `damage` to its folder and loads it, which must fail; then
+/// puts the saved files back and loads again, which must succeed. Returns the folder and the error.
+fn damaged(opts: SaveOptions, damage: impl FnOnce(&Path)) -> (TempDir, Error) {
+    let dir = saved(opts);
+    let original = snapshot(dir.path());
+    damage(dir.path());
+    let err = load_dir(dir.path()).expect_err("the damaged checkpoint loaded");
+    restore(dir.path(), &original);
+    if let Err(e) = load_dir(dir.path()) {
+        panic!("the repaired checkpoint does not load: {e}");
+    }
+    (dir, err)
+}
+
+/// Asserts the error's message contains every one of `parts`.
+fn assert_mentions(err: &Error, parts: &[&str]) {
+    let text = err.to_string();
+    for part in parts {
+        assert!(text.contains(part), "{part:?} is not in the message: {text}");
+    }
+}
+
+fn read_tensors(path: &Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec())).collect()
+}
+
+fn write_tensors(path: &Path, tensors: &[RawTensor]) {
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Rewrites the single weights file of `dir` through `edit`.
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
+    let path = dir.join(WEIGHTS);
+    let mut tensors = read_tensors(&path);
+    edit(&mut tensors);
+    write_tensors(&path, &tensors);
+}
+
+fn remove_tensor(tensors: &mut Vec<RawTensor>, name: &str) {
+    let before = tensors.len();
+    tensors.retain(|t| t.0 != name);
+    assert_eq!(tensors.len(), before - 1, "no tensor {name} to remove");
+}
+
+fn f32_tensor(name: &str, shape: &[usize]) -> RawTensor {
+    (name.into(), Dtype::F32, shape.to_vec(), vec![0; 4 * shape.iter().product::<usize>()])
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    edit_json(&dir.join(CONFIG), |v| edit(v.as_object_mut().unwrap()));
+}
+
+/// The shard files of a sharded checkpoint, sorted, and the shard holding `tensor`.
+fn shards(dir: &Path, tensor: &str) -> (Vec<String>, String) {
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join(INDEX)).unwrap()).unwrap();
+    let map = index["weight_map"].as_object().unwrap();
+    let mut files: Vec<String> = map.values().map(|f| f.as_str().unwrap().to_string()).collect();
+    files.sort();
+    files.dedup();
+    (files, map[tensor].as_str().unwrap().to_string())
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name().unwrap().to_str().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------- tensors
+
+#[test]
+fn missing_tensor_names_file_tensor_and_expected_shape() {
+    let (_dir, err) = damaged(f32_opts(), |d| edit_weights(d, |t| remove_tensor(t, "model.norm.weight")));
+    match &err {
+        Error::MissingTensor { file, tensor, shape } => {
+            assert_eq!(file_name(file), WEIGHTS);
+            assert_eq!(tensor, "model.norm.weight");
+            assert_eq!(shape.as_deref(), Some(&[32i64][..]));
+        }
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+    assert_mentions(&err, &[WEIGHTS, "`model.norm.weight` is missing", "[32]"]);
+}
+
+#[test]
+fn extra_tensor_is_rejected_by_name() {
+    let extra = "model.layers.0.mlp.bonus.weight";
+    let (_dir, err) = damaged(f32_opts(), |d| edit_weights(d, |t| t.push(f32_tensor(extra, &[4]))));
+    match &err {
+        Error::ExtraTensor { file, tensor } => {
+            assert_eq!(file_name(file), WEIGHTS);
+            assert_eq!(tensor, extra);
+        }
+        other => panic!("expected ExtraTensor, got {other:?}"),
+    }
+    assert_mentions(&err, &[WEIGHTS, extra, "unexpected tensor"]);
+}
+
+#[test]
+fn tensor_of_wrong_shape_names_expected_and_found_shapes() {
+    let name = "model.layers.1.attention.query_key_value.weight";
+    let (_dir, err) = damaged(f32_opts(), |d| {
+        edit_weights(d, |t| {
+            remove_tensor(t, name);
+            t.push(f32_tensor(name, &[32, 64])); // transposed: [(nH + 2*nKV) * head_dim, H] is [64, 32]
+        })
+    });
+    match &err {
+        Error::ShapeMismatch { file, tensor, expected, found } => {
+            assert_eq!(file_name(file), WEIGHTS);
+            assert_eq!(tensor, name);
+            assert_eq!(expected, &[64, 32]);
+            assert_eq!(found, &[32, 64]);
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+    assert_mentions(&err, &[WEIGHTS, name, "shape [32, 64], expected [64, 32]"]);
+}
+
+#[test]
+fn config_of_another_width_fails_on_the_first_tensor_with_both_shapes() {
+    let (_dir, err) = damaged(f32_opts(), |d| edit_config(d, |c| drop(c.insert("hidden_size".into(), json!(64)))));
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+    assert_mentions(&err, &[WEIGHTS, "model.word_embeddings.weight", "shape [128, 32], expected [128, 64]"]);
+}
+
+#[test]
+fn unsupported_dtype_names_tensor_and_dtype() {
+    let name = "model.norm.weight";
+    let (_dir, err) = damaged(f32_opts(), |d| {
+        edit_weights(d, |t| {
+            remove_tensor(t, name);
+            t.push((name.into(), Dtype::I64, vec![32], vec![0; 8 * 32]));
+        })
+    });
+    match &err {
+        Error::UnsupportedDtype { file, tensor, dtype } => {
+            assert_eq!(file_name(file), WEIGHTS);
+            assert_eq!(tensor, name);
+            assert_eq!(dtype, "I64");
+        }
+        other => panic!("expected UnsupportedDtype, got {other:?}"),
+    }
+    assert_mentions(&err, &[WEIGHTS, name, "I64", "F32, F16 or BF16"]);
+}
+
+// ---------------------------------------------------------------------------------------------- experts
+
+#[test]
+fn fused_and_per_expert_layouts_together_are_rejected() {
+    let fused_name = "model.layers.1.mlp.experts.gate_proj";
+    let (_dir, err) = damaged(f32_opts(), |d| edit_weights(d, |t| t.push(f32_tensor(fused_name, &[8, 16, 32]))));
+    assert!(matches!(err, Error::Index { .. }), "{err:?}");
+    assert_mentions(&err, &[WEIGHTS, fused_name, "model.layers.1.mlp.experts.0.gate_proj.weight", "keep one layout"]);
+}
+
+#[test]
+fn one_missing_expert_is_named_with_its_shape() {
+    let name = "model.layers.2.mlp.experts.3.up_proj.weight";
+    let (_dir, err) = damaged(f32_opts(), |d| edit_weights(d, |t| remove_tensor(t, name)));
+    match &err {
+        Error::MissingTensor { tensor, shape, .. } => {
+            assert_eq!(tensor, name);
+            assert_eq!(shape.as_deref(), Some(&[16i64, 32][..]));
+        }
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+    assert_mentions(&err, &[WEIGHTS, name, "[16, 32]"]);
+}
+
+#[test]
+fn missing_fused_experts_name_both_layouts() {
+    let fused_name = "model.layers.2.mlp.experts.down_proj";
+    let (_dir, err) = damaged(fused(), |d| edit_weights(d, |t| remove_tensor(t, fused_name)));
+    assert!(matches!(err, Error::MissingTensor { .. }), "{err:?}");
+    assert_mentions(&err, &[WEIGHTS, fused_name, "model.layers.2.mlp.experts.0.down_proj.weight", "[32, 16]", "[8, 32, 16]"]);
+}
+
+// ---------------------------------------------------------------------------------------------- damaged files
+
+/// Asserts `err` is a CorruptFile error about the weights file whose message contains `what`.
+fn assert_corrupt(err: &Error, what: &str) {
+    match err {
+        Error::CorruptFile { file, .. } => assert_eq!(file_name(file), WEIGHTS),
+        other => panic!("expected CorruptFile, got {other:?}"),
+    }
+    assert_mentions(err, &[WEIGHTS, "not a valid safetensors file", what]);
+}
+
+fn rewrite_file(path: &Path, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, edit(bytes)).unwrap();
+}
+
+#[test]
+fn file_cut_in_the_data_is_reported_as_truncated() {
+    let (_dir, err) = damaged(f32_opts(), |d| {
+        rewrite_file(&d.join(WEIGHTS), |mut b| {
+            b.truncate(b.len() / 2);
+            b
+        })
+    });
+    assert_corrupt(&err, "truncated");
+}
+
+#[test]
+fn file_cut_in_the_header_is_reported_as_truncated() {
+    let (_dir, err) = damaged(f32_opts(), |d| rewrite_file(&d.join(WEIGHTS), |b| b[..100].to_vec()));
+    assert_corrupt(&err, "header length exceeds the file size");
+}
+
+#[test]
+fn file_with_bytes_appended_is_rejected() {
+    let (_dir, err) = damaged(f32_opts(), |d| {
+        rewrite_file(&d.join(WEIGHTS), |mut b| {
+            b.extend_from_slice(&[0; 16]);
+            b
+        })
+    });
+    assert_corrupt(&err, "does not match");
+}
+
+#[test]
+fn garbage_file_is_not_a_valid_safetensors_file() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::write(d.join(WEIGHTS), b"this is not a safetensors file\n").unwrap());
+    assert_corrupt(&err, "header");
+}
+
+#[test]
+fn header_that_is_not_json_is_reported_as_such() {
+    let (_dir, err) = damaged(f32_opts(), |d| {
+        let header = b"{not json at all";
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        std::fs::write(d.join(WEIGHTS), bytes).unwrap();
+    });
+    assert_corrupt(&err, "invalid JSON in header");
+}
+
+#[test]
+fn file_shorter_than_the_header_length_is_reported_with_its_size() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::write(d.join(WEIGHTS), [1u8, 2, 3]).unwrap());
+    assert_corrupt(&err, "only 3 bytes");
+}
+
+#[test]
+fn empty_file_is_reported_with_its_size() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::write(d.join(WEIGHTS), []).unwrap());
+    assert_corrupt(&err, "only 0 bytes");
+}
+
+// ---------------------------------------------------------------------------------------------- sharded
+
+#[test]
+fn sharded_checkpoint_saves_and_loads() {
+    let dir = saved(sharded());
+    let (files, _) = shards(dir.path(), "model.norm.weight");
+    assert!(files.len() >= 3, "{files:?}");
+    assert!(!dir.path().join(WEIGHTS).exists());
+    load_dir(dir.path()).unwrap();
+}
+
+#[test]
+fn index_listing_a_missing_shard_names_index_and_shard() {
+    let mut missing = String::new();
+    let (_dir, err) = damaged(sharded(), |d| {
+        missing = shards(d, "model.norm.weight").0[1].clone();
+        std::fs::remove_file(d.join(&missing)).unwrap();
+    });
+    match &err {
+        Error::Index { file, .. } => assert_eq!(file_name(file), INDEX),
+        other => panic!("expected Index, got {other:?}"),
+    }
+    assert_mentions(&err, &[INDEX, &missing, "does not exist"]);
+}
+
+#[test]
+fn index_pointing_a_tensor_to_the_wrong_shard_names_both_shards() {
+    let name = "model.norm.weight";
+    let (mut wrong, mut right) = (String::new(), String::new());
+    let (_dir, err) = damaged(sharded(), |d| {
+        let (files, holder) = shards(d, name);
+        wrong = files.iter().find(|f| **f != holder).unwrap().clone();
+        right = holder;
+        let wrong = wrong.clone();
+        edit_json(&d.join(INDEX), |v| v["weight_map"][name] = json!(wrong));
+    });
+    match &err {
+        Error::Index { file, .. } => assert_eq!(file_name(file), INDEX),
+        other => panic!("expected Index, got {other:?}"),
+    }
+    assert_mentions(&err, &[INDEX, name, &wrong, &right]);
+}
+
+#[test]
+fn index_listing_a_tensor_no_shard_holds_is_rejected() {
+    let name = "model.layers.0.mlp.bonus.weight";
+    let (_dir, err) = damaged(sharded(), |d| {
+        let (files, _) = shards(d, "model.norm.weight");
+        edit_json(&d.join(INDEX), |v| v["weight_map"][name] = json!(files[0]));
+    });
+    assert!(matches!(err, Error::Index { .. }), "{err:?}");
+    assert_mentions(&err, &[INDEX, name, "no such tensor"]);
+}
+
+#[test]
+fn shard_tensor_the_index_does_not_list_is_rejected() {
+    let name = "model.norm.weight";
+    let (_dir, err) = damaged(sharded(), |d| edit_json(&d.join(INDEX), |v| {
+        v["weight_map"].as_object_mut().unwrap().remove(name);
+    }));
+    assert!(matches!(err, Error::Index { .. }), "{err:?}");
+    assert_mentions(&err, &[INDEX, name, "does not list"]);
+}
+
+#[test]
+fn index_that_is_not_json_names_the_index() {
+    let (_dir, err) = damaged(sharded(), |d| std::fs::write(d.join(INDEX), "{\"weight_map\": ").unwrap());
+    assert!(matches!(err, Error::Index { .. }), "{err:?}");
+    assert_mentions(&err, &[INDEX, "not a valid index"]);
+}
+
+#[test]
+fn tensor_in_two_shards_is_rejected() {
+    let name = "model.norm.weight";
+    let (_dir, err) = damaged(sharded(), |d| {
+        let (files, holder) = shards(d, name);
+        let other = d.join(files.iter().find(|f| **f != holder).unwrap());
+        let mut tensors = read_tensors(&other);
+        tensors.push(f32_tensor(name, &[32]));
+        write_tensors(&other, &tensors);
+    });
+    assert!(matches!(err, Error::Index { .. }), "{err:?}");
+    assert_mentions(&err, &[name, "also appears in"]);
+}
+
+// ---------------------------------------------------------------------------------------------- folder
+
+#[test]
+fn folder_without_weights_says_which_files_it_looked_for() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::remove_file(d.join(WEIGHTS)).unwrap());
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert_mentions(&err, &[WEIGHTS, INDEX]);
+}
+
+#[test]
+fn folder_without_tokenizer_names_tokenizer_json() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert_mentions(&err, &["tokenizer.json"]);
+}
+
+#[test]
+fn folder_without_config_names_config_json() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::remove_file(d.join(CONFIG)).unwrap());
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert_mentions(&err, &[CONFIG]);
+}
+
+#[test]
+fn a_file_or_a_missing_path_is_not_a_checkpoint_folder() {
+    let dir = saved(f32_opts());
+    for path in [dir.path().join(WEIGHTS), dir.path().join("nowhere")] {
+        let err = load_dir(&path).unwrap_err();
+        match &err {
+            Error::Io { path: p, .. } => assert_eq!(p, &path),
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert_mentions(&err, &[&path.display().to_string(), "not a checkpoint folder"]);
+    }
+}
+
+#[test]
+fn a_failed_load_does_not_affect_loading_another_folder() {
+    let model = spiky_model(&micro(), 3);
+    let (good, bad) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    save(&model, good.path(), f32_opts());
+    save(&model, bad.path(), f32_opts());
+    edit_weights(bad.path(), |t| remove_tensor(t, "model.layers.2.mlp.gate.expert_bias"));
+    load_dir(bad.path()).unwrap_err();
+    let loaded = load_dir(good.path()).unwrap();
+    let want = model.var_store().variables();
+    let got = loaded.model.var_store().variables();
+    assert_eq!(got.len(), want.len());
+    for (name, t) in &want {
+        assert_eq!(max_abs_diff(&got[name], t), 0.0, "{name}");
+    }
+    load_dir(bad.path()).unwrap_err(); // and the broken one still fails the same way
+}
+
+// ---------------------------------------------------------------------------------------------- config.json
+
+/// Asserts `err` is a Config error about the folder's config.json and `field`, mentioning `parts`.
+fn assert_config_error(err: &Error, field: &str, parts: &[&str]) {
+    match err {
+        Error::Config { file, field: f, .. } => {
+            assert_eq!(file.as_deref().map(file_name), Some(CONFIG));
+            assert_eq!(f, field);
+        }
+        other => panic!("expected Config, got {other:?}"),
+    }
+    assert_mentions(err, &[CONFIG, &format!("field `{field}`")]);
+    assert_mentions(err, parts);
+}
+
+fn config_error(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Error {
+    damaged(f32_opts(), |d| edit_config(d, edit)).1
+}
+
+#[test]
+fn config_missing_a_required_field_names_it() {
+    let err = config_error(|c| drop(c.remove("hidden_size")));
+    assert_config_error(&err, "hidden_size", &["missing required field"]);
+}
+
+#[test]
+fn config_field_of_the_wrong_type_names_it() {
+    let err = config_error(|c| drop(c.insert("hidden_size".into(), json!("big"))));
+    assert_config_error(&err, "hidden_size", &["invalid type", "\"big\""]);
+}
+
+#[test]
+fn config_of_another_model_type_is_rejected() {
+    let err = config_error(|c| drop(c.insert("model_type".into(), json!("llama"))));
+    assert_config_error(&err, "model_type", &["llada2_moe", "llama"]);
+}
+
+#[test]
+fn config_with_rope_scaling_is_rejected() {
+    let err = config_error(|c| drop(c.insert("rope_scaling".into(), json!({"type": "linear", "factor": 2.0}))));
+    assert_config_error(&err, "rope_scaling", &["only null", "linear"]);
+}
+
+#[test]
+fn config_whose_kv_heads_do_not_divide_heads_is_rejected() {
+    let err = config_error(|c| drop(c.insert("num_key_value_heads".into(), json!(3))));
+    assert_config_error(&err, "num_key_value_heads", &["3 does not divide num_attention_heads 4"]);
+}
+
+#[test]
+fn config_that_is_not_json_names_the_file() {
+    let (_dir, err) = damaged(f32_opts(), |d| std::fs::write(d.join(CONFIG), "{\"hidden_size\": 32,").unwrap());
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert_mentions(&err, &[CONFIG, "not valid JSON", "EOF"]);
+    assert!(!err.to_string().contains("field"), "{err}");
+}
+
+#[test]
+fn config_defaults_follow_the_official_class() {
+    let cfg = Config::from_json(
+        r#"{"model_type": "llada2_moe", "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 0, "first_k_dense_replace": 1,
+            "intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "n_group": 2, "topk_group": 1, "eos_token_id": [5, 6], "rope_scaling": null}"#,
+    )
+    .unwrap();
+    assert!(cfg.use_qk_norm);
+    assert_eq!(cfg.partial_rotary_factor, 0.5);
+    assert_eq!(cfg.head_dim, 8);
+    assert_eq!(cfg.rotary_dim(), 4);
+    assert_eq!(cfg.num_key_value_heads, 4);
+    assert_eq!(cfg.eos_token_id, Some(5));
+    assert_eq!(cfg.pad_token_id, None);
+    assert_eq!(cfg.mask_token_id, None);
+}
+
+#[test]
+fn checkpoint_whose_config_omits_defaulted_fields_loads_the_same_config() {
+    let dir = saved(f32_opts());
+    edit_config(dir.path(), |c| {
+        for field in ["use_qk_norm", "partial_rotary_factor", "head_dim", "rope_scaling"] {
+            c.remove(field);
+        }
+        c.insert("eos_token_id".into(), json!([0, 3]));
+    });
+    let loaded = load_dir(dir.path()).unwrap();
+    assert_eq!(loaded.model.config(), &micro());
+}
