@@ -277,6 +277,24 @@ impl Config {
         self.n_group > 1
     }
 
+    /// Number of parameters a model of this config has (expert biases excluded), computed from the shapes.
+    pub fn num_parameters(&self) -> i64 {
+        let (h, d) = (self.hidden_size, self.head_dim);
+        let attn = (self.num_attention_heads + 2 * self.num_key_value_heads) * d * h
+            + self.num_attention_heads * d * h
+            + if self.use_qk_norm { 2 * d } else { 0 }
+            + if self.use_qkv_bias { (self.num_attention_heads + 2 * self.num_key_value_heads) * d } else { 0 }
+            + if self.use_bias { h } else { 0 };
+        let dense = 3 * h * self.intermediate_size;
+        let moe = self.num_experts * h
+            + self.num_experts * 3 * h * self.moe_intermediate_size
+            + self.num_shared_experts * 3 * h * self.moe_intermediate_size;
+        let layers: i64 =
+            (0..self.num_hidden_layers).map(|i| attn + 2 * h + if self.is_moe_layer(i) { moe } else { dense }).sum();
+        let embeddings = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
+        layers + embeddings + h
+    }
+
     /// The config.json a checkpoint writer puts next to the weights (official field names).
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("Config serialises");

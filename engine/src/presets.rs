@@ -106,3 +106,33 @@ pub fn write_checkpoint(model: &Model, dir: &Path, opts: SaveOptions) -> Result<
     });
     checkpoint::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llada2_shapes_have_the_published_sizes() {
+        // LLaDA2.x mini is "16B" and flash "100B" total parameters.
+        let mini = preset("llada2-mini").unwrap().num_parameters() as f64 / 1e9;
+        let flash = preset("llada2-flash").unwrap().num_parameters() as f64 / 1e9;
+        assert!((15.5..17.0).contains(&mini), "mini: {mini}B");
+        assert!((98.0..106.0).contains(&flash), "flash: {flash}B");
+        assert_eq!(preset("llada2-mini").unwrap().rotary_dim(), 64);
+    }
+
+    #[test]
+    fn parameter_count_matches_a_built_model() {
+        for name in ["micro", "tiny"] {
+            let c = preset(name).unwrap();
+            let m = random_model(&c, 0, Device::Cpu, DType::F32).unwrap();
+            assert_eq!(m.num_parameters(), c.num_parameters(), "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_known_ones() {
+        let e = preset("huge").unwrap_err().to_string();
+        assert!(e.contains("micro, tiny, mid, llada2-mini, llada2-flash"), "{e}");
+    }
+}
