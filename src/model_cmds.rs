@@ -182,7 +182,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         bail!("--top-k {} must be in 1..={vocab}", a.top_k);
     }
     let ids = Tensor::from_slice(&a.ids).view([1, -1]);
-    let logits = l.model.forward(&ids, &mut KvCache::new(), 0, BlockMask { block_length: a.block_length, kind })?;
+    let logits = l.model.forward(&ids, &mut KvCache::new(), 0, BlockMask { block_length: a.block_length, kind, bidirectional_from: None })?;
     let probs = logits.softmax(-1, Kind::Float).get(0);
     let (p, idx) = probs.topk(a.top_k, -1, true, true);
     let mut positions = Vec::new();

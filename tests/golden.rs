@@ -70,7 +70,7 @@ fn check(config: &Config, opts: SaveOptions, seed: u64) {
             let want = reference_logits(dir.path(), &ids, block, attention);
             let got = loaded
                 .model
-                .forward(&Tensor::from_slice(&ids).view([1, -1]), &mut KvCache::new(), 0, BlockMask { block_length: block, kind })
+                .forward(&Tensor::from_slice(&ids).view([1, -1]), &mut KvCache::new(), 0, BlockMask { block_length: block, kind, bidirectional_from: None })
                 .unwrap()
                 .get(0);
             let spread = want.std(true).double_value(&[]);

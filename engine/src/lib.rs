@@ -7,6 +7,7 @@
 mod checkpoint_dir;
 pub mod checkpoint;
 mod config;
+pub mod decode;
 mod device;
 mod error;
 mod model;

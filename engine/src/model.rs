@@ -26,6 +26,10 @@ use crate::weights::{Role, WeightSource};
 pub struct BlockMask {
     pub block_length: i64,
     pub kind: MaskKind,
+    /// Multi-block editing: positions from here on see each other in both directions (a window of blocks
+    /// treated as one), so earlier blocks of the window can be revised in the light of later ones. Positions
+    /// before it stay block-causal, which keeps their cached K/V exact. `None` everywhere else.
+    pub bidirectional_from: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,7 +44,7 @@ pub enum MaskKind {
 
 impl BlockMask {
     pub fn block_causal(block_length: i64) -> BlockMask {
-        BlockMask { block_length, kind: MaskKind::BlockCausal }
+        BlockMask { block_length, kind: MaskKind::BlockCausal, bidirectional_from: None }
     }
 }
 
@@ -420,6 +424,11 @@ impl Model {
         if mask.kind == MaskKind::HfAdditive && (start > 0 || commit > 0) {
             return Err(Error::invalid("KV cache", start + commit, "the HF-additive mask lets earlier blocks see later ones, so nothing can be cached"));
         }
+        if let Some(w) = mask.bidirectional_from {
+            if start + commit > w {
+                return Err(Error::invalid("commit", commit, format!("positions from {w} on are bidirectional and cannot be cached")));
+            }
+        }
         if start % bl != 0 || (commit > 0 && (start + commit) % bl != 0) {
             return Err(Error::invalid(
                 "KV cache",
@@ -442,7 +451,13 @@ impl Model {
         let kind = self.dtype.kind();
         let c = &self.config;
         let rope = rope_tables(c.rotary_dim(), c.rope_theta, start, l, kind, dev);
-        let allowed = block_causal_mask(start, l, start + l, mask.block_length, dev);
+        let mut allowed = block_causal_mask(start, l, start + l, mask.block_length, dev);
+        if let Some(w) = mask.bidirectional_from {
+            let opts = (Kind::Int64, dev);
+            let q_in = Tensor::arange_start(start, start + l, opts).ge(w).unsqueeze(1);
+            let k_in = Tensor::arange(start + l, opts).ge(w).unsqueeze(0);
+            allowed = allowed.logical_or(&q_in.logical_and(&k_in));
+        }
         let bias = match mask.kind {
             MaskKind::HfAdditive => AttnBias::Additive(allowed.to_kind(kind).view([1, 1, l, start + l])),
             MaskKind::BlockCausal if allowed.all().int64_value(&[]) == 1 => AttnBias::None,

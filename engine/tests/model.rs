@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 const BLOCK: i64 = 4;
 
 fn full(model: &dllm_engine::Model, ids: &Tensor, kind: MaskKind) -> Tensor {
-    model.forward(ids, &mut KvCache::new(), 0, BlockMask { block_length: BLOCK, kind }).unwrap()
+    model.forward(ids, &mut KvCache::new(), 0, BlockMask { block_length: BLOCK, kind, bidirectional_from: None }).unwrap()
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn forward_rejects_bad_input_with_clear_errors() {
     assert!(err(ids(&cfg, 1, 4, 0), &mut c, 5, mask).contains("commit"));
     assert!(err(ids(&cfg, 1, 5000, 0), &mut c, 0, mask).contains("max_position_embeddings"));
     assert!(err(ids(&cfg, 1, 4, 0), &mut c, 0, BlockMask::block_causal(0)).contains("block length"));
-    let hf = BlockMask { block_length: BLOCK, kind: MaskKind::HfAdditive };
+    let hf = BlockMask { block_length: BLOCK, kind: MaskKind::HfAdditive, bidirectional_from: None };
     assert!(err(ids(&cfg, 1, 8, 0), &mut c, 4, hf).contains("nothing can be cached"));
     // A failed call leaves the cache as it was.
     assert_eq!(c.len(), 0);

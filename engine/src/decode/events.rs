@@ -1,0 +1,55 @@
+//! Decoder events a breakpoint can stop on: predicates over a step's report and the decoder's state.
+
+use serde::{Deserialize, Serialize};
+
+use super::stepper::{Decoder, StepReport};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Delta_t is non-empty.
+    Edit,
+    /// The fallback fired (too few masks passed tau_mask).
+    Fallback,
+    /// A block finished (at its fixed point or before a forward).
+    BlockEnd,
+    /// An EOS was written.
+    Eos,
+    /// This token id was written.
+    Token { id: i64 },
+    /// This text appears in the decoded output.
+    Text { text: String },
+    /// Some position has now been written more than `k` times.
+    Oscillation { k: u32 },
+    /// The least confident write of the step has p below this.
+    LowConfidence { below: f32 },
+    /// Forward number `n` (0-based) ran.
+    Step { n: i64 },
+    /// Multi-block editing revised an earlier block.
+    Revised,
+}
+
+impl Event {
+    /// Whether the event happened in the step `r` that `d` just ran. `Text` needs the tokenizer.
+    pub fn fires(&self, r: &StepReport, d: &Decoder, tok: Option<&Tokenizer>) -> bool {
+        let written = || r.gamma.iter().map(|u| u.token).chain(r.delta.iter().map(|e| e.new));
+        match self {
+            Event::Edit => !r.delta.is_empty(),
+            Event::Fallback => r.fallback,
+            Event::BlockEnd => r.block_ended || !r.ended_before.is_empty() || r.finished,
+            Event::Eos => written().any(|t| t == d.eos_id()),
+            Event::Token { id } => written().any(|t| t == *id),
+            Event::Text { text } => tok.is_some_and(|t| t.decode(&d.output()).contains(text.as_str())),
+            Event::Oscillation { k } => {
+                let counts = d.change_counts();
+                r.delta.iter().any(|e| counts[e.pos as usize] > *k)
+            }
+            Event::LowConfidence { below } => {
+                r.gamma.iter().map(|u| u.p).chain(r.delta.iter().map(|e| e.p)).any(|p| p < *below)
+            }
+            Event::Step { n } => r.step == *n,
+            Event::Revised => !r.revised_blocks.is_empty(),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Decoding settings: the policy is data. Every field can be read and set by name (`get`/`set`), and named
+//! presets reproduce the settings of the official and the other public decoders.
+//!
+//! Sources of the presets (see shared/reference/llada2.md section 2):
+//! - `Q` / `S`: the LLaDA2.1 model card's quality and speed modes (0.7 / 0.5 and 0.5 / 0.0, 16 post steps).
+//! - `llada2.0`: LLaDA2.0's `generate`: threshold 0.95, no editing, its fallback schedule (the block's
+//!   length spread over `steps` = 32 steps: with block 32, one token per step), stop once a block holds EOS.
+//! - `sglang`: SGLang `JointThreshold` defaults: threshold 0.5, edit_threshold 0 (always edit), 16 post steps,
+//!   penalty_lambda 0. (The same numbers as S mode, from a different code base.)
+//! - `diffusers`: diffusers `LLaDA2Pipeline` defaults: 0.7 / 0.5 / 16, eos_early_stop on, and its semantics:
+//!   edits only once every mask of the block is resolved.
+//! With no preset, settings start from the official `generate` defaults: greedy, threshold 0.95,
+//! editing 0.9... see [`DecodeSettings::official`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::MaskKind;
+
+/// Token-to-token editing: off, or on with the threshold tau_edit. `Threshold(0.0)` means "edit every changed
+/// token" (the official code's `editing_threshold = 0`), which is NOT off.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Editing {
+    Off,
+    Threshold(f64),
+}
+
+/// When Delta_t may be non-empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EditTiming {
+    /// Every step, on tokens that were not masks at the step start (official LLaDA2.1, SGLang).
+    Always,
+    /// Only in steps that start with no mask left in the block (diffusers `LLaDA2Pipeline`).
+    AfterMasks,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecodeSettings {
+    /// Tokens to generate after the prompt.
+    pub gen_length: i64,
+    /// Block size of the block-causal attention and of the decoding loop.
+    pub block_length: i64,
+    /// tau_mask: a mask position is unmasked when its token's probability exceeds this.
+    pub threshold: f64,
+    pub editing: Editing,
+    pub edit_timing: EditTiming,
+    /// Edit-only passes allowed once a block has no mask (checked before the forward).
+    pub max_post_steps: i64,
+    /// Fallback: when fewer masks than this pass tau_mask, the this-many most confident ones are unmasked.
+    pub num_to_transfer: i64,
+    /// LLaDA2.0's schedule: when set, the fallback count of step t of a block is the block length spread
+    /// evenly over this many steps (earlier steps take the remainder), instead of `num_to_transfer`.
+    pub fallback_steps: Option<i64>,
+    /// 0 = greedy (argmax); otherwise logits / temperature, then top-k, top-p, and a seeded draw.
+    pub temperature: f64,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f64>,
+    /// SGLang's repetition penalty: subtract this from the logit of the previous position's token.
+    pub penalty_lambda: f64,
+    /// After a block: stop when the generated part has no mask and holds an EOS.
+    pub eos_early_stop: bool,
+    /// block-causal (default) or hf-additive (the HF remote code's generate; disables the KV cache).
+    pub attention: MaskKind,
+    /// Multi-block editing: the number of finished blocks before the current one that Delta may still revise
+    /// (0 = off). See docs/decoding.md for the design.
+    pub mbe_window: i64,
+    /// Seed of the decoder's own generator (used when temperature > 0).
+    pub seed: u64,
+}
+
+/// (name, what it is).
+pub const PRESETS: &[(&str, &str)] = &[
+    ("Q", "LLaDA2.1 quality mode: threshold 0.7, edit threshold 0.5, 16 post steps"),
+    ("S", "LLaDA2.1 speed mode: threshold 0.5, edit threshold 0.0 (always edit), 16 post steps"),
+    ("llada2.0", "LLaDA2.0 generate: threshold 0.95, editing off, fallback schedule over 32 steps, stop at EOS"),
+    ("sglang", "SGLang JointThreshold defaults: threshold 0.5, edit threshold 0, 16 post steps, penalty 0"),
+    ("diffusers", "diffusers LLaDA2Pipeline: 0.7 / 0.5 / 16, edits only after the block's masks are resolved"),
+];
+
+/// Setting names accepted by [`DecodeSettings::set`], with one-line help.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("gen_length", "tokens to generate after the prompt"),
+    ("block_length", "block size (attention and decoding)"),
+    ("threshold", "tau_mask in [0, 1]: unmask a mask when p exceeds it"),
+    ("edit_threshold", "tau_edit in [0, 1], or `off`: edit a token when another has p above it"),
+    ("edit_timing", "always | after-masks (diffusers)"),
+    ("max_post_steps", "edit-only passes once a block has no mask"),
+    ("num_to_transfer", "fallback count when too few masks pass the threshold"),
+    ("fallback_steps", "LLaDA2.0 fallback schedule over N steps, or `off`"),
+    ("temperature", "0 = greedy; > 0 samples with the decoder's seeded generator"),
+    ("top_k", "keep the k most likely tokens before sampling, or `off`"),
+    ("top_p", "nucleus sampling mass in (0, 1], or `off`"),
+    ("penalty_lambda", "SGLang repetition penalty on the previous position's token"),
+    ("eos_early_stop", "true | false: stop after a block once an EOS is in place and no mask remains"),
+    ("attention", "block-causal | hf-additive (HF remote code's additive 0/1 mask; no KV cache)"),
+    ("mbe_window", "multi-block editing: finished blocks Delta may still revise (0 = off)"),
+    ("seed", "seed of the decoder's sampling generator"),
+];
+
+impl DecodeSettings {
+    /// The official LLaDA2.1 `generate` defaults (greedy, block 32, threshold 0.95, editing threshold 0.9,
+    /// 16 post steps, eos_early_stop off, num_to_transfer 1) for `gen_length` tokens.
+    pub fn official(gen_length: i64) -> DecodeSettings {
+        DecodeSettings {
+            gen_length,
+            block_length: 32,
+            threshold: 0.95,
+            editing: Editing::Threshold(0.9),
+            edit_timing: EditTiming::Always,
+            max_post_steps: 16,
+            num_to_transfer: 1,
+            fallback_steps: None,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            penalty_lambda: 0.0,
+            eos_early_stop: false,
+            attention: MaskKind::BlockCausal,
+            mbe_window: 0,
+            seed: 0,
+        }
+    }
+
+    /// Applies a named preset's fields (length, block, sampling and seed are kept).
+    pub fn apply_preset(&mut self, name: &str) -> Result<()> {
+        let (threshold, editing, post, timing) = match name.to_ascii_lowercase().as_str() {
+            "q" => (0.7, Editing::Threshold(0.5), 16, EditTiming::Always),
+            "s" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
+            "sglang" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
+            "diffusers" => (0.7, Editing::Threshold(0.5), 16, EditTiming::AfterMasks),
+            "llada2.0" | "llada2" => (0.95, Editing::Off, 0, EditTiming::Always),
+            _ => {
+                let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+                return Err(Error::invalid("preset", name, format!("known presets: {}", names.join(", "))));
+            }
+        };
+        self.threshold = threshold;
+        self.editing = editing;
+        self.max_post_steps = post;
+        self.edit_timing = timing;
+        self.num_to_transfer = 1;
+        self.penalty_lambda = 0.0;
+        self.fallback_steps = None;
+        self.eos_early_stop = false;
+        match name.to_ascii_lowercase().as_str() {
+            "llada2.0" | "llada2" => {
+                self.fallback_steps = Some(32);
+                self.eos_early_stop = true;
+            }
+            "diffusers" => self.eos_early_stop = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks every field; the error names the setting and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, v: String, why: &str| Err(Error::invalid(name, v, why));
+        if self.gen_length < 1 {
+            return bad("gen_length", self.gen_length.to_string(), "must be at least 1");
+        }
+        if self.block_length < 1 {
+            return bad("block_length", self.block_length.to_string(), "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return bad("threshold", self.threshold.to_string(), "must be in [0, 1]");
+        }
+        if let Editing::Threshold(t) = self.editing {
+            if !(0.0..=1.0).contains(&t) {
+                return bad("edit_threshold", t.to_string(), "must be in [0, 1] (or `off`)");
+            }
+        }
+        if self.max_post_steps < 0 {
+            return bad("max_post_steps", self.max_post_steps.to_string(), "must be >= 0");
+        }
+        if self.num_to_transfer < 1 {
+            return bad("num_to_transfer", self.num_to_transfer.to_string(), "must be at least 1");
+        }
+        if let Some(s) = self.fallback_steps {
+            if s < 1 {
+                return bad("fallback_steps", s.to_string(), "must be at least 1 (or `off`)");
+            }
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", self.temperature.to_string(), "must be >= 0");
+        }
+        if let Some(k) = self.top_k {
+            if k < 1 {
+                return bad("top_k", k.to_string(), "must be at least 1 (or `off`)");
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad("top_p", p.to_string(), "must be in (0, 1] (or `off`)");
+            }
+        }
+        if !(self.penalty_lambda >= 0.0 && self.penalty_lambda.is_finite()) {
+            return bad("penalty_lambda", self.penalty_lambda.to_string(), "must be >= 0");
+        }
+        if self.mbe_window < 0 {
+            return bad("mbe_window", self.mbe_window.to_string(), "must be >= 0");
+        }
+        if self.mbe_window > 0 && self.attention == MaskKind::HfAdditive {
+            return bad("mbe_window", self.mbe_window.to_string(), "multi-block editing needs attention block-causal");
+        }
+        Ok(())
+    }
+
+    /// The fallback count of step `t` (0-based) within a block.
+    pub fn fallback_count(&self, t: i64) -> i64 {
+        match self.fallback_steps {
+            Some(steps) if t < steps => {
+                let (base, rem) = (self.block_length / steps, self.block_length % steps);
+                (base + i64::from(t < rem)).max(1)
+            }
+            _ => self.num_to_transfer,
+        }
+    }
+
+    pub fn edit_threshold(&self) -> Option<f64> {
+        match self.editing {
+            Editing::Off => None,
+            Editing::Threshold(t) => Some(t),
+        }
+    }
+
+    /// Sets one field by name from text; on error nothing changes.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let mut next = self.clone();
+        let v = value.trim();
+        let num = |what: &'static str| v.parse::<f64>().map_err(|_| Error::invalid(what, v, "expected a number"));
+        let int = |what: &'static str| v.parse::<i64>().map_err(|_| Error::invalid(what, v, "expected an integer"));
+        let off = matches!(v.to_ascii_lowercase().as_str(), "off" | "none");
+        match name {
+            "gen_length" => next.gen_length = int("gen_length")?,
+            "block_length" => next.block_length = int("block_length")?,
+            "threshold" => next.threshold = num("threshold")?,
+            "edit_threshold" => next.editing = if off { Editing::Off } else { Editing::Threshold(num("edit_threshold")?) },
+            "edit_timing" => {
+                next.edit_timing = match v {
+                    "always" => EditTiming::Always,
+                    "after-masks" => EditTiming::AfterMasks,
+                    _ => return Err(Error::invalid("edit_timing", v, "expected always or after-masks")),
+                }
+            }
+            "max_post_steps" => next.max_post_steps = int("max_post_steps")?,
+            "num_to_transfer" => next.num_to_transfer = int("num_to_transfer")?,
+            "fallback_steps" => next.fallback_steps = if off { None } else { Some(int("fallback_steps")?) },
+            "temperature" => next.temperature = num("temperature")?,
+            "top_k" => next.top_k = if off { None } else { Some(int("top_k")?) },
+            "top_p" => next.top_p = if off { None } else { Some(num("top_p")?) },
+            "penalty_lambda" => next.penalty_lambda = num("penalty_lambda")?,
+            "eos_early_stop" => {
+                next.eos_early_stop = match v {
+                    "true" | "on" | "yes" | "1" => true,
+                    "false" | "off" | "no" | "0" => false,
+                    _ => return Err(Error::invalid("eos_early_stop", v, "expected true or false")),
+                }
+            }
+            "attention" => {
+                next.attention = match v {
+                    "block-causal" => MaskKind::BlockCausal,
+                    "hf-additive" => MaskKind::HfAdditive,
+                    _ => return Err(Error::invalid("attention", v, "expected block-causal or hf-additive")),
+                }
+            }
+            "mbe_window" => next.mbe_window = int("mbe_window")?,
+            "seed" => next.seed = v.parse::<u64>().map_err(|_| Error::invalid("seed", v, "expected a non-negative integer"))?,
+            _ => {
+                let names: Vec<&str> = SETTINGS.iter().map(|s| s.0).collect();
+                return Err(Error::invalid("setting", name, format!("known settings: {}", names.join(", "))));
+            }
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// The value of one field as text (as `set` accepts it).
+    pub fn get(&self, name: &str) -> Option<String> {
+        let opt = |o: Option<String>| o.unwrap_or_else(|| "off".into());
+        Some(match name {
+            "gen_length" => self.gen_length.to_string(),
+            "block_length" => self.block_length.to_string(),
+            "threshold" => self.threshold.to_string(),
+            "edit_threshold" => opt(self.edit_threshold().map(|t| t.to_string())),
+            "edit_timing" => match self.edit_timing {
+                EditTiming::Always => "always".into(),
+                EditTiming::AfterMasks => "after-masks".into(),
+            },
+            "max_post_steps" => self.max_post_steps.to_string(),
+            "num_to_transfer" => self.num_to_transfer.to_string(),
+            "fallback_steps" => opt(self.fallback_steps.map(|s| s.to_string())),
+            "temperature" => self.temperature.to_string(),
+            "top_k" => opt(self.top_k.map(|k| k.to_string())),
+            "top_p" => opt(self.top_p.map(|p| p.to_string())),
+            "penalty_lambda" => self.penalty_lambda.to_string(),
+            "eos_early_stop" => self.eos_early_stop.to_string(),
+            "attention" => match self.attention {
+                MaskKind::BlockCausal => "block-causal".into(),
+                MaskKind::HfAdditive => "hf-additive".into(),
+            },
+            "mbe_window" => self.mbe_window.to_string(),
+            "seed" => self.seed.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_set_what_their_sources_say() {
+        let mut s = DecodeSettings::official(64);
+        s.apply_preset("Q").unwrap();
+        assert_eq!((s.threshold, s.editing, s.max_post_steps), (0.7, Editing::Threshold(0.5), 16));
+        s.apply_preset("S").unwrap();
+        assert_eq!((s.threshold, s.editing), (0.5, Editing::Threshold(0.0)));
+        s.apply_preset("llada2.0").unwrap();
+        assert_eq!((s.threshold, s.editing, s.fallback_steps, s.eos_early_stop), (0.95, Editing::Off, Some(32), true));
+        s.apply_preset("diffusers").unwrap();
+        assert_eq!(s.edit_timing, EditTiming::AfterMasks);
+        assert!(s.eos_early_stop && s.fallback_steps.is_none());
+        assert!(s.apply_preset("fast").unwrap_err().to_string().contains("known presets: Q, S, llada2.0"));
+    }
+
+    #[test]
+    fn edit_threshold_zero_is_not_off() {
+        let mut s = DecodeSettings::official(8);
+        s.set("edit_threshold", "0").unwrap();
+        assert_eq!(s.edit_threshold(), Some(0.0));
+        s.set("edit_threshold", "off").unwrap();
+        assert_eq!(s.edit_threshold(), None);
+        assert_eq!(s.get("edit_threshold").unwrap(), "off");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_and_change_nothing() {
+        let mut s = DecodeSettings::official(8);
+        let before = s.clone();
+        for (name, value, says) in [
+            ("threshold", "1.5", "must be in [0, 1]"),
+            ("threshold", "high", "expected a number"),
+            ("gen_length", "0", "at least 1"),
+            ("top_p", "0", "(0, 1]"),
+            ("attention", "full", "block-causal or hf-additive"),
+            ("speed", "1", "known settings"),
+        ] {
+            let e = s.set(name, value).unwrap_err().to_string();
+            assert!(e.contains(says), "{name}={value}: {e}");
+        }
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn every_setting_round_trips_through_get_and_set() {
+        let mut s = DecodeSettings::official(8);
+        for (name, _) in SETTINGS {
+            let v = s.get(name).unwrap();
+            s.set(name, &v).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(s, DecodeSettings::official(8));
+    }
+
+    #[test]
+    fn llada2_0_schedule_spreads_the_block_over_steps() {
+        let mut s = DecodeSettings::official(8);
+        s.block_length = 10;
+        s.fallback_steps = Some(4);
+        let counts: Vec<i64> = (0..6).map(|t| s.fallback_count(t)).collect();
+        assert_eq!(counts, vec![3, 3, 2, 2, 1, 1]);
+    }
+}

@@ -1,0 +1,603 @@
+//! The decoder as a stepper: `step()` runs exactly one forward pass of the official LLaDA2.1 loop and returns
+//! a typed report of what it unmasked (Gamma_t) and edited (Delta_t). A full decode is a loop over `step()`.
+//!
+//! One block, per iteration (shared/reference/llada2.md section 2):
+//! 1. snapshot the block; 2. no mask left -> post_steps += 1, and past `max_post_steps` the block ends BEFORE
+//! the forward; 3. prompt positions are protected; 4. forward, candidates v with probability p;
+//! 5. Gamma_t: masks with p > tau_mask, or the most confident `fallback_count` masks when fewer qualify;
+//! 6. Delta_t: positions that were not masks at the step start and are not prompt, where v != old and
+//! p > tau_edit; 7. both written at once (so a token unmasked now is editable from the next step);
+//! 8. no mask at the step start and no edit -> fixed point, the block ends.
+//! After a block: with eos_early_stop, stop once the generated part has no mask and holds an EOS.
+//!
+//! Departures, each deliberate:
+//! 1. With editing off, a block ends as soon as it has no mask (no confirmation forward that could not change
+//!    anything), as LLaDA2.0's loop does.
+//! 2. Fallback ties break towards the lower position (torch.topk leaves tie order unspecified).
+//! 3. The forward covers only the current block after a cache of finished blocks (SGLang's schedule); the
+//!    first forward of a block carries the just-finished blocks along and commits them. Exact, because the
+//!    mask is block-causal (tested against a no-cache reference). Under the HF-additive mask there is no cache.
+//! 4. Multi-block editing (`mbe_window` W > 0) is this project's design (docs/decoding.md): the forward covers
+//!    the current block and the W finished blocks before it as one bidirectional window, and Delta may revise
+//!    generated positions anywhere in that window. Blocks enter the cache only once they leave the window.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::sampler::{select, Rng};
+use super::settings::{DecodeSettings, EditTiming};
+use crate::error::{Error, Result};
+use crate::model::{BlockMask, KvCache, MaskKind, Model};
+
+/// What the decoder needs from a model: logits for a span after a cache. `Model` implements it; tests
+/// implement it with scripted logits.
+pub trait Denoiser {
+    fn vocab_size(&self) -> i64;
+    fn max_positions(&self) -> i64;
+    /// Logits `[B, L - commit, V]` (f32) for `ids` `[B, L]` placed at canvas positions `start..start+L`,
+    /// where `start` positions are already in `cache`; the first `commit` positions join the cache.
+    fn forward(&self, ids: &Tensor, start: i64, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor>;
+}
+
+impl Denoiser for Model {
+    fn vocab_size(&self) -> i64 {
+        self.config().vocab_size
+    }
+
+    fn max_positions(&self) -> i64 {
+        self.config().max_position_embeddings
+    }
+
+    fn forward(&self, ids: &Tensor, start: i64, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor> {
+        debug_assert_eq!(start, cache.len(), "the decoder and the cache disagree on what is cached");
+        Model::forward(self, ids, cache, commit, mask)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unmask {
+    pub pos: i64,
+    pub token: i64,
+    pub p: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Edit {
+    pub pos: i64,
+    pub old: i64,
+    pub new: i64,
+    pub p: f32,
+}
+
+/// What one forward pass did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Forward passes before this one (0-based, over the whole decode).
+    pub step: i64,
+    pub block: i64,
+    /// Forward passes before this one within the block.
+    pub block_step: i64,
+    /// Gamma_t, sorted by position.
+    pub gamma: Vec<Unmask>,
+    /// Delta_t, sorted by position.
+    pub delta: Vec<Edit>,
+    /// Masks left in the block after the write.
+    pub masks_left: i64,
+    /// Fewer masks than the fallback count passed tau_mask, so the most confident ones were taken.
+    pub fallback: bool,
+    /// Blocks that ended before this forward (post-step limit reached, or no mask with editing off).
+    pub ended_before: Vec<i64>,
+    /// This step reached its block's fixed point (no mask at the start, no edit).
+    pub block_ended: bool,
+    /// The block the decoder moved to after this step, if it moved.
+    pub advanced_to: Option<i64>,
+    pub finished: bool,
+    /// Earlier blocks this step's Delta revised (multi-block editing).
+    pub revised_blocks: Vec<i64>,
+    /// Canvas span `[from, to)` whose logits the forward produced.
+    pub span: (i64, i64),
+    pub forward_ms: f64,
+    pub total_ms: f64,
+    /// Tokens decoded (non-mask generated tokens up to the first EOS) per forward, so far.
+    pub tpf: f64,
+}
+
+/// The scalar state a step changes besides the canvas; journalled so rewind restores it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub block: i64,
+    pub block_step: i64,
+    pub post_steps: i64,
+    /// Forward passes so far.
+    pub forwards: i64,
+    pub finished: bool,
+    pub rng: Rng,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EntryKind {
+    Step(StepReport),
+    /// Blocks ended and the decode finished without another forward.
+    Finish { ended: Vec<i64> },
+    /// A hand edit: set tokens or re-mask positions.
+    Manual { what: String },
+}
+
+/// One journal entry: the state before it and the canvas writes it made (pos, old, new).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub before: Cursor,
+    pub writes: Vec<(i64, i64, i64)>,
+    pub kind: EntryKind,
+}
+
+/// The last forward's distribution over its span, for top-k queries without another forward.
+#[derive(Debug)]
+struct LastForward {
+    from: i64,
+    dist: Tensor,
+}
+
+pub struct Decoder {
+    pub settings: DecodeSettings,
+    mask_id: i64,
+    eos_id: i64,
+    prompt_len: i64,
+    canvas: Vec<i64>,
+    cursor: Cursor,
+    /// Canvas positions whose K/V are in `cache` (whole blocks, all finished).
+    committed: i64,
+    cache: KvCache,
+    journal: Vec<Entry>,
+    last: Option<LastForward>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").field("cursor", &self.cursor).field("prompt_len", &self.prompt_len).finish_non_exhaustive()
+    }
+}
+
+impl Decoder {
+    /// A decoder for `prompt` under `settings`. `mask_id`/`eos_id` come from the tokenizer.
+    pub fn new(prompt: &[i64], settings: DecodeSettings, mask_id: i64, eos_id: i64, model: &dyn Denoiser) -> Result<Decoder> {
+        settings.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "", "is empty: give at least one token"));
+        }
+        let vocab = model.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(Error::invalid("prompt token", bad, format!("ids must be in 0..{vocab}")));
+        }
+        if prompt.contains(&mask_id) {
+            return Err(Error::invalid("prompt", format!("{} tokens", prompt.len()), "contains the mask token; re-mask generated positions instead"));
+        }
+        let b = settings.block_length;
+        let p = prompt.len() as i64;
+        let num_blocks = (p + settings.gen_length + b - 1) / b;
+        let len = num_blocks * b;
+        if len > model.max_positions() {
+            return Err(Error::invalid(
+                "prompt + gen_length",
+                len,
+                format!("the canvas ({} blocks of {b}) exceeds the model's {} positions", num_blocks, model.max_positions()),
+            ));
+        }
+        let mut canvas = vec![mask_id; len as usize];
+        canvas[..prompt.len()].copy_from_slice(prompt);
+        let cursor = Cursor { block: p / b, block_step: 0, post_steps: 0, forwards: 0, finished: false, rng: Rng::new(settings.seed) };
+        Ok(Decoder { settings, mask_id, eos_id, prompt_len: p, canvas, cursor, committed: 0, cache: KvCache::new(), journal: Vec::new(), last: None })
+    }
+
+    pub fn canvas(&self) -> &[i64] {
+        &self.canvas
+    }
+
+    pub fn prompt_len(&self) -> i64 {
+        self.prompt_len
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.cursor.finished
+    }
+
+    pub fn num_blocks(&self) -> i64 {
+        self.canvas.len() as i64 / self.settings.block_length
+    }
+
+    pub fn mask_id(&self) -> i64 {
+        self.mask_id
+    }
+
+    pub fn eos_id(&self) -> i64 {
+        self.eos_id
+    }
+
+    /// Canvas positions whose keys and values are cached.
+    pub fn cached_len(&self) -> i64 {
+        self.committed
+    }
+
+    pub fn journal(&self) -> &[Entry] {
+        &self.journal
+    }
+
+    /// Step reports so far, in order.
+    pub fn reports(&self) -> impl Iterator<Item = &StepReport> {
+        self.journal.iter().filter_map(|e| match &e.kind {
+            EntryKind::Step(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The generated part, cut just after the first EOS (EOS kept). Masks remain visible until decoded.
+    pub fn output(&self) -> Vec<i64> {
+        let gen = &self.canvas[self.prompt_len as usize..];
+        let gen = &gen[..gen.len().min(self.settings.gen_length as usize)];
+        match gen.iter().position(|&t| t == self.eos_id) {
+            Some(i) => gen[..=i].to_vec(),
+            None => gen.to_vec(),
+        }
+    }
+
+    /// Non-mask generated tokens up to the first EOS.
+    pub fn decoded_tokens(&self) -> i64 {
+        self.output().iter().filter(|&&t| t != self.mask_id).count() as i64
+    }
+
+    pub fn tpf(&self) -> f64 {
+        if self.cursor.forwards == 0 {
+            0.0
+        } else {
+            self.decoded_tokens() as f64 / self.cursor.forwards as f64
+        }
+    }
+
+    /// How often each canvas position has been written (by steps and by hand) so far.
+    pub fn change_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.canvas.len()];
+        for e in &self.journal {
+            for &(pos, _, _) in &e.writes {
+                counts[pos as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    fn block_range(&self, block: i64) -> std::ops::Range<usize> {
+        let b = self.settings.block_length;
+        (block * b) as usize..((block + 1) * b) as usize
+    }
+
+    fn masks_in(&self, block: i64) -> i64 {
+        self.canvas[self.block_range(block)].iter().filter(|&&t| t == self.mask_id).count() as i64
+    }
+
+    /// First position of the forward window: the current block, or the MBE window before it (never before
+    /// the block holding the prompt's end, whose earlier blocks are all prompt).
+    fn window_start(&self) -> i64 {
+        let b = self.settings.block_length;
+        let first_gen_block = self.prompt_len / b;
+        (self.cursor.block - self.settings.mbe_window).max(first_gen_block) * b
+    }
+
+    /// Runs one forward pass (after ending blocks that end before it). `None` once the decode is finished.
+    pub fn step(&mut self, model: &dyn Denoiser) -> Result<Option<StepReport>> {
+        if self.cursor.finished {
+            return Ok(None);
+        }
+        self.settings.validate()?;
+        if self.canvas.len() as i64 % self.settings.block_length != 0 {
+            return Err(Error::invalid(
+                "block_length",
+                self.settings.block_length,
+                "cannot change after the decode started (the canvas is laid out in blocks); start a new decode",
+            ));
+        }
+        let t0 = Instant::now();
+        let before = self.cursor;
+        // Blocks that end before a forward: the post-step limit, or no mask left with editing off.
+        let mut ended_before = Vec::new();
+        loop {
+            if self.masks_in(self.cursor.block) > 0 {
+                break;
+            }
+            let editing = self.settings.edit_threshold().is_some();
+            if editing && self.cursor.post_steps < self.settings.max_post_steps {
+                break;
+            }
+            ended_before.push(self.cursor.block);
+            self.end_block();
+            if self.cursor.finished {
+                self.journal.push(Entry { before, writes: Vec::new(), kind: EntryKind::Finish { ended: ended_before } });
+                return Ok(None);
+            }
+        }
+        let b = self.settings.block_length;
+        let block = self.cursor.block;
+        let (bs, be) = (block * b, (block + 1) * b);
+        let block_step = self.cursor.block_step;
+        let masks_at_start = self.masks_in(block);
+        if masks_at_start == 0 {
+            self.cursor.post_steps += 1;
+        }
+
+        // The forward: from the cache's end to the block's end; finished blocks before the window join the cache.
+        let ws = self.window_start();
+        let hf = self.settings.attention == MaskKind::HfAdditive;
+        if hf || self.committed > ws {
+            let keep = if hf { 0 } else { ws };
+            self.cache.truncate(keep);
+            self.committed = keep;
+        }
+        let start = self.committed;
+        let commit = if hf { 0 } else { ws - start };
+        let ids = Tensor::from_slice(&self.canvas[start as usize..be as usize]).view([1, -1]);
+        let mask = BlockMask {
+            block_length: b,
+            kind: self.settings.attention,
+            bidirectional_from: (self.settings.mbe_window > 0).then_some(ws),
+        };
+        let tf = Instant::now();
+        let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
+        let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
+        self.committed = start + commit;
+        let got = logits.size()[1];
+        let logits = logits.get(0).narrow(0, got - (be - ws), be - ws).to_kind(Kind::Float);
+
+        let prev: Vec<Option<i64>> =
+            (ws..be).map(|pos| if pos == ws { None } else { Some(self.canvas[pos as usize - 1]) }).collect();
+        let cand = select(&logits, &prev, &self.settings, &mut self.cursor.rng);
+        let at = |pos: i64| (pos - ws) as usize;
+
+        // Gamma_t over the current block's masks.
+        let mut masks: Vec<i64> = (bs..be).filter(|&pos| self.canvas[pos as usize] == self.mask_id).collect();
+        let k = self.settings.fallback_count(block_step).min(masks.len() as i64) as usize;
+        let passing: Vec<i64> =
+            masks.iter().copied().filter(|&pos| cand.probs[at(pos)] as f64 > self.settings.threshold).collect();
+        let fallback = passing.len() < k;
+        let chosen = if fallback {
+            masks.sort_by(|&a, &c| cand.probs[at(c)].partial_cmp(&cand.probs[at(a)]).expect("finite p").then(a.cmp(&c)));
+            let mut top: Vec<i64> = masks[..k].to_vec();
+            top.sort();
+            top
+        } else {
+            passing
+        };
+        let gamma: Vec<Unmask> = chosen.iter().map(|&pos| Unmask { pos, token: cand.tokens[at(pos)], p: cand.probs[at(pos)] }).collect();
+
+        // Delta_t over non-mask, non-prompt positions of the window.
+        let mut delta = Vec::new();
+        if let Some(tau) = self.settings.edit_threshold() {
+            let allowed = self.settings.edit_timing == EditTiming::Always || masks_at_start == 0;
+            for pos in ws.max(self.prompt_len)..be {
+                let old = self.canvas[pos as usize];
+                let (v, p) = (cand.tokens[at(pos)], cand.probs[at(pos)]);
+                if allowed && old != self.mask_id && v != old && p as f64 > tau {
+                    delta.push(Edit { pos, old, new: v, p });
+                }
+            }
+        }
+
+        // Write both at once.
+        let mut writes = Vec::with_capacity(gamma.len() + delta.len());
+        for u in &gamma {
+            writes.push((u.pos, self.mask_id, u.token));
+        }
+        for e in &delta {
+            writes.push((e.pos, e.old, e.new));
+        }
+        for &(pos, _, new) in &writes {
+            self.canvas[pos as usize] = new;
+        }
+        let mut revised_blocks: Vec<i64> = delta.iter().map(|e| e.pos / b).filter(|&blk| blk < block).collect();
+        revised_blocks.dedup();
+
+        self.cursor.forwards += 1;
+        self.cursor.block_step += 1;
+        self.last = Some(LastForward { from: ws, dist: cand.dist });
+        let block_ended = masks_at_start == 0 && delta.is_empty();
+        let mut advanced_to = None;
+        if block_ended {
+            self.end_block();
+            if !self.cursor.finished {
+                advanced_to = Some(self.cursor.block);
+            }
+        }
+        let report = StepReport {
+            step: before.forwards,
+            block,
+            block_step,
+            gamma,
+            delta,
+            masks_left: self.masks_in(block),
+            fallback,
+            ended_before,
+            block_ended,
+            advanced_to,
+            finished: self.cursor.finished,
+            revised_blocks,
+            span: (ws, be),
+            forward_ms,
+            total_ms: t0.elapsed().as_secs_f64() * 1e3,
+            tpf: self.tpf(),
+        };
+        self.journal.push(Entry { before, writes, kind: EntryKind::Step(report.clone()) });
+        Ok(Some(report))
+    }
+
+    fn end_block(&mut self) {
+        let b = self.settings.block_length;
+        let end = (self.cursor.block + 1) * b;
+        if self.settings.eos_early_stop {
+            let gen = &self.canvas[self.prompt_len as usize..end as usize];
+            if !gen.contains(&self.mask_id) && gen.contains(&self.eos_id) {
+                self.cursor.finished = true;
+                return;
+            }
+        }
+        if self.cursor.block + 1 >= self.num_blocks() {
+            self.cursor.finished = true;
+            return;
+        }
+        self.cursor.block += 1;
+        self.cursor.block_step = 0;
+        self.cursor.post_steps = 0;
+    }
+
+    /// Steps until the decode finishes; returns the reports.
+    pub fn run(&mut self, model: &dyn Denoiser) -> Result<Vec<StepReport>> {
+        let mut out = Vec::new();
+        while let Some(r) = self.step(model)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Restores exactly the state before forward `step` (canvas, block, counters, generator). Cached blocks
+    /// that are still finished and unchanged stay cached.
+    pub fn rewind(&mut self, step: i64) -> Result<()> {
+        let Some(idx) = self.journal.iter().position(|e| matches!(&e.kind, EntryKind::Step(r) if r.step == step)) else {
+            let done = self.cursor.forwards;
+            return Err(Error::invalid("step", step, format!("no such step: this decode has run steps 0..{done}")));
+        };
+        let mut lowest = i64::MAX;
+        for e in self.journal.drain(idx..).rev() {
+            for &(pos, old, _) in e.writes.iter().rev() {
+                self.canvas[pos as usize] = old;
+                lowest = lowest.min(pos);
+            }
+            self.cursor = e.before;
+        }
+        let b = self.settings.block_length;
+        let keep = self.committed.min(self.window_start()).min(if lowest == i64::MAX { i64::MAX } else { lowest / b * b });
+        self.cache.truncate(keep);
+        self.committed = keep;
+        self.last = None;
+        Ok(())
+    }
+
+    /// An independent copy (settings, canvas, cache, journal) to try other settings from here.
+    pub fn fork(&self) -> Decoder {
+        Decoder {
+            settings: self.settings.clone(),
+            mask_id: self.mask_id,
+            eos_id: self.eos_id,
+            prompt_len: self.prompt_len,
+            canvas: self.canvas.clone(),
+            cursor: self.cursor,
+            committed: self.committed,
+            cache: self.cache.deep_clone(),
+            journal: self.journal.clone(),
+            last: self.last.as_ref().map(|l| LastForward { from: l.from, dist: l.dist.copy() }),
+        }
+    }
+
+    /// Sets generated positions by hand (journalled; rewind undoes it). Positions in cached blocks drop the
+    /// cache from their block on.
+    pub fn set_tokens(&mut self, edits: &[(i64, i64)], vocab_size: i64) -> Result<()> {
+        for &(pos, tok) in edits {
+            self.check_generated(pos)?;
+            if tok < 0 || tok >= vocab_size {
+                return Err(Error::invalid("token", tok, format!("ids must be in 0..{vocab_size}")));
+            }
+        }
+        let what = format!("set {}", edits.iter().map(|(p, t)| format!("{p}={t}")).collect::<Vec<_>>().join(" "));
+        self.manual(edits, what)
+    }
+
+    /// Turns positions of the current block back into masks (journalled).
+    pub fn remask(&mut self, positions: &[i64]) -> Result<()> {
+        if self.cursor.finished {
+            return Err(Error::invalid("remask", format!("{positions:?}"), "the decode has finished: rewind to a step first"));
+        }
+        let r = self.block_range(self.cursor.block);
+        for &pos in positions {
+            self.check_generated(pos)?;
+            if !r.contains(&(pos as usize)) {
+                return Err(Error::invalid(
+                    "position",
+                    pos,
+                    format!("only positions of the current block {} ({}..{}) can be re-masked; rewind to go back", self.cursor.block, r.start, r.end),
+                ));
+            }
+        }
+        let edits: Vec<(i64, i64)> = positions.iter().map(|&p| (p, self.mask_id)).collect();
+        self.manual(&edits, format!("remask {positions:?}"))
+    }
+
+    fn check_generated(&self, pos: i64) -> Result<()> {
+        if pos < self.prompt_len || pos >= self.canvas.len() as i64 {
+            return Err(Error::invalid(
+                "position",
+                pos,
+                format!("generated positions are {}..{} (the prompt is 0..{})", self.prompt_len, self.canvas.len(), self.prompt_len),
+            ));
+        }
+        Ok(())
+    }
+
+    fn manual(&mut self, edits: &[(i64, i64)], what: String) -> Result<()> {
+        let before = self.cursor;
+        let mut writes = Vec::new();
+        for &(pos, tok) in edits {
+            let old = self.canvas[pos as usize];
+            if old != tok {
+                writes.push((pos, old, tok));
+                self.canvas[pos as usize] = tok;
+            }
+        }
+        let b = self.settings.block_length;
+        if let Some(lowest) = writes.iter().map(|w| w.0).min() {
+            if lowest < self.committed {
+                self.committed = lowest / b * b;
+                self.cache.truncate(self.committed);
+            }
+        }
+        self.journal.push(Entry { before, writes, kind: EntryKind::Manual { what } });
+        Ok(())
+    }
+
+    /// The `k` most likely tokens at `pos` under the last forward, and the probability there of the token now
+    /// at `pos`. `None` when the last forward did not cover `pos` (or there was none since a rewind).
+    pub fn top_k_at(&self, pos: i64, k: i64) -> Option<(Vec<(i64, f32)>, f32)> {
+        let last = self.last.as_ref()?;
+        let row = pos - last.from;
+        if row < 0 || row >= last.dist.size()[0] {
+            return None;
+        }
+        let dist = last.dist.get(row);
+        let (p, idx) = dist.topk(k.min(dist.size()[0]), -1, true, true);
+        let p = Vec::<f32>::try_from(&p.to_device(tch::Device::Cpu)).ok()?;
+        let idx = Vec::<i64>::try_from(&idx.to_device(tch::Device::Cpu)).ok()?;
+        let current = dist.double_value(&[self.canvas[pos as usize]]) as f32;
+        Some((idx.into_iter().zip(p).collect(), current))
+    }
+
+    /// The trace as JSON: prompt, settings, one entry per forward, output (see docs/decoding.md).
+    pub fn trace_json(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .reports()
+            .map(|r| {
+                serde_json::json!({
+                    "block": r.block,
+                    "step": r.block_step,
+                    "gamma": r.gamma.iter().map(|u| serde_json::json!([u.pos, u.token, u.p])).collect::<Vec<_>>(),
+                    "delta": r.delta.iter().map(|e| serde_json::json!([e.pos, e.old, e.new, e.p])).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "prompt_ids": &self.canvas[..self.prompt_len as usize],
+            "settings": &self.settings,
+            "steps": steps,
+            "output_ids": self.output(),
+        })
+    }
+}
