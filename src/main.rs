@@ -4,6 +4,7 @@
 //! pass for comparison with outside implementations, and benchmark.
 
 mod bench;
+mod decode_cmd;
 mod model_cmds;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     InitModel(model_cmds::InitArgs),
     /// Run one forward pass and print the top-k tokens and probabilities at every position.
     Forward(model_cmds::ForwardArgs),
+    /// Decode a prompt to the end; --trace writes every step's Gamma and Delta as JSON.
+    Decode(decode_cmd::DecodeArgs),
     /// Benchmarks (numbers for docs/performance.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Info(a)) => model_cmds::info(&a),
         Some(Command::InitModel(a)) => model_cmds::init_model(&a),
         Some(Command::Forward(a)) => model_cmds::forward(&a),
+        Some(Command::Decode(a)) => decode_cmd::decode(&a),
         Some(Command::Bench(b)) => bench::run(b),
     };
     match result {

@@ -81,3 +81,47 @@ fn bad_input_is_a_clear_error_with_nonzero_exit() {
     assert!(fails(&["forward", "--ids", "1,2,64"]).contains("ids must be in 0..64"));
     assert!(fails(&["forward", "--ids", "1,2", "--attention", "sideways"]).contains("block-causal or hf-additive"));
 }
+
+#[test]
+fn decode_writes_the_documented_trace_and_flags_override_the_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    ok(&["init-model", "--preset", "micro", "--seed", "5", "--std", "0.3", "--spread", "--out", d]);
+    let trace = dir.path().join("trace.json");
+    let out = ok(&[
+        "decode", "--model", d, "--prompt-ids", "10,11,12", "--gen-length", "10", "--block-length", "4",
+        "--preset", "S", "--threshold", "0.6", "--trace", trace.to_str().unwrap(), "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    assert_eq!(t["prompt_ids"], serde_json::json!([10, 11, 12]));
+    assert_eq!(t["settings"]["threshold"], 0.6, "the explicit flag wins over the preset");
+    assert_eq!(t["settings"]["editing"]["threshold"], 0.0, "the rest comes from S");
+    assert_eq!(t["output_ids"], summary["output_ids"]);
+    let steps = t["steps"].as_array().unwrap();
+    assert_eq!(steps.len() as u64, summary["forwards"].as_u64().unwrap());
+    let mut last = (-1i64, -1i64);
+    for s in steps {
+        let (b, k) = (s["block"].as_i64().unwrap(), s["step"].as_i64().unwrap());
+        assert!(b > last.0 && k == 0 || b == last.0 && k == last.1 + 1, "steps count forwards within a block");
+        last = (b, k);
+        for (field, width) in [("gamma", 3), ("delta", 4)] {
+            let pos: Vec<i64> = s[field].as_array().unwrap().iter().map(|e| {
+                assert_eq!(e.as_array().unwrap().len(), width);
+                e[0].as_i64().unwrap()
+            }).collect();
+            assert!(pos.windows(2).all(|w| w[0] < w[1]), "{field} sorted by position");
+            assert!(pos.iter().all(|&p| p >= 3), "positions are absolute; the prompt is 0..3");
+        }
+    }
+}
+
+#[test]
+fn decode_rejects_bad_settings_clearly() {
+    assert!(fails(&["decode", "--prompt-ids", "5", "--threshold", "1.5"]).contains("threshold"));
+    assert!(fails(&["decode", "--prompt-ids", "5", "--preset", "warp"]).contains("known presets"));
+    assert!(fails(&["decode", "--prompt-ids", "5", "--gen-length", "0"]).contains("gen_length"));
+    assert!(fails(&["decode", "--prompt-ids", "5", "--set", "speed=2"]).contains("known settings"));
+    assert!(fails(&["decode", "--prompt-ids", "5", "--gen-length", "9000"]).contains("positions"));
+    assert!(fails(&["decode", "--gen-length", "4"]).contains("--prompt"));
+}

@@ -436,6 +436,10 @@ fn cached_stepper_matches_the_no_cache_reference_on_random_models() {
                         .map(|r| (r.block, r.gamma.iter().map(|u| (u.pos, u.token)).collect::<Vec<_>>(), r.delta.iter().map(|e| (e.pos, e.old, e.new)).collect::<Vec<_>>()))
                         .collect();
                     assert_eq!(got, want, "{preset}, block {block}, prompt {prompt:?}, {attention:?}");
+                    let mut nc = Decoder::new(prompt, d.settings.clone(), MASK_ID, EOS_ID, &model).unwrap();
+                    nc.set_cache_enabled(false);
+                    nc.run(&model).unwrap();
+                    assert_eq!(nc.canvas(), d.canvas(), "cache off: {preset}, block {block}");
                     assert_eq!(d.canvas(), &want_canvas[..]);
                     compared += got.len();
                 }

@@ -152,6 +152,8 @@ pub struct Decoder {
     cache: KvCache,
     journal: Vec<Entry>,
     last: Option<LastForward>,
+    /// Off: every forward recomputes the whole prefix (the reference's cost), for benchmarks and checks.
+    cache_enabled: bool,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -188,7 +190,24 @@ impl Decoder {
         let mut canvas = vec![mask_id; len as usize];
         canvas[..prompt.len()].copy_from_slice(prompt);
         let cursor = Cursor { block: p / b, block_step: 0, post_steps: 0, forwards: 0, finished: false, rng: Rng::new(settings.seed) };
-        Ok(Decoder { settings, mask_id, eos_id, prompt_len: p, canvas, cursor, committed: 0, cache: KvCache::new(), journal: Vec::new(), last: None })
+        Ok(Decoder {
+            settings,
+            mask_id,
+            eos_id,
+            prompt_len: p,
+            canvas,
+            cursor,
+            committed: 0,
+            cache: KvCache::new(),
+            journal: Vec::new(),
+            last: None,
+            cache_enabled: true,
+        })
+    }
+
+    /// Turns the KV cache off (every forward recomputes the prefix) or back on. The results are the same.
+    pub fn set_cache_enabled(&mut self, on: bool) {
+        self.cache_enabled = on;
     }
 
     pub fn canvas(&self) -> &[i64] {
@@ -330,14 +349,14 @@ impl Decoder {
 
         // The forward: from the cache's end to the block's end; finished blocks before the window join the cache.
         let ws = self.window_start();
-        let hf = self.settings.attention == MaskKind::HfAdditive;
-        if hf || self.committed > ws {
-            let keep = if hf { 0 } else { ws };
+        let no_cache = self.settings.attention == MaskKind::HfAdditive || !self.cache_enabled;
+        if no_cache || self.committed > ws {
+            let keep = if no_cache { 0 } else { ws };
             self.cache.truncate(keep);
             self.committed = keep;
         }
         let start = self.committed;
-        let commit = if hf { 0 } else { ws - start };
+        let commit = if no_cache { 0 } else { ws - start };
         let ids = Tensor::from_slice(&self.canvas[start as usize..be as usize]).view([1, -1]);
         let mask = BlockMask {
             block_length: b,
@@ -496,6 +515,7 @@ impl Decoder {
             cache: self.cache.deep_clone(),
             journal: self.journal.clone(),
             last: self.last.as_ref().map(|l| LastForward { from: l.from, dist: l.dist.copy() }),
+            cache_enabled: self.cache_enabled,
         }
     }
 
