@@ -16,6 +16,27 @@ pub enum BenchCommand {
     Forward(ForwardBench),
     /// Load time and peak host memory of loading a checkpoint folder.
     Load(LoadBench),
+    /// The decoder: step() overhead over its forward, and cached versus no-cache decoding.
+    Decode(DecodeBench),
+}
+
+#[derive(Args)]
+pub struct DecodeBench {
+    /// Model shape (random weights).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Blocks to generate.
+    #[arg(long, default_value_t = 8)]
+    blocks: i64,
+    #[arg(long, default_value_t = 32)]
+    block: i64,
+    /// Decoding preset.
+    #[arg(long, default_value = "S")]
+    decode_preset: String,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -57,6 +78,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(&a),
         BenchCommand::Load(a) => load(&a),
+        BenchCommand::Decode(a) => decode(&a),
     }
 }
 
@@ -204,4 +226,54 @@ fn gpu_memory_used(device: Device) -> Option<u64> {
     let f: MemGetInfo = unsafe { std::mem::transmute(sym) };
     let (mut free, mut total) = (0usize, 0usize);
     (unsafe { f(&mut free, &mut total) } == 0).then(|| (total - free) as u64)
+}
+
+fn decode(a: &DecodeBench) -> Result<()> {
+    use dllm_engine::decode::{DecodeSettings, Decoder};
+    let device = dllm_engine::parse_device(&a.device)?;
+    let config = presets::preset(&a.preset)?;
+    let model = presets::random_model(&config, 0, device, DType::default_for(device))?;
+    let mut s = DecodeSettings::official(a.blocks * a.block);
+    s.block_length = a.block;
+    s.apply_preset(&a.decode_preset)?;
+    // A prompt of one block, then `blocks` generated blocks; mask 1 / EOS 0 as in the compact vocabulary.
+    let prompt: Vec<i64> = (0..a.block).map(|i| 8 + i % (config.vocab_size - 8)).collect();
+    let run = |cache: bool| -> Result<(f64, f64, f64, i64)> {
+        let mut d = Decoder::new(&prompt, s.clone(), 1, 0, &model)?;
+        d.set_cache_enabled(cache);
+        let t = Instant::now();
+        let reports = d.run(&model)?;
+        sync(device);
+        let wall = t.elapsed().as_secs_f64();
+        let fwd: f64 = reports.iter().map(|r| r.forward_ms).sum::<f64>() / 1e3;
+        let total: f64 = reports.iter().map(|r| r.total_ms).sum::<f64>() / 1e3;
+        Ok((wall, fwd, total, d.cursor().forwards))
+    };
+    let _ = run(true)?; // warm-up
+    let (cached_wall, cached_fwd, cached_total, forwards) = run(true)?;
+    let (nocache_wall, _, _, nocache_forwards) = run(false)?;
+    let out = json!({
+        "bench": "decode",
+        "preset": a.preset,
+        "decode_preset": a.decode_preset,
+        "device": format!("{device:?}").to_lowercase(),
+        "threads": tch::get_num_threads(),
+        "blocks": a.blocks,
+        "block": a.block,
+        "forwards": forwards,
+        "cached_seconds": cached_wall,
+        "no_cache_seconds": nocache_wall,
+        "no_cache_over_cached": nocache_wall / cached_wall,
+        "same_forwards": forwards == nocache_forwards,
+        "forward_seconds_in_steps": cached_fwd,
+        "step_seconds": cached_total,
+        "step_overhead_over_forward": (cached_total - cached_fwd) / cached_fwd,
+        "ms_per_step": cached_total * 1e3 / forwards as f64,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
 }
