@@ -35,6 +35,9 @@ pub struct DecodeBench {
     /// Decoding preset.
     #[arg(long, default_value = "S")]
     decode_preset: String,
+    /// Rows of the batched run (the same prompt, as in RL rollouts).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
     #[arg(long)]
     json: bool,
 }
@@ -229,7 +232,7 @@ fn gpu_memory_used(device: Device) -> Option<u64> {
 }
 
 fn decode(a: &DecodeBench) -> Result<()> {
-    use dllm_engine::decode::{DecodeSettings, Decoder};
+    use dllm_engine::decode::{BatchDecoder, DecodeSettings, Decoder};
     let device = dllm_engine::parse_device(&a.device)?;
     let config = presets::preset(&a.preset)?;
     let model = presets::random_model(&config, 0, device, DType::default_for(device))?;
@@ -252,6 +255,14 @@ fn decode(a: &DecodeBench) -> Result<()> {
     let _ = run(true)?; // warm-up
     let (cached_wall, cached_fwd, cached_total, forwards) = run(true)?;
     let (nocache_wall, _, _, nocache_forwards) = run(false)?;
+    let prompts = vec![prompt.clone(); a.batch];
+    let mut batch = BatchDecoder::new(&prompts, s.clone(), 1, 0, &model)?;
+    let t = Instant::now();
+    let batch_forwards = batch.run(&model)?;
+    sync(device);
+    let batch_wall = t.elapsed().as_secs_f64();
+    let batch_tokens: i64 = batch.rows().iter().map(|d| d.decoded_tokens()).sum();
+    let single_tokens = batch.rows()[0].decoded_tokens();
     let out = json!({
         "bench": "decode",
         "preset": a.preset,
@@ -269,6 +280,11 @@ fn decode(a: &DecodeBench) -> Result<()> {
         "step_seconds": cached_total,
         "step_overhead_over_forward": (cached_total - cached_fwd) / cached_fwd,
         "ms_per_step": cached_total * 1e3 / forwards as f64,
+        "batch_rows": a.batch,
+        "batch_forwards": batch_forwards,
+        "batch_seconds": batch_wall,
+        "batch_tokens_per_second": batch_tokens as f64 / batch_wall,
+        "single_tokens_per_second": single_tokens as f64 / cached_wall,
     });
     if a.json {
         println!("{out}");

@@ -6,7 +6,7 @@ mod common;
 use std::cell::RefCell;
 
 use common::*;
-use dllm_engine::decode::{DecodeSettings, Decoder, Denoiser, Editing, EditTiming, Event, StepReport};
+use dllm_engine::decode::{BatchDecoder, DecodeSettings, Decoder, Denoiser, Editing, EditTiming, Event, StepReport};
 use dllm_engine::{BlockMask, KvCache, MaskKind, Model, Result};
 use tch::{Kind, Tensor};
 
@@ -476,4 +476,60 @@ fn the_cache_holds_exactly_the_finished_blocks() {
     d.rewind(first).unwrap();
     let b = d.cursor().block;
     assert_eq!(d.cached_len(), b * 4);
+}
+
+fn steps_of(d: &Decoder) -> Vec<(i64, Vec<(i64, i64)>, Vec<(i64, i64, i64)>)> {
+    d.reports()
+        .map(|r| (r.block, r.gamma.iter().map(|u| (u.pos, u.token)).collect(), r.delta.iter().map(|e| (e.pos, e.old, e.new)).collect()))
+        .collect()
+}
+
+#[test]
+fn a_batch_decodes_each_row_exactly_as_alone_and_rows_finish_independently() {
+    let cfg = micro();
+    let model = spiky_model(&cfg, 23);
+    let prompts: Vec<Vec<i64>> = vec![vec![10, 11, 12], vec![20, 21, 22, 23, 24, 25, 26, 27, 28], vec![40], vec![10, 11, 12]];
+    for (preset, attention) in [("S", MaskKind::BlockCausal), ("Q", MaskKind::BlockCausal), ("S", MaskKind::HfAdditive)] {
+        let mut s = DecodeSettings::official(14);
+        s.block_length = 4;
+        s.apply_preset(preset).unwrap();
+        s.attention = attention;
+        s.eos_early_stop = true;
+        // Pick as EOS a token row 0 produces early, so that some rows stop before others.
+        let mut probe = Decoder::new(&prompts[0], s.clone(), MASK_ID, EOS_ID, &model).unwrap();
+        probe.run(&model).unwrap();
+        let eos = probe.canvas()[4];
+        let alone: Vec<Decoder> = prompts
+            .iter()
+            .map(|p| {
+                let mut d = Decoder::new(p, s.clone(), MASK_ID, eos, &model).unwrap();
+                d.run(&model).unwrap();
+                d
+            })
+            .collect();
+        let mut batch = BatchDecoder::new(&prompts, s.clone(), MASK_ID, eos, &model).unwrap();
+        let forwards = batch.run(&model).unwrap();
+        assert!(batch.is_finished());
+        for (i, (row, single)) in batch.rows().iter().zip(&alone).enumerate() {
+            assert_eq!(row.canvas(), single.canvas(), "{preset} {attention:?}: row {i}");
+            assert_eq!(steps_of(row), steps_of(single), "{preset} {attention:?}: row {i}");
+            assert_eq!(row.output(), single.output());
+        }
+        let blocks: Vec<i64> = alone.iter().map(|d| d.cursor().block).collect();
+        assert!(blocks.iter().min() < blocks.iter().max(), "{preset}: rows should stop in different blocks: {blocks:?}");
+        let most = alone.iter().map(|d| d.cursor().forwards).max().unwrap();
+        assert!(forwards >= most, "a batch needs at least the longest row's forwards");
+    }
+}
+
+#[test]
+fn batch_errors_are_clear() {
+    let m = Scripted::new(|_, _, _| (5, 0.9));
+    let s = DecodeSettings::official(8);
+    assert!(BatchDecoder::new(&[], s.clone(), MASK, EOS, &m).err().unwrap().to_string().contains("at least one prompt"));
+    let e = BatchDecoder::new(&[vec![3], vec![]], s.clone(), MASK, EOS, &m).err().unwrap().to_string();
+    assert!(e.contains("batch row") && e.contains("\"1\"") && e.contains("empty"), "{e}");
+    let mut mbe = s;
+    mbe.mbe_window = 1;
+    assert!(BatchDecoder::new(&[vec![3]], mbe, MASK, EOS, &m).err().unwrap().to_string().contains("not available in batches"));
 }

@@ -1,11 +1,13 @@
 //! Block-diffusion decoding with token editing, as a stepper (see `stepper.rs`), its settings and presets,
 //! the sampler with the decoder's own generator, and breakpoint events.
 
+mod batch;
 mod events;
 mod sampler;
 mod settings;
 mod stepper;
 
+pub use batch::BatchDecoder;
 pub use events::Event;
 pub use sampler::Rng;
 pub use settings::{DecodeSettings, EditTiming, Editing, PRESETS, SETTINGS};

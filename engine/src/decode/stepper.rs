@@ -133,6 +133,24 @@ pub struct Entry {
     pub kind: EntryKind,
 }
 
+/// A row's next forward, decided by [`Decoder::plan`] without changing the decoder.
+pub(crate) struct Plan {
+    t0: Instant,
+    before: Cursor,
+    /// The cursor to adopt: blocks that end before the forward ended, post_steps counted.
+    cursor: Cursor,
+    ended_before: Vec<i64>,
+    masks_at_start: i64,
+    /// The forward window `[ws, be)` whose logits the rules read.
+    pub(crate) ws: i64,
+    pub(crate) be: i64,
+}
+
+pub(crate) enum Next {
+    Forward(Plan),
+    Finish { before: Cursor, cursor: Cursor, ended: Vec<i64> },
+}
+
 /// The last forward's distribution over its span, for top-k queries without another forward.
 #[derive(Debug)]
 struct LastForward {
@@ -298,19 +316,15 @@ impl Decoder {
         self.canvas[self.block_range(block)].iter().filter(|&&t| t == self.mask_id).count() as i64
     }
 
-    /// First position of the forward window: the current block, or the MBE window before it (never before
-    /// the block holding the prompt's end, whose earlier blocks are all prompt).
-    fn window_start(&self) -> i64 {
+    /// First position of the forward window when `block` is current: the block itself, or the MBE window
+    /// before it (never before the block holding the prompt's end, whose earlier blocks are all prompt).
+    fn window_start(&self, block: i64) -> i64 {
         let b = self.settings.block_length;
         let first_gen_block = self.prompt_len / b;
-        (self.cursor.block - self.settings.mbe_window).max(first_gen_block) * b
+        (block - self.settings.mbe_window).max(first_gen_block) * b
     }
 
-    /// Runs one forward pass (after ending blocks that end before it). `None` once the decode is finished.
-    pub fn step(&mut self, model: &dyn Denoiser) -> Result<Option<StepReport>> {
-        if self.cursor.finished {
-            return Ok(None);
-        }
+    fn check_settings(&self) -> Result<()> {
         self.settings.validate()?;
         if self.canvas.len() as i64 % self.settings.block_length != 0 {
             return Err(Error::invalid(
@@ -319,36 +333,61 @@ impl Decoder {
                 "cannot change after the decode started (the canvas is laid out in blocks); start a new decode",
             ));
         }
+        Ok(())
+    }
+
+    /// Decides the next forward without changing anything: blocks that end before it (the post-step limit,
+    /// or no mask left with editing off) are ended on a copy of the cursor. `None` once finished.
+    pub(crate) fn plan(&self) -> Option<Next> {
+        if self.cursor.finished {
+            return None;
+        }
         let t0 = Instant::now();
         let before = self.cursor;
-        // Blocks that end before a forward: the post-step limit, or no mask left with editing off.
+        let mut c = self.cursor;
         let mut ended_before = Vec::new();
         loop {
-            if self.masks_in(self.cursor.block) > 0 {
+            if self.masks_in(c.block) > 0 {
                 break;
             }
-            let editing = self.settings.edit_threshold().is_some();
-            if editing && self.cursor.post_steps < self.settings.max_post_steps {
+            if self.settings.edit_threshold().is_some() && c.post_steps < self.settings.max_post_steps {
                 break;
             }
-            ended_before.push(self.cursor.block);
-            self.end_block();
-            if self.cursor.finished {
-                self.journal.push(Entry { before, writes: Vec::new(), kind: EntryKind::Finish { ended: ended_before } });
-                return Ok(None);
+            ended_before.push(c.block);
+            self.end_block(&mut c);
+            if c.finished {
+                return Some(Next::Finish { before, cursor: c, ended: ended_before });
             }
+        }
+        let masks_at_start = self.masks_in(c.block);
+        if masks_at_start == 0 {
+            c.post_steps += 1;
         }
         let b = self.settings.block_length;
-        let block = self.cursor.block;
-        let (bs, be) = (block * b, (block + 1) * b);
-        let block_step = self.cursor.block_step;
-        let masks_at_start = self.masks_in(block);
-        if masks_at_start == 0 {
-            self.cursor.post_steps += 1;
-        }
+        let (ws, be) = (self.window_start(c.block), (c.block + 1) * b);
+        Some(Next::Forward(Plan { t0, before, cursor: c, ended_before, masks_at_start, ws, be }))
+    }
 
+    /// Adopts a decode end decided by `plan` (no forward).
+    pub(crate) fn finish(&mut self, before: Cursor, cursor: Cursor, ended: Vec<i64>) {
+        self.cursor = cursor;
+        self.journal.push(Entry { before, writes: Vec::new(), kind: EntryKind::Finish { ended } });
+    }
+
+    /// Runs one forward pass (after ending blocks that end before it). `None` once the decode is finished.
+    /// A failed forward changes nothing.
+    pub fn step(&mut self, model: &dyn Denoiser) -> Result<Option<StepReport>> {
+        self.check_settings()?;
+        let plan = match self.plan() {
+            None => return Ok(None),
+            Some(Next::Finish { before, cursor, ended }) => {
+                self.finish(before, cursor, ended);
+                return Ok(None);
+            }
+            Some(Next::Forward(plan)) => plan,
+        };
         // The forward: from the cache's end to the block's end; finished blocks before the window join the cache.
-        let ws = self.window_start();
+        let (ws, be) = (plan.ws, plan.be);
         let no_cache = self.settings.attention == MaskKind::HfAdditive || !self.cache_enabled;
         if no_cache || self.committed > ws {
             let keep = if no_cache { 0 } else { ws };
@@ -358,18 +397,32 @@ impl Decoder {
         let start = self.committed;
         let commit = if no_cache { 0 } else { ws - start };
         let ids = Tensor::from_slice(&self.canvas[start as usize..be as usize]).view([1, -1]);
-        let mask = BlockMask {
-            block_length: b,
-            kind: self.settings.attention,
-            bidirectional_from: (self.settings.mbe_window > 0).then_some(ws),
-        };
+        let mask = self.attention_mask(ws);
         let tf = Instant::now();
         let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
         let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
         self.committed = start + commit;
-        let got = logits.size()[1];
-        let logits = logits.get(0).narrow(0, got - (be - ws), be - ws).to_kind(Kind::Float);
+        Ok(Some(self.apply(plan, &logits.get(0), forward_ms)))
+    }
 
+    fn attention_mask(&self, ws: i64) -> BlockMask {
+        BlockMask {
+            block_length: self.settings.block_length,
+            kind: self.settings.attention,
+            bidirectional_from: (self.settings.mbe_window > 0).then_some(ws),
+        }
+    }
+
+    /// Applies the rules to a forward's logits (`[L, V]`, the last `be - ws` rows covering the window).
+    pub(crate) fn apply(&mut self, plan: Plan, logits: &Tensor, forward_ms: f64) -> StepReport {
+        let Plan { t0, before, cursor, ended_before, masks_at_start, ws, be } = plan;
+        self.cursor = cursor;
+        let b = self.settings.block_length;
+        let block = self.cursor.block;
+        let bs = block * b;
+        let block_step = self.cursor.block_step;
+        let got = logits.size()[0];
+        let logits = logits.narrow(0, got - (be - ws), be - ws).to_kind(Kind::Float);
         let prev: Vec<Option<i64>> =
             (ws..be).map(|pos| if pos == ws { None } else { Some(self.canvas[pos as usize - 1]) }).collect();
         let cand = select(&logits, &prev, &self.settings, &mut self.cursor.rng);
@@ -424,7 +477,9 @@ impl Decoder {
         let block_ended = masks_at_start == 0 && delta.is_empty();
         let mut advanced_to = None;
         if block_ended {
-            self.end_block();
+            let mut c = self.cursor;
+            self.end_block(&mut c);
+            self.cursor = c;
             if !self.cursor.finished {
                 advanced_to = Some(self.cursor.block);
             }
@@ -448,26 +503,27 @@ impl Decoder {
             tpf: self.tpf(),
         };
         self.journal.push(Entry { before, writes, kind: EntryKind::Step(report.clone()) });
-        Ok(Some(report))
+        report
     }
 
-    fn end_block(&mut self) {
+    /// Ends the block `c` is on: the decode finishes (last block, or EOS early stop) or moves on.
+    fn end_block(&self, c: &mut Cursor) {
         let b = self.settings.block_length;
-        let end = (self.cursor.block + 1) * b;
+        let end = (c.block + 1) * b;
         if self.settings.eos_early_stop {
             let gen = &self.canvas[self.prompt_len as usize..end as usize];
             if !gen.contains(&self.mask_id) && gen.contains(&self.eos_id) {
-                self.cursor.finished = true;
+                c.finished = true;
                 return;
             }
         }
-        if self.cursor.block + 1 >= self.num_blocks() {
-            self.cursor.finished = true;
+        if c.block + 1 >= self.num_blocks() {
+            c.finished = true;
             return;
         }
-        self.cursor.block += 1;
-        self.cursor.block_step = 0;
-        self.cursor.post_steps = 0;
+        c.block += 1;
+        c.block_step = 0;
+        c.post_steps = 0;
     }
 
     /// Steps until the decode finishes; returns the reports.
@@ -495,7 +551,7 @@ impl Decoder {
             self.cursor = e.before;
         }
         let b = self.settings.block_length;
-        let keep = self.committed.min(self.window_start()).min(if lowest == i64::MAX { i64::MAX } else { lowest / b * b });
+        let keep = self.committed.min(self.window_start(self.cursor.block)).min(if lowest == i64::MAX { i64::MAX } else { lowest / b * b });
         self.cache.truncate(keep);
         self.committed = keep;
         self.last = None;

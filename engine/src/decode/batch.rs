@@ -1,0 +1,108 @@
+//! Several prompts decoded together (rollouts, evaluation): one batched forward per step, rows finishing
+//! independently, each row's trajectory exactly the one it has decoded alone.
+//!
+//! Rows move in block lockstep: each step, the rows whose next forward is on the lowest current block take it
+//! together; a row that finished that block early waits (its tokens do not change, and under block-causal
+//! attention its logits depend on nothing but its own tokens, so waiting changes nothing but time). All rows
+//! share one KV cache of the blocks every row has finished. Rows of different prompt lengths are fine: a prompt
+//! is just tokens in its row's canvas. Shorter canvases are padded with EOS beyond their end, which no position
+//! of that row's own canvas ever attends to (it lies in later blocks) and no other row sees.
+
+use std::time::Instant;
+
+use tch::Tensor;
+
+use super::settings::DecodeSettings;
+use super::stepper::{Decoder, Denoiser, Next, StepReport};
+use crate::error::{Error, Result};
+use crate::model::{BlockMask, KvCache, MaskKind};
+
+pub struct BatchDecoder {
+    rows: Vec<Decoder>,
+    cache: KvCache,
+    committed: i64,
+}
+
+impl BatchDecoder {
+    pub fn new(prompts: &[Vec<i64>], settings: DecodeSettings, mask_id: i64, eos_id: i64, model: &dyn Denoiser) -> Result<BatchDecoder> {
+        if prompts.is_empty() {
+            return Err(Error::invalid("batch", "[]", "needs at least one prompt"));
+        }
+        if settings.mbe_window > 0 {
+            return Err(Error::invalid("mbe_window", settings.mbe_window, "multi-block editing is not available in batches yet"));
+        }
+        let rows = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Decoder::new(p, settings.clone(), mask_id, eos_id, model).map_err(|e| Error::invalid("batch row", i, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BatchDecoder { rows, cache: KvCache::new(), committed: 0 })
+    }
+
+    pub fn rows(&self) -> &[Decoder] {
+        &self.rows
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.rows.iter().all(Decoder::is_finished)
+    }
+
+    /// One batched forward for the rows on the lowest current block; returns (row, report) for each of them.
+    /// Empty once every row has finished.
+    pub fn step(&mut self, model: &dyn Denoiser) -> Result<Vec<(usize, StepReport)>> {
+        let settings = self.rows[0].settings.clone();
+        settings.validate()?;
+        {
+            let mut plans = Vec::new();
+            for (i, row) in self.rows.iter_mut().enumerate() {
+                match row.plan() {
+                    None => {}
+                    Some(Next::Finish { before, cursor, ended }) => row.finish(before, cursor, ended),
+                    Some(Next::Forward(plan)) => plans.push((i, plan)),
+                }
+            }
+            if plans.is_empty() {
+                return Ok(Vec::new());
+            }
+            let be = plans.iter().map(|(_, p)| p.be).min().expect("non-empty");
+            let active: Vec<_> = plans.into_iter().filter(|(_, p)| p.be == be).collect();
+            let b = settings.block_length;
+            let ws = be - b;
+            let hf = settings.attention == MaskKind::HfAdditive;
+            if hf && self.committed > 0 {
+                self.cache.truncate(0);
+                self.committed = 0;
+            }
+            let start = self.committed;
+            let commit = if hf { 0 } else { ws - start };
+            let mut ids = Vec::with_capacity(self.rows.len() * (be - start) as usize);
+            for row in &self.rows {
+                let c = row.canvas();
+                ids.extend((start..be).map(|pos| c.get(pos as usize).copied().unwrap_or(row.eos_id())));
+            }
+            let ids = Tensor::from_slice(&ids).view([self.rows.len() as i64, be - start]);
+            let mask = BlockMask { block_length: b, kind: settings.attention, bidirectional_from: None };
+            let tf = Instant::now();
+            let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
+            let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
+            self.committed = start + commit;
+            let mut out = Vec::with_capacity(active.len());
+            for (i, plan) in active {
+                let report = self.rows[i].apply(plan, &logits.get(i as i64), forward_ms);
+                out.push((i, report));
+            }
+            Ok(out)
+        }
+    }
+
+    /// Steps until every row has finished; returns the number of batched forwards.
+    pub fn run(&mut self, model: &dyn Denoiser) -> Result<i64> {
+        let mut forwards = 0;
+        while !self.step(model)?.is_empty() {
+            forwards += 1;
+        }
+        Ok(forwards)
+    }
+}
