@@ -10,7 +10,7 @@ use dllm_engine::decode::{BatchDecoder, DecodeSettings, Decoder, Denoiser, Editi
 use dllm_engine::{BlockMask, KvCache, MaskKind, Model, Result};
 use tch::{Kind, Tensor};
 
-const V: i64 = 16;
+const V: i64 = 128; // the micro preset's vocabulary, so scripted tokens have texts
 const MASK: i64 = 1;
 const EOS: i64 = 0;
 
@@ -129,6 +129,8 @@ fn fixed_point_ends_the_block_after_one_confirming_forward() {
     assert_eq!(reports[1].advanced_to, Some(2));
     assert!(reports[3].finished);
     assert!((d.tpf() - 2.0).abs() < 1e-9);
+    let st = d.stats();
+    assert_eq!((st.forwards, st.unmasked, st.edits, st.fallbacks, st.tokens), (4, 8, 0, 0, 8));
 }
 
 #[test]
@@ -244,7 +246,7 @@ fn bad_settings_and_prompts_are_clear_errors() {
     let mut s = DecodeSettings::official(8);
     s.threshold = 2.0;
     assert!(e(&[3], s).contains("threshold"));
-    assert!(e(&[3, 99], DecodeSettings::official(8)).contains("ids must be in 0..16"));
+    assert!(e(&[3, 999], DecodeSettings::official(8)).contains("ids must be in 0..128"));
     assert!(e(&[3, MASK], DecodeSettings::official(8)).contains("mask token"));
     assert!(e(&[3], DecodeSettings::official(2000)).contains("exceeds the model's 1024 positions"));
     assert!(DecodeSettings::official(8).apply_preset("turbo").unwrap_err().to_string().contains("known presets"));
@@ -288,7 +290,7 @@ fn hand_edits_are_journalled_and_validated() {
     assert_eq!(r.delta.len(), 1, "Delta repairs the poked token");
     assert_eq!((r.delta[0].pos, r.delta[0].old, r.delta[0].new), (2, 9, 5));
     assert!(d.set_tokens(&[(0, 9)], V).unwrap_err().to_string().contains("generated positions are 1..8"));
-    assert!(d.set_tokens(&[(2, 99)], V).is_err());
+    assert!(d.set_tokens(&[(2, 999)], V).unwrap_err().to_string().contains("0..128"));
     assert_eq!(d.cursor().block, 0);
     assert!(d.remask(&[6]).unwrap_err().to_string().contains("current block"));
     d.remask(&[3]).unwrap();
@@ -532,4 +534,22 @@ fn batch_errors_are_clear() {
     let mut mbe = s;
     mbe.mbe_window = 1;
     assert!(BatchDecoder::new(&[vec![3]], mbe, MASK, EOS, &m).err().unwrap().to_string().contains("not available in batches"));
+}
+
+#[test]
+fn reports_carry_token_texts_once_annotated() {
+    let cfg = micro();
+    let json = serde_json::to_vec(&dllm_engine::presets::tokenizer_spec(cfg.vocab_size).to_json()).unwrap();
+    let tok = dllm_engine::Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &cfg).unwrap();
+    let x = tok.encode("x").unwrap()[0];
+    let y = tok.encode("y").unwrap()[0];
+    let m = Scripted::new(move |n, _, _| if n == 0 { (x, 0.99) } else { (y, 0.99) });
+    let mut d = decoder(&[7], settings(3, 4, 0.5, Editing::Threshold(0.5), 16), &m);
+    let mut r = d.step(&m).unwrap().unwrap();
+    r.annotate(&tok);
+    assert!(r.gamma.iter().all(|u| u.text == "x"));
+    let mut r = d.step(&m).unwrap().unwrap();
+    r.annotate(&tok);
+    assert!(r.delta.iter().all(|e| e.old_text == "x" && e.new_text == "y"));
+    assert_eq!(tok.token_text(MASK_ID), "<|mask|>");
 }

@@ -61,6 +61,9 @@ pub struct Unmask {
     pub pos: i64,
     pub token: i64,
     pub p: f32,
+    /// The token's text, filled by [`StepReport::annotate`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +72,37 @@ pub struct Edit {
     pub old: i64,
     pub new: i64,
     pub p: f32,
+    /// Texts of the old and new tokens, filled by [`StepReport::annotate`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub old_text: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub new_text: String,
+}
+
+impl StepReport {
+    /// Fills the token texts of Gamma and Delta (the engine's decoder works on ids only).
+    pub fn annotate(&mut self, tok: &crate::tokenizer::Tokenizer) {
+        for u in &mut self.gamma {
+            u.text = tok.token_text(u.token);
+        }
+        for e in &mut self.delta {
+            e.old_text = tok.token_text(e.old);
+            e.new_text = tok.token_text(e.new);
+        }
+    }
+}
+
+/// Totals over a decode so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub forwards: i64,
+    pub unmasked: i64,
+    pub edits: i64,
+    pub fallbacks: i64,
+    pub tokens: i64,
+    pub tpf: f64,
+    pub forward_ms: f64,
+    pub total_ms: f64,
 }
 
 /// What one forward pass did.
@@ -296,6 +330,20 @@ impl Decoder {
         }
     }
 
+    /// Forwards, unmasked tokens, edits, fallbacks, TPF and time so far.
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats { tokens: self.decoded_tokens(), tpf: self.tpf(), ..Stats::default() };
+        for r in self.reports() {
+            st.forwards += 1;
+            st.unmasked += r.gamma.len() as i64;
+            st.edits += r.delta.len() as i64;
+            st.fallbacks += i64::from(r.fallback);
+            st.forward_ms += r.forward_ms;
+            st.total_ms += r.total_ms;
+        }
+        st
+    }
+
     /// How often each canvas position has been written (by steps and by hand) so far.
     pub fn change_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.canvas.len()];
@@ -442,7 +490,7 @@ impl Decoder {
         } else {
             passing
         };
-        let gamma: Vec<Unmask> = chosen.iter().map(|&pos| Unmask { pos, token: cand.tokens[at(pos)], p: cand.probs[at(pos)] }).collect();
+        let gamma: Vec<Unmask> = chosen.iter().map(|&pos| Unmask { pos, token: cand.tokens[at(pos)], p: cand.probs[at(pos)], text: String::new() }).collect();
 
         // Delta_t over non-mask, non-prompt positions of the window.
         let mut delta = Vec::new();
@@ -452,7 +500,7 @@ impl Decoder {
                 let old = self.canvas[pos as usize];
                 let (v, p) = (cand.tokens[at(pos)], cand.probs[at(pos)]);
                 if allowed && old != self.mask_id && v != old && p as f64 > tau {
-                    delta.push(Edit { pos, old, new: v, p });
+                    delta.push(Edit { pos, old, new: v, p, old_text: String::new(), new_text: String::new() });
                 }
             }
         }
