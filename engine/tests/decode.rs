@@ -553,3 +553,27 @@ fn reports_carry_token_texts_once_annotated() {
     assert!(r.delta.iter().all(|e| e.old_text == "x" && e.new_text == "y"));
     assert_eq!(tok.token_text(MASK_ID), "<|mask|>");
 }
+
+#[test]
+fn a_saved_decoder_restores_and_continues_exactly() {
+    let cfg = micro();
+    let model = spiky_model(&cfg, 24);
+    let mut s = DecodeSettings::official(12);
+    s.block_length = 4;
+    s.apply_preset("S").unwrap();
+    let mut whole = Decoder::new(&[10, 11, 12], s.clone(), MASK_ID, EOS_ID, &model).unwrap();
+    whole.run(&model).unwrap();
+    let mut half = Decoder::new(&[10, 11, 12], s, MASK_ID, EOS_ID, &model).unwrap();
+    for _ in 0..5 {
+        half.step(&model).unwrap();
+    }
+    let json = serde_json::to_string(&half.snapshot()).unwrap();
+    let mut back = Decoder::restore(serde_json::from_str(&json).unwrap(), &model).unwrap();
+    back.run(&model).unwrap();
+    // Same steps and tokens; p may differ in the last float bits (the restored cache is recomputed in one go).
+    assert_eq!(steps_of(&back), steps_of(&whole));
+    assert_eq!(back.canvas(), whole.canvas());
+    let mut bad: dllm_engine::decode::DecoderState = serde_json::from_str(&json).unwrap();
+    bad.canvas[3] = 100_000;
+    assert!(Decoder::restore(bad, &model).unwrap_err().to_string().contains("for this model"));
+}

@@ -1,1 +1,12 @@
+//! dllm-repl: the `Session` that keeps a model resident and drives the decoder, its ONE command table
+//! (`commands`), typed results (`value`) rendered in one place (`render`), and the terminal front-end.
 
+mod commands;
+mod parse;
+mod persist;
+pub mod render;
+mod session;
+pub mod value;
+
+pub use commands::{markdown as commands_markdown, Command};
+pub use session::{CmdResult, CommandError, ModelSource, Session};

@@ -11,4 +11,4 @@ pub use batch::BatchDecoder;
 pub use events::Event;
 pub use sampler::Rng;
 pub use settings::{DecodeSettings, EditTiming, Editing, PRESETS, SETTINGS};
-pub use stepper::{Cursor, Decoder, Denoiser, Edit, Entry, EntryKind, Stats, StepReport, Unmask};
+pub use stepper::{Cursor, Decoder, DecoderState, Denoiser, Edit, Entry, EntryKind, Stats, StepReport, Unmask};

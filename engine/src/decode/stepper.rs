@@ -167,6 +167,18 @@ pub struct Entry {
     pub kind: EntryKind,
 }
 
+/// A decoder's state without its cache, as saved in session files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecoderState {
+    pub settings: DecodeSettings,
+    pub mask_id: i64,
+    pub eos_id: i64,
+    pub prompt_len: i64,
+    pub canvas: Vec<i64>,
+    pub cursor: Cursor,
+    pub journal: Vec<Entry>,
+}
+
 /// A row's next forward, decided by [`Decoder::plan`] without changing the decoder.
 pub(crate) struct Plan {
     t0: Instant,
@@ -252,6 +264,49 @@ impl Decoder {
             committed: 0,
             cache: KvCache::new(),
             journal: Vec::new(),
+            last: None,
+            cache_enabled: true,
+        })
+    }
+
+    /// Everything but the cache and the last forward's distribution, for saving a session.
+    pub fn snapshot(&self) -> DecoderState {
+        DecoderState {
+            settings: self.settings.clone(),
+            mask_id: self.mask_id,
+            eos_id: self.eos_id,
+            prompt_len: self.prompt_len,
+            canvas: self.canvas.clone(),
+            cursor: self.cursor,
+            journal: self.journal.clone(),
+        }
+    }
+
+    /// A decoder in a saved state (its cache refills on the next forward). Checks the state against `model`.
+    pub fn restore(state: DecoderState, model: &dyn Denoiser) -> Result<Decoder> {
+        state.settings.validate()?;
+        let vocab = model.vocab_size();
+        let b = state.settings.block_length;
+        let len = state.canvas.len() as i64;
+        if len == 0 || len % b != 0 || state.prompt_len <= 0 || state.prompt_len > len || state.cursor.block * b >= len {
+            return Err(Error::invalid("saved decoder", format!("{len} positions"), "inconsistent canvas, prompt or block"));
+        }
+        if let Some(&t) = state.canvas.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(Error::invalid("saved decoder", t, format!("token ids must be in 0..{vocab} for this model")));
+        }
+        if len > model.max_positions() {
+            return Err(Error::invalid("saved decoder", len, "longer than the model's positions"));
+        }
+        Ok(Decoder {
+            settings: state.settings,
+            mask_id: state.mask_id,
+            eos_id: state.eos_id,
+            prompt_len: state.prompt_len,
+            canvas: state.canvas,
+            cursor: state.cursor,
+            committed: 0,
+            cache: KvCache::new(),
+            journal: state.journal,
             last: None,
             cache_enabled: true,
         })

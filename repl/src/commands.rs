@@ -1,0 +1,707 @@
+//! THE command table: name, aliases, usage, one-line summary, long help with examples, handler. `help`,
+//! completion and docs/commands.md are generated from it, so the terminal and the kernel cannot drift.
+
+use std::path::PathBuf;
+
+use dllm_engine::decode::{DecodeSettings, Decoder, Event, PRESETS, SETTINGS};
+use dllm_engine::Role;
+
+use crate::parse::Args;
+use crate::session::{Breakpoint, CmdResult, CommandError, ModelSource, Session};
+use crate::value::{Cell, Chart, Series, Table, Value};
+
+pub struct Command {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub usage: &'static str,
+    pub summary: &'static str,
+    pub help: &'static str,
+    /// Waits for the background model load before running.
+    pub needs_model: bool,
+    pub run: fn(&mut Session, &Args) -> CmdResult,
+}
+
+macro_rules! cmd {
+    ($name:expr, [$($alias:expr),*], $usage:expr, $summary:expr, $help:expr, $needs:expr, $run:expr) => {
+        Command { name: $name, aliases: &[$($alias),*], usage: $usage, summary: $summary, help: $help, needs_model: $needs, run: $run }
+    };
+}
+
+pub static TABLE: &[Command] = &[
+    cmd!("help", ["?"], "help [COMMAND]", "List the commands, or explain one",
+        "Without an argument, lists every command with its summary. With one, shows its usage, aliases and\nexamples.\n\nExamples:\n  help\n  help step", false, help),
+    cmd!("load", [], "load [PATH|builtin] [device=D] [dtype=T]", "Load a model (replaces the resident one)",
+        "Loads a checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or the\nembedded model, on `device` (auto, cpu, cuda, cuda:N) in `dtype` (f32, bf16, f16). Branches are\ndropped: their tokens belong to the old vocabulary. If loading fails, the old model stays.\n\nExamples:\n  load builtin\n  load /models/llada2-mini device=cuda dtype=bf16", false, load),
+    cmd!("info", ["model"], "info", "Show the model's summary: shape, parameters, device, memory",
+        "Shows the resident model's shape, parameter count, device, dtype, weight memory and special ids.", true, info),
+    cmd!("prompt", [], "prompt TEXT", "Set a raw prompt and start a fresh decode on this branch",
+        "Tokenizes TEXT as is (no template) and starts a new decode with the current settings.\n\nExample:\n  prompt The capital of France is", true, prompt),
+    cmd!("chat", [], "chat TEXT", "Set a prompt through the chat template and start a fresh decode",
+        "Wraps TEXT in the Ling chat template (a HUMAN turn and the ASSISTANT generation prompt).\n\nExample:\n  chat Sort the digits 4 1 3", true, chat),
+    cmd!("prompt-ids", [], "prompt-ids ID,ID,...", "Set the prompt as token ids and start a fresh decode",
+        "Example:\n  prompt-ids 12,40,7", true, prompt_ids),
+    cmd!("settings", ["show"], "settings", "Show every decoding setting",
+        "Lists each setting with its value and meaning. `set` changes one.", false, settings),
+    cmd!("set", [], "set NAME VALUE", "Change a decoding setting (applies from the next step)",
+        "Changes a setting for this branch (from its next step) and for later decodes. `settings` lists\nthem. `off` disables optional ones.\n\nExamples:\n  set threshold 0.8\n  set edit_threshold off\n  set temperature 0.7", false, set),
+    cmd!("preset", [], "preset NAME", "Apply a named preset (Q, S, llada2.0, sglang, diffusers)",
+        "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources.\n\nExamples:\n  preset S\n  preset", false, preset),
+    cmd!("step", ["s"], "step [N]", "Run N forward passes (default 1) and show Gamma and Delta",
+        "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. Ctrl-C stops between steps.\n\nExamples:\n  step\n  step 5", true, step),
+    cmd!("run", ["r"], "run", "Decode to the end",
+        "Steps until the decode finishes (breakpoints are ignored; use `continue` to stop at them).", true, run),
+    cmd!("continue", ["c"], "continue", "Step until a breakpoint fires or the decode ends",
+        "Example:\n  break edit\n  continue", true, cont),
+    cmd!("break", ["b"], "break EVENT [ARG]", "Add a breakpoint on a decoder event",
+        "Events: edit (Delta non-empty), fallback, block-end, eos, token ID, text TEXT, oscillation K\n(a position written more than K times), low-confidence X, step N, revised (multi-block editing).\n\nExamples:\n  break edit\n  break text Paris\n  break low-confidence 0.3", false, brk),
+    cmd!("breaks", [], "breaks", "List breakpoints", "Lists breakpoints with their ids.", false, breaks),
+    cmd!("delete", [], "delete ID|all", "Delete a breakpoint", "Examples:\n  delete 2\n  delete all", false, delete),
+    cmd!("watch", [], "watch POS [POS...]", "Show these positions after every step (watch off: clear)",
+        "Watched positions are listed with their token and probability after each `step`.\n\nExamples:\n  watch 12 13\n  watch off", false, watch),
+    cmd!("rewind", ["back"], "rewind STEP", "Go back to the state before forward STEP",
+        "Restores the canvas, block, counters and generator exactly; finished blocks stay cached.\n\nExample:\n  rewind 3", true, rewind),
+    cmd!("fork", [], "fork NAME", "Copy this branch to a new branch and switch to it",
+        "The copy is independent: change settings there and compare with `diff`.\n\nExample:\n  fork q-mode\n  preset Q", true, fork),
+    cmd!("switch", ["checkout"], "switch NAME", "Switch to another branch", "Example:\n  switch main", false, switch),
+    cmd!("branches", [], "branches", "List branches with their progress", "", false, branches),
+    cmd!("diff", [], "diff A B", "Compare two branches step by step",
+        "A step-aligned table of |Gamma| and |Delta| per step, the first step where they diverge, their TPF\nand final texts.\n\nExample:\n  diff main q-mode", true, diff),
+    cmd!("canvas", ["show-canvas"], "canvas", "Show the canvas (prompt, tokens, masks; last step's changes)", "", true, canvas),
+    cmd!("gamma", [], "gamma", "Show the last step's unmask set Gamma_t", "", true, gamma),
+    cmd!("delta", [], "delta", "Show the last step's edit set Delta_t", "", true, delta),
+    cmd!("topk", [], "topk POS [K]", "Top-K candidates at a position under the last forward",
+        "Uses the last forward's distribution (no new forward); also shows the probability of the token now\nat POS.\n\nExample:\n  topk 14 5", true, topk),
+    cmd!("trace", [], "trace", "List every step so far", "", true, trace),
+    cmd!("block", [], "block", "Show the current block and its counters", "", true, block),
+    cmd!("stats", [], "stats", "Forwards, tokens, TPF, edits, fallbacks, time", "", true, stats),
+    cmd!("chart", [], "chart", "Masks left, |Gamma| and |Delta| per step as a chart", "", true, chart),
+    cmd!("poke", ["set-token"], "poke POS TOKEN", "Set a generated position by hand (TOKEN: text, or #ID)",
+        "Journalled (rewind undoes it). Positions in cached blocks drop the cache from their block on.\n\nExamples:\n  poke 14 x\n  poke 14 #57", true, poke),
+    cmd!("remask", [], "remask POS [POS...]", "Turn positions of the current block back into masks", "Example:\n  remask 12 13", true, remask),
+    cmd!("export", [], "export FILE", "Write the current branch's trace as JSON (docs/decoding.md)", "Example:\n  export trace.json", true, export),
+    cmd!("save", [], "save FILE", "Save the session (settings, branches, breakpoints) as JSON", "Example:\n  save session.json", true, save),
+    cmd!("open", [], "open FILE", "Reopen a saved session", "Example:\n  open session.json", true, open),
+    cmd!("source", ["script"], "source FILE", "Run the commands in a file (one per line, # comments)",
+        "Stops at the first failing command.\n\nExample:\n  source demo.dllm", false, source),
+    cmd!("sweep", [], "sweep NAME V1 V2 ...", "Decode the prompt once per value of a setting; tabulate TPF, steps, edits",
+        "Each run starts fresh from the current prompt and settings with NAME set to one value.\n\nExample:\n  sweep threshold 0.5 0.7 0.9", true, sweep),
+];
+
+pub fn find(name: &str) -> Option<&'static Command> {
+    TABLE.iter().find(|c| c.name == name || c.aliases.contains(&name))
+}
+
+pub fn names() -> impl Iterator<Item = &'static str> {
+    TABLE.iter().flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied()))
+}
+
+fn msg(text: impl Into<String>) -> Value {
+    Value::Message { text: text.into() }
+}
+
+fn usage(c: &str, m: impl Into<String>) -> CommandError {
+    CommandError::Usage { message: m.into(), usage: find(c).map(|c| c.usage).unwrap_or(c).into() }
+}
+
+fn int(c: &str, s: Option<&str>, what: &str) -> Result<i64, CommandError> {
+    let s = s.ok_or_else(|| usage(c, format!("missing {what}")))?;
+    s.parse().map_err(|_| usage(c, format!("{what} must be an integer, got {s:?}")))
+}
+
+/// The text of docs/commands.md.
+pub fn markdown() -> String {
+    let mut s = String::from("# Commands\n\nGenerated from the command table (`repl/src/commands.rs`); a test fails when this file is stale.\nThe same commands work in the terminal REPL and in Jupyter cells.\n\n| command | aliases | summary |\n|---|---|---|\n");
+    for c in TABLE {
+        s += &format!("| `{}` | {} | {} |\n", c.usage, c.aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" "), c.summary);
+    }
+    for c in TABLE {
+        s += &format!("\n## {}\n\n`{}`\n\n{}\n", c.name, c.usage, c.summary);
+        if !c.help.is_empty() {
+            s += &format!("\n```\n{}\n```\n", c.help);
+        }
+    }
+    s
+}
+
+fn help(_: &mut Session, a: &Args) -> CmdResult {
+    if let Some(name) = a.get(0) {
+        let c = find(name).ok_or_else(|| CommandError::Unknown { name: name.into(), suggestions: crate::parse::nearest(name, names()) })?;
+        let aliases = if c.aliases.is_empty() { String::new() } else { format!("\naliases: {}", c.aliases.join(", ")) };
+        return Ok(vec![msg(format!("usage: {}{aliases}\n{}\n\n{}", c.usage, c.summary, c.help))]);
+    }
+    let rows = TABLE.iter().map(|c| vec![Cell::from(c.usage), Cell::from(c.summary)]).collect();
+    Ok(vec![Value::Table(Table { title: "Commands (`help NAME` for details)".into(), columns: vec!["usage".into(), "what it does".into()], rows })])
+}
+
+fn load(s: &mut Session, a: &Args) -> CmdResult {
+    let mut src = ModelSource { dir: None, device: s.source.device.clone(), dtype: None };
+    for w in &a.words {
+        if let Some(d) = w.strip_prefix("device=") {
+            src.device = d.into();
+        } else if let Some(t) = w.strip_prefix("dtype=") {
+            src.dtype = Some(t.into());
+        } else if w != "builtin" {
+            src.dir = Some(PathBuf::from(w));
+        }
+    }
+    s.replace_model(src)?;
+    info(s, a)
+}
+
+fn info(s: &mut Session, _: &Args) -> CmdResult {
+    let l = s.model()?;
+    let (m, c) = (&l.model, l.model.config());
+    let untrained = l.dir.to_str() == Some(dllm_engine::BUILTIN);
+    let rows: Vec<Vec<Cell>> = vec![
+        vec!["model".into(), format!("{}{}", l.dir.display(), if untrained { " (UNTRAINED random weights)" } else { "" }).into()],
+        vec!["shape".into(), format!("{} layers, hidden {}, {} experts top-{}, vocab {}", c.num_hidden_layers, c.hidden_size, c.num_experts, c.num_experts_per_tok, c.vocab_size).into()],
+        vec!["parameters".into(), m.num_parameters().into()],
+        vec!["device".into(), format!("{:?}", m.device()).to_lowercase().into()],
+        vec!["dtype".into(), m.dtype().to_string().into()],
+        vec!["weight MiB".into(), (m.weight_bytes() as f64 / (1 << 20) as f64).into()],
+        vec!["mask / eos id".into(), format!("{} / {}", l.tokenizer.mask_id, l.tokenizer.eos_id).into()],
+        vec!["load seconds".into(), l.load_time.as_secs_f64().into()],
+    ];
+    Ok(vec![Value::Table(Table { title: "Model".into(), columns: vec!["".into(), "".into()], rows })])
+}
+
+fn start(s: &mut Session, ids: Vec<i64>) -> CmdResult {
+    let n = ids.len();
+    s.start_decode(ids)?;
+    let d = s.decoder()?;
+    let text = format!(
+        "prompt: {n} tokens; decoding {} tokens in blocks of {} from block {} on branch `{}`",
+        d.settings.gen_length,
+        d.settings.block_length,
+        d.cursor().block,
+        s.current
+    );
+    Ok(vec![msg(text), s.canvas_value("canvas")?])
+}
+
+fn prompt(s: &mut Session, a: &Args) -> CmdResult {
+    if a.rest.is_empty() {
+        return Err(usage("prompt", "missing TEXT"));
+    }
+    let ids = s.tokenizer()?.encode(&a.rest)?;
+    start(s, ids)
+}
+
+fn chat(s: &mut Session, a: &Args) -> CmdResult {
+    if a.rest.is_empty() {
+        return Err(usage("chat", "missing TEXT"));
+    }
+    let text = dllm_engine::Tokenizer::chat_prompt(&[(Role::Human, &a.rest)], true);
+    let ids = s.tokenizer()?.encode(&text)?;
+    start(s, ids)
+}
+
+fn prompt_ids(s: &mut Session, a: &Args) -> CmdResult {
+    let ids: Result<Vec<i64>, _> = a.rest.split(',').map(|t| t.trim().parse::<i64>()).collect();
+    let ids = ids.map_err(|_| usage("prompt-ids", format!("expected comma-separated integers, got {:?}", a.rest)))?;
+    start(s, ids)
+}
+
+fn settings_table(st: &DecodeSettings) -> Value {
+    let rows = SETTINGS.iter().map(|(n, h)| vec![Cell::from(*n), Cell::from(st.get(n).unwrap_or_default()), Cell::from(*h)]).collect();
+    Value::Table(Table { title: "Decoding settings".into(), columns: vec!["setting".into(), "value".into(), "meaning".into()], rows })
+}
+
+fn settings(s: &mut Session, _: &Args) -> CmdResult {
+    let st = s.decoder().map(|d| d.settings.clone()).unwrap_or_else(|_| s.settings.clone());
+    Ok(vec![settings_table(&st)])
+}
+
+/// Applies `change` to the session's settings and to the current branch's (checked first on copies).
+fn change_settings(s: &mut Session, change: impl Fn(&mut DecodeSettings) -> dllm_engine::Result<()>) -> Result<(), CommandError> {
+    let mut next = s.settings.clone();
+    change(&mut next)?;
+    let branch = match s.decoder() {
+        Ok(d) => {
+            let mut b = d.settings.clone();
+            change(&mut b)?;
+            if b.block_length != d.settings.block_length || b.gen_length != d.settings.gen_length {
+                // The canvas layout is fixed: such settings apply from the next prompt.
+                b.block_length = d.settings.block_length;
+                b.gen_length = d.settings.gen_length;
+            }
+            Some(b)
+        }
+        Err(_) => None,
+    };
+    s.settings = next;
+    if let (Some(b), Ok(d)) = (branch, s.decoder_mut()) {
+        d.settings = b;
+    }
+    Ok(())
+}
+
+fn set(s: &mut Session, a: &Args) -> CmdResult {
+    let (Some(name), Some(value)) = (a.get(0), a.get(1)) else { return Err(usage("set", "expected NAME VALUE")) };
+    change_settings(s, |st| st.set(name, value))?;
+    let layout = matches!(name, "block_length" | "gen_length") && s.decoder().is_ok();
+    Ok(vec![msg(format!("{name} = {}{}", s.settings.get(name).unwrap_or_default(), if layout { " (from the next prompt: the canvas layout is fixed)" } else { "" }))])
+}
+
+fn preset(s: &mut Session, a: &Args) -> CmdResult {
+    let Some(name) = a.get(0) else {
+        let rows = PRESETS.iter().map(|(n, d)| vec![Cell::from(*n), Cell::from(*d)]).collect();
+        return Ok(vec![Value::Table(Table { title: "Presets".into(), columns: vec!["preset".into(), "what it is".into()], rows })]);
+    };
+    change_settings(s, |st| st.apply_preset(name))?;
+    Ok(vec![msg(format!("preset {name} applied"))])
+}
+
+fn steps_table(title: &str, reports: &[dllm_engine::decode::StepReport]) -> Value {
+    let rows = reports
+        .iter()
+        .map(|r| {
+            let g: Vec<String> = r.gamma.iter().map(|u| format!("{}:{:?}", u.pos, u.text)).collect();
+            let d: Vec<String> = r.delta.iter().map(|e| format!("{}:{:?}→{:?}", e.pos, e.old_text, e.new_text)).collect();
+            vec![
+                r.step.into(),
+                r.block.into(),
+                r.block_step.into(),
+                g.join(" ").into(),
+                d.join(" ").into(),
+                r.masks_left.into(),
+                r.fallback.into(),
+                r.tpf.into(),
+            ]
+        })
+        .collect();
+    Value::Table(Table {
+        title: title.into(),
+        columns: ["step", "block", "in block", "Gamma (pos:token)", "Delta (pos:old→new)", "masks left", "fallback", "TPF"].map(String::from).to_vec(),
+        rows,
+    })
+}
+
+fn after_steps(s: &mut Session, reports: Vec<dllm_engine::decode::StepReport>, stop: Option<String>) -> CmdResult {
+    let mut out = Vec::new();
+    if !reports.is_empty() {
+        out.push(steps_table("Steps", &reports));
+    }
+    out.push(s.canvas_value("canvas")?);
+    if !s.watches.is_empty() {
+        let d = s.decoder()?;
+        let rows: Vec<Vec<Cell>> = s
+            .watches
+            .clone()
+            .into_iter()
+            .filter(|&p| p >= 0 && (p as usize) < d.canvas().len())
+            .map(|p| {
+                let cur = d.top_k_at(p, 1).map(|(_, c)| c);
+                vec![p.into(), d.canvas()[p as usize].into(), cur.into()]
+            })
+            .collect();
+        out.push(Value::Table(Table { title: "Watches".into(), columns: vec!["pos".into(), "id".into(), "p".into()], rows }));
+    }
+    if let Some(stop) = stop {
+        out.push(msg(stop));
+    }
+    Ok(out)
+}
+
+fn step(s: &mut Session, a: &Args) -> CmdResult {
+    let n = match a.get(0) {
+        Some(_) => int("step", a.get(0), "N")?,
+        None => 1,
+    };
+    if n < 1 {
+        return Err(usage("step", "N must be at least 1"));
+    }
+    let (reports, stop) = s.advance(n as usize, false)?;
+    after_steps(s, reports, stop)
+}
+
+fn run(s: &mut Session, _: &Args) -> CmdResult {
+    let (reports, stop) = s.advance(usize::MAX, false)?;
+    let d = s.decoder()?;
+    let summary = format!("{} steps; {} tokens, TPF {:.2}", reports.len(), d.decoded_tokens(), d.tpf());
+    let text = s.ready()?.tokenizer.decode(&s.decoder()?.output());
+    let mut out = after_steps(s, Vec::new(), stop)?;
+    out.push(msg(summary));
+    out.push(msg(format!("output: {text:?}")));
+    Ok(out)
+}
+
+fn cont(s: &mut Session, _: &Args) -> CmdResult {
+    if s.breakpoints.is_empty() {
+        return Err(CommandError::Failed("no breakpoints: add one with `break EVENT` (or use `run`)".into()));
+    }
+    let (reports, stop) = s.advance(usize::MAX, true)?;
+    let last: Vec<_> = reports.last().cloned().into_iter().collect();
+    let mut out = after_steps(s, last, stop)?;
+    out.insert(0, msg(format!("{} steps", reports.len())));
+    Ok(out)
+}
+
+pub fn describe_event(e: &Event) -> String {
+    match e {
+        Event::Edit => "edit".into(),
+        Event::Fallback => "fallback".into(),
+        Event::BlockEnd => "block-end".into(),
+        Event::Eos => "eos".into(),
+        Event::Token { id } => format!("token {id}"),
+        Event::Text { text } => format!("text {text:?}"),
+        Event::Oscillation { k } => format!("oscillation {k}"),
+        Event::LowConfidence { below } => format!("low-confidence {below}"),
+        Event::Step { n } => format!("step {n}"),
+        Event::Revised => "revised".into(),
+    }
+}
+
+fn parse_event(a: &Args) -> Result<Event, CommandError> {
+    let kind = a.get(0).ok_or_else(|| usage("break", "missing EVENT"))?;
+    let arg = a.get(1);
+    let num = |what: &str| -> Result<f64, CommandError> {
+        arg.ok_or_else(|| usage("break", format!("{kind} needs {what}")))?
+            .parse::<f64>()
+            .map_err(|_| usage("break", format!("{kind}: {what} must be a number")))
+    };
+    Ok(match kind {
+        "edit" | "delta" => Event::Edit,
+        "fallback" => Event::Fallback,
+        "block-end" | "block" => Event::BlockEnd,
+        "eos" => Event::Eos,
+        "token" => Event::Token { id: num("an id")? as i64 },
+        "text" => Event::Text { text: a.words[1..].join(" ") }.clone(),
+        "oscillation" => Event::Oscillation { k: num("K")? as u32 },
+        "low-confidence" => Event::LowConfidence { below: num("X")? as f32 },
+        "step" => Event::Step { n: num("N")? as i64 },
+        "revised" => Event::Revised,
+        other => return Err(usage("break", format!("unknown event {other:?}: edit, fallback, block-end, eos, token, text, oscillation, low-confidence, step, revised"))),
+    })
+}
+
+fn brk(s: &mut Session, a: &Args) -> CmdResult {
+    let event = parse_event(a)?;
+    if let Event::Text { text } = &event {
+        if text.is_empty() {
+            return Err(usage("break", "text needs TEXT"));
+        }
+    }
+    let id = s.next_break_id;
+    s.next_break_id += 1;
+    let text = format!("breakpoint {id}: {}", describe_event(&event));
+    s.breakpoints.push(Breakpoint { id, event });
+    Ok(vec![msg(text)])
+}
+
+fn breaks(s: &mut Session, _: &Args) -> CmdResult {
+    let rows = s.breakpoints.iter().map(|b| vec![b.id.into(), describe_event(&b.event).into()]).collect();
+    Ok(vec![Value::Table(Table { title: "Breakpoints".into(), columns: vec!["id".into(), "event".into()], rows })])
+}
+
+fn delete(s: &mut Session, a: &Args) -> CmdResult {
+    match a.get(0) {
+        Some("all") => s.breakpoints.clear(),
+        _ => {
+            let id = int("delete", a.get(0), "ID")? as usize;
+            let before = s.breakpoints.len();
+            s.breakpoints.retain(|b| b.id != id);
+            if s.breakpoints.len() == before {
+                return Err(CommandError::Failed(format!("no breakpoint {id}; `breaks` lists them")));
+            }
+        }
+    }
+    Ok(vec![msg("deleted")])
+}
+
+fn watch(s: &mut Session, a: &Args) -> CmdResult {
+    if a.get(0) == Some("off") {
+        s.watches.clear();
+        return Ok(vec![msg("watches cleared")]);
+    }
+    if a.words.is_empty() {
+        return Err(usage("watch", "missing POS"));
+    }
+    let mut add = Vec::new();
+    for w in &a.words {
+        add.push(w.parse::<i64>().map_err(|_| usage("watch", format!("POS must be an integer, got {w:?}")))?);
+    }
+    s.watches.extend(add);
+    s.watches.sort();
+    s.watches.dedup();
+    Ok(vec![msg(format!("watching {:?}", s.watches))])
+}
+
+fn rewind(s: &mut Session, a: &Args) -> CmdResult {
+    let t = int("rewind", a.get(0), "STEP")?;
+    s.decoder_mut()?.rewind(t)?;
+    Ok(vec![msg(format!("rewound to before step {t}")), s.canvas_value("canvas")?])
+}
+
+fn fork(s: &mut Session, a: &Args) -> CmdResult {
+    let name = a.get(0).ok_or_else(|| usage("fork", "missing NAME"))?.to_string();
+    if s.branches.contains_key(&name) {
+        return Err(CommandError::Failed(format!("branch `{name}` exists; `switch {name}` or pick another name")));
+    }
+    let copy = s.decoder()?.fork();
+    s.branches.insert(name.clone(), copy);
+    let from = std::mem::replace(&mut s.current, name.clone());
+    Ok(vec![msg(format!("forked `{from}` into `{name}` (now current)"))])
+}
+
+fn switch(s: &mut Session, a: &Args) -> CmdResult {
+    let name = a.get(0).ok_or_else(|| usage("switch", "missing NAME"))?;
+    if !s.branches.contains_key(name) {
+        let known: Vec<&str> = s.branches.keys().map(String::as_str).collect();
+        return Err(CommandError::Failed(format!("no branch `{name}`; branches: {}", known.join(", "))));
+    }
+    s.current = name.into();
+    Ok(vec![msg(format!("on branch `{name}`"))])
+}
+
+fn branches(s: &mut Session, _: &Args) -> CmdResult {
+    let rows = s
+        .branches
+        .iter()
+        .map(|(n, d)| {
+            let st = d.stats();
+            vec![
+                Cell::from(if *n == s.current { format!("* {n}") } else { n.clone() }),
+                st.forwards.into(),
+                d.cursor().block.into(),
+                d.is_finished().into(),
+                st.tpf.into(),
+            ]
+        })
+        .collect();
+    Ok(vec![Value::Table(Table { title: "Branches".into(), columns: ["branch", "steps", "block", "finished", "TPF"].map(String::from).to_vec(), rows })])
+}
+
+fn diff(s: &mut Session, a: &Args) -> CmdResult {
+    let (Some(x), Some(y)) = (a.get(0), a.get(1)) else { return Err(usage("diff", "expected two branch names")) };
+    let get = |n: &str| s.branches.get(n).ok_or_else(|| CommandError::Failed(format!("no branch `{n}`")));
+    let (da, db) = (get(x)?, get(y)?);
+    let (ra, rb): (Vec<_>, Vec<_>) = (da.reports().collect(), db.reports().collect());
+    let key = |r: &dllm_engine::decode::StepReport| {
+        (r.gamma.iter().map(|u| (u.pos, u.token)).collect::<Vec<_>>(), r.delta.iter().map(|e| (e.pos, e.new)).collect::<Vec<_>>())
+    };
+    let first = (0..ra.len().max(rb.len())).find(|&i| match (ra.get(i), rb.get(i)) {
+        (Some(p), Some(q)) => key(p) != key(q),
+        _ => true,
+    });
+    let n = ra.len().max(rb.len());
+    let rows = (0..n)
+        .map(|i| {
+            let g = |r: Option<&&dllm_engine::decode::StepReport>| r.map(|r| r.gamma.len());
+            let dl = |r: Option<&&dllm_engine::decode::StepReport>| r.map(|r| r.delta.len());
+            vec![i.into(), g(ra.get(i)).into(), dl(ra.get(i)).into(), g(rb.get(i)).into(), dl(rb.get(i)).into(), Cell::from(if Some(i) == first { "← first difference" } else { "" })]
+        })
+        .collect();
+    let tok = &s.ready()?.tokenizer;
+    let (da, db) = (&s.branches[x], &s.branches[y]);
+    let summary = vec![
+        vec![Cell::from(x), da.stats().forwards.into(), da.tpf().into(), Cell::from(tok.decode(&da.output()))],
+        vec![Cell::from(y), db.stats().forwards.into(), db.tpf().into(), Cell::from(tok.decode(&db.output()))],
+    ];
+    Ok(vec![
+        Value::Table(Table { title: format!("{x} vs {y}, step by step"), columns: vec!["step".into(), format!("|Γ| {x}"), format!("|Δ| {x}"), format!("|Γ| {y}"), format!("|Δ| {y}"), "".into()], rows }),
+        Value::Table(Table { title: "Summary".into(), columns: ["branch", "steps", "TPF", "text"].map(String::from).to_vec(), rows: summary }),
+        msg(match first {
+            Some(i) => format!("first diverging step: {i}"),
+            None => "identical step for step".into(),
+        }),
+    ])
+}
+
+fn canvas(s: &mut Session, _: &Args) -> CmdResult {
+    Ok(vec![s.canvas_value("canvas")?])
+}
+
+fn last_report(s: &Session) -> Result<dllm_engine::decode::StepReport, CommandError> {
+    s.decoder()?.reports().last().cloned().ok_or_else(|| CommandError::Failed("no step yet: `step` runs one".into()))
+}
+
+fn gamma(s: &mut Session, _: &Args) -> CmdResult {
+    let r = last_report(s)?;
+    let rows = r.gamma.iter().map(|u| vec![u.pos.into(), u.token.into(), u.text.clone().into(), u.p.into()]).collect();
+    Ok(vec![Value::Table(Table { title: format!("Gamma at step {} (mask → token)", r.step), columns: ["pos", "id", "text", "p"].map(String::from).to_vec(), rows })])
+}
+
+fn delta(s: &mut Session, _: &Args) -> CmdResult {
+    let r = last_report(s)?;
+    let rows = r.delta.iter().map(|e| vec![e.pos.into(), e.old_text.clone().into(), e.new_text.clone().into(), e.p.into()]).collect();
+    Ok(vec![Value::Table(Table { title: format!("Delta at step {} (token → token)", r.step), columns: ["pos", "old", "new", "p"].map(String::from).to_vec(), rows })])
+}
+
+fn topk(s: &mut Session, a: &Args) -> CmdResult {
+    let pos = int("topk", a.get(0), "POS")?;
+    let k = match a.get(1) {
+        Some(_) => int("topk", a.get(1), "K")?,
+        None => 5,
+    };
+    if k < 1 {
+        return Err(usage("topk", "K must be at least 1"));
+    }
+    let d = s.decoder()?;
+    let Some((top, cur)) = d.top_k_at(pos, k) else {
+        return Err(CommandError::Failed(format!("the last forward did not cover position {pos} (step first, or the position is outside the current window)")));
+    };
+    let current = d.canvas()[pos as usize];
+    let tok = &s.ready()?.tokenizer;
+    let rows = top.iter().map(|(t, p)| vec![(*t).into(), tok.token_text(*t).into(), (*p).into()]).collect();
+    Ok(vec![
+        Value::Table(Table { title: format!("Top {k} at position {pos}"), columns: ["id", "text", "p"].map(String::from).to_vec(), rows }),
+        msg(format!("now at {pos}: {:?} with p {cur:.4}", tok.token_text(current))),
+    ])
+}
+
+fn trace(s: &mut Session, _: &Args) -> CmdResult {
+    let reports: Vec<_> = s.decoder()?.reports().cloned().collect();
+    Ok(vec![steps_table("Trace", &reports)])
+}
+
+fn block(s: &mut Session, _: &Args) -> CmdResult {
+    let d = s.decoder()?;
+    let c = d.cursor();
+    let b = d.settings.block_length;
+    let masks = d.canvas()[(c.block * b) as usize..((c.block + 1) * b) as usize].iter().filter(|&&t| t == d.mask_id()).count();
+    Ok(vec![msg(format!(
+        "block {} of {} (positions {}..{}): {} masks, {} steps in this block, {} post steps, {} cached positions{}",
+        c.block,
+        d.num_blocks(),
+        c.block * b,
+        (c.block + 1) * b,
+        masks,
+        c.block_step,
+        c.post_steps,
+        d.cached_len(),
+        if c.finished { "; finished" } else { "" }
+    ))])
+}
+
+fn stats(s: &mut Session, _: &Args) -> CmdResult {
+    let st = s.decoder()?.stats();
+    Ok(vec![Value::Data { title: "stats".into(), data: serde_json::to_value(st).unwrap_or_default() }])
+}
+
+fn chart(s: &mut Session, _: &Args) -> CmdResult {
+    let reports: Vec<_> = s.decoder()?.reports().cloned().collect();
+    let series = |name: &str, f: &dyn Fn(&dllm_engine::decode::StepReport) -> f64| Series {
+        name: name.into(),
+        points: reports.iter().map(|r| (r.step as f64, f(r))).collect(),
+    };
+    Ok(vec![Value::Chart(Chart {
+        title: "Decoding, step by step".into(),
+        x_label: "step".into(),
+        y_label: "positions".into(),
+        series: vec![
+            series("masks left in block", &|r| r.masks_left as f64),
+            series("|Gamma| (unmasked)", &|r| r.gamma.len() as f64),
+            series("|Delta| (edited)", &|r| r.delta.len() as f64),
+        ],
+    })])
+}
+
+fn poke(s: &mut Session, a: &Args) -> CmdResult {
+    let pos = int("poke", a.get(0), "POS")?;
+    let spec = a.get(1).ok_or_else(|| usage("poke", "missing TOKEN"))?;
+    let l = s.ready()?;
+    let vocab = l.model.config().vocab_size;
+    let id = match spec.strip_prefix('#') {
+        Some(n) => n.parse::<i64>().map_err(|_| usage("poke", format!("#ID must be an integer, got {spec:?}")))?,
+        None => {
+            let ids = l.tokenizer.encode(spec)?;
+            if ids.len() != 1 {
+                return Err(CommandError::Failed(format!("{spec:?} is {} tokens, not one; use #ID", ids.len())));
+            }
+            ids[0]
+        }
+    };
+    s.decoder_mut()?.set_tokens(&[(pos, id)], vocab)?;
+    Ok(vec![msg(format!("position {pos} set to {id}")), s.canvas_value("canvas")?])
+}
+
+fn remask(s: &mut Session, a: &Args) -> CmdResult {
+    if a.words.is_empty() {
+        return Err(usage("remask", "missing POS"));
+    }
+    let mut pos = Vec::new();
+    for w in &a.words {
+        pos.push(w.parse::<i64>().map_err(|_| usage("remask", format!("POS must be an integer, got {w:?}")))?);
+    }
+    s.decoder_mut()?.remask(&pos)?;
+    Ok(vec![msg(format!("re-masked {pos:?}")), s.canvas_value("canvas")?])
+}
+
+fn write_file(path: &str, text: &str) -> Result<(), CommandError> {
+    dllm_engine::checkpoint::write_atomic(std::path::Path::new(path), text.as_bytes()).map_err(|e| CommandError::Failed(e.to_string()))
+}
+
+fn export(s: &mut Session, a: &Args) -> CmdResult {
+    let path = a.get(0).ok_or_else(|| usage("export", "missing FILE"))?;
+    let json = serde_json::to_string_pretty(&s.decoder()?.trace_json()).unwrap_or_default();
+    write_file(path, &json)?;
+    Ok(vec![msg(format!("trace written to {path}"))])
+}
+
+fn save(s: &mut Session, a: &Args) -> CmdResult {
+    let path = a.get(0).ok_or_else(|| usage("save", "missing FILE"))?;
+    let json = crate::persist::to_json(s);
+    write_file(path, &serde_json::to_string_pretty(&json).unwrap_or_default())?;
+    Ok(vec![msg(format!("session saved to {path} ({} branches)", s.branches.len()))])
+}
+
+fn open(s: &mut Session, a: &Args) -> CmdResult {
+    let path = a.get(0).ok_or_else(|| usage("open", "missing FILE"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
+    crate::persist::restore(s, &text).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
+    Ok(vec![msg(format!("session reopened from {path}: branches {}, on `{}`", s.branch_names().join(", "), s.current))])
+}
+
+fn source(s: &mut Session, a: &Args) -> CmdResult {
+    let path = a.get(0).ok_or_else(|| usage("source", "missing FILE"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if crate::parse::split_command(line).0 == "source" {
+            return Err(CommandError::Failed(format!("{path}:{}: scripts cannot `source` other scripts", i + 1)));
+        }
+        match s.execute(line) {
+            Ok(v) => out.extend(v),
+            Err(e) => return Err(CommandError::Failed(format!("{path}:{}: `{line}`: {e}", i + 1))),
+        }
+    }
+    Ok(out)
+}
+
+fn sweep(s: &mut Session, a: &Args) -> CmdResult {
+    let name = a.get(0).ok_or_else(|| usage("sweep", "missing NAME"))?;
+    if a.words.len() < 2 {
+        return Err(usage("sweep", "give at least one value"));
+    }
+    let prompt = s.prompt.clone().ok_or_else(|| CommandError::Failed("no prompt: `prompt TEXT` first".into()))?;
+    let base = s.settings.clone();
+    let mut configs = Vec::new();
+    for v in &a.words[1..] {
+        let mut st = base.clone();
+        st.set(name, v)?;
+        configs.push((v.clone(), st));
+    }
+    let flag = s.interrupt_flag();
+    let l = s.ready()?;
+    let mut rows = Vec::new();
+    for (v, st) in configs {
+        let mut d = Decoder::new(&prompt, st, l.tokenizer.mask_id, l.tokenizer.eos_id, &l.model)?;
+        while d.step(&l.model)?.is_some() {
+            if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(CommandError::Interrupted);
+            }
+        }
+        let st = d.stats();
+        rows.push(vec![v.into(), st.forwards.into(), st.tpf.into(), st.edits.into(), st.fallbacks.into(), l.tokenizer.decode(&d.output()).into()]);
+    }
+    Ok(vec![Value::Table(Table {
+        title: format!("sweep of {name}"),
+        columns: [name, "steps", "TPF", "edits", "fallbacks", "output"].map(String::from).to_vec(),
+        rows,
+    })])
+}

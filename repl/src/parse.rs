@@ -1,0 +1,113 @@
+//! Command-line parsing: the command word, the rest, shell-like words with double quotes, and "did you mean".
+
+/// `("step", "3")` from `"step 3"`.
+pub fn split_command(line: &str) -> (&str, &str) {
+    let line = line.trim();
+    match line.find(char::is_whitespace) {
+        Some(i) => (&line[..i], line[i..].trim()),
+        None => (line, ""),
+    }
+}
+
+/// A command's arguments: the raw rest of the line and its words (double quotes group, `\"` escapes).
+#[derive(Debug, Clone, Default)]
+pub struct Args {
+    pub rest: String,
+    pub words: Vec<String>,
+}
+
+impl Args {
+    pub fn new(rest: &str) -> Result<Args, String> {
+        let mut words = Vec::new();
+        let mut cur = String::new();
+        let (mut quoted, mut in_word, mut chars) = (false, false, rest.chars());
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if quoted => cur.extend(chars.next()),
+                '"' => {
+                    quoted = !quoted;
+                    in_word = true;
+                }
+                c if c.is_whitespace() && !quoted => {
+                    if in_word {
+                        words.push(std::mem::take(&mut cur));
+                        in_word = false;
+                    }
+                }
+                c => {
+                    cur.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if quoted {
+            return Err("unclosed double quote".into());
+        }
+        if in_word {
+            words.push(cur);
+        }
+        Ok(Args { rest: rest.to_string(), words })
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.words.get(i).map(String::as_str)
+    }
+}
+
+/// Up to three known names closest to `name` (edit distance at most 2, or sharing a prefix).
+pub fn nearest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut scored: Vec<(usize, &str)> = known
+        .map(|k| {
+            let d = levenshtein(name, k);
+            let d = if k.starts_with(name) { d.min(1) } else { d };
+            (d, k)
+        })
+        .filter(|(d, _)| *d <= 2)
+        .collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, k)| k.to_string()).collect()
+}
+
+/// Edit distance where swapping two adjacent characters counts as one edit (typos like `stpe`).
+fn levenshtein(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_quotes() {
+        let a = Args::new(r#"set "a b" c "x\"y""#).unwrap();
+        assert_eq!(a.words, vec!["set", "a b", "c", "x\"y"]);
+        assert!(Args::new("\"open").is_err());
+        assert_eq!(Args::new(r#""""#).unwrap().words, vec![""]);
+        assert_eq!(split_command("  step   3 "), ("step", "3"));
+    }
+
+    #[test]
+    fn suggestions() {
+        let known = ["step", "stats", "set", "rewind"];
+        assert_eq!(nearest("stpe", known.iter().copied())[0], "step");
+        assert!(nearest("rewnd", known.iter().copied()).contains(&"rewind".to_string()));
+        assert!(nearest("zzzzzz", known.iter().copied()).is_empty());
+    }
+}

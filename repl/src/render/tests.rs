@@ -1,0 +1,196 @@
+//! Tests of the whole render module: what each form must and must not contain.
+
+use super::*;
+use crate::value::{Canvas, CanvasCell, Cell, CellKind, Chart, Series, Table};
+
+#[test]
+fn floats_have_four_significant_digits() {
+    assert_eq!(fmt_float(0.0123456), "0.01235");
+    assert_eq!(fmt_float(1.23456), "1.235");
+    assert_eq!(fmt_float(-12.3456), "-12.35");
+    assert_eq!(fmt_float(123456.7), "123457");
+    assert_eq!(fmt_float(0.5), "0.5000");
+    assert_eq!(fmt_float(0.0), "0");
+    assert_eq!(fmt_float(1.5e-7), "1.500e-7");
+    assert_eq!(fmt_float(f64::NAN), "NaN");
+}
+
+#[test]
+fn whitespace_and_control_characters_are_visible() {
+    assert_eq!(token_text(" the\n"), "·the⏎");
+    assert_eq!(token_text(""), "∅");
+    assert_eq!(one_line("a b\t\x1b[31m"), "a b⇥\\x1b[31m");
+    assert_eq!(display_width("ab中文"), 6);
+}
+
+#[test]
+fn render_all_joins_parts() {
+    let chart = Value::Chart(Chart {
+        title: "c".into(),
+        x_label: "x".into(),
+        y_label: "y".into(),
+        series: vec![Series { name: "s".into(), points: vec![(0.0, 1.0)] }],
+    });
+    let vs = vec![Value::Message { text: "one".into() }, chart, Value::Message { text: "two".into() }];
+    let b = render_all(&vs);
+    assert!(b.plain.starts_with("one\n"));
+    assert!(b.plain.ends_with("\ntwo"));
+    assert_eq!(b.json.as_array().map(Vec::len), Some(3));
+    assert_eq!(b.json[0]["type"], "message");
+    assert!(b.svg.as_deref().is_some_and(|s| s.starts_with("<svg")));
+    assert!(b.html.contains("<svg"));
+    assert!(render_all(&[]).svg.is_none());
+}
+
+fn cell(pos: i64, text: &str, kind: CellKind, p: Option<f32>) -> CanvasCell {
+    CanvasCell {
+        pos,
+        id: 1000 + pos,
+        text: text.into(),
+        kind,
+        p,
+        top: vec![("<|mask|>".into(), 0.5), (" a".into(), 0.25)],
+    }
+}
+
+/// Two blocks of 4: prompt (with a special token and a newline), then the current block with every status.
+fn sample_canvas() -> Value {
+    Value::Canvas(Canvas {
+        title: "decode".into(),
+        block_length: 4,
+        current_block: 1,
+        low_confidence: 0.3,
+        cells: vec![
+            cell(0, "<role>HUMAN</role>", CellKind::Prompt, None),
+            cell(1, "Hi", CellKind::Prompt, None),
+            cell(2, "\n", CellKind::Prompt, None),
+            cell(3, " The", CellKind::Token, Some(0.9)),
+            cell(4, " cat", CellKind::Unmasked, Some(0.95)),
+            cell(5, " sat", CellKind::Edited { old: " sit".into() }, Some(0.8)),
+            cell(6, " on", CellKind::Token, Some(0.1)),
+            cell(7, "<|mask|>", CellKind::Mask, None),
+        ],
+    })
+}
+
+fn sample_table() -> Value {
+    Value::Table(Table {
+        title: "stats".into(),
+        columns: vec!["name".into(), "n".into(), "p".into(), "ok".into()],
+        rows: vec![
+            vec!["alpha".into(), Cell::Int(3), Cell::Float(0.123456), Cell::Bool(true)],
+            vec!["b".into(), Cell::Int(12345), Cell::Empty, Cell::Bool(false)],
+        ],
+    })
+}
+
+fn chart(series: Vec<Series>) -> Value {
+    Value::Chart(Chart { title: "p <&> \"q\"".into(), x_label: "step".into(), y_label: "p".into(), series })
+}
+
+#[test]
+fn html_escapes_everything_from_the_model() {
+    let b = render_all(&[
+        sample_canvas(),
+        sample_table(),
+        Value::Message { text: "<|mask|> & <b>".into() },
+        Value::Data { title: "<|mask|>".into(), data: serde_json::json!({"t": "<|mask|>"}) },
+        chart(vec![Series { name: "<|mask|>".into(), points: vec![(0.0, 1.0), (1.0, 2.0)] }]),
+    ]);
+    assert!(!b.html.contains("<|mask|>"), "{}", b.html);
+    assert!(!b.html.contains("<role>"));
+    assert!(b.html.contains("&lt;role&gt;HUMAN&lt;/role&gt;"));
+    assert!(b.html.contains("&lt;|mask|&gt; &amp; &lt;b&gt;"));
+    assert!(!b.svg.unwrap().contains("<|mask|>"));
+}
+
+#[test]
+fn ansi_codes_only_in_ansi() {
+    for v in [sample_canvas(), sample_table(), chart(vec![Series { name: "s".into(), points: vec![(0.0, 1.0)] }])] {
+        let b = render(&v);
+        assert!(!b.plain.contains('\x1b'), "{}", b.plain);
+        assert!(b.ansi.contains("\x1b["));
+    }
+    // A token holding ESC must not reach the terminal raw either.
+    let msg = Value::Table(Table { title: "t".into(), columns: vec!["x".into()], rows: vec![vec!["\x1b[2J".into()]] });
+    assert!(!render(&msg).plain.contains('\x1b'));
+}
+
+#[test]
+fn table_columns_align() {
+    let plain = render(&sample_table()).plain;
+    let lines: Vec<&str> = plain.lines().collect();
+    assert_eq!(lines[0], "stats");
+    assert_eq!(lines[1], "name       n       p  ok");
+    assert_eq!(lines[3], "alpha      3  0.1235  true");
+    assert_eq!(lines[4], "b      12345          false");
+    // The rule spans every column, as wide as the widest row.
+    assert_eq!(lines[2].chars().count(), lines[4].chars().count());
+    let html = render(&sample_table()).html;
+    assert!(html.starts_with("<table") && html.contains("<caption") && html.matches("<tr>").count() == 3);
+}
+
+#[test]
+fn canvas_text_shows_each_status() {
+    let b = render(&sample_canvas());
+    let lines: Vec<&str> = b.plain.lines().collect();
+    assert_eq!(lines[2], " 0 │ <role>HUMAN</role> Hi ⏎ ·The");
+    assert_eq!(lines[3], ">1 │ «·cat» ·sit→·sat ·on? _");
+    // ANSI: unmasked green, edit yellow with the old token struck through, mask as ░, low p underlined red.
+    assert!(b.ansi.contains("\x1b[1;32m·cat\x1b[0m"));
+    assert!(b.ansi.contains("\x1b[2;9;33m·sit\x1b[0m\x1b[1;33m→\x1b[0m\x1b[1;33m·sat\x1b[0m"));
+    assert!(b.ansi.contains("\x1b[4;31m·on\x1b[0m"));
+    assert!(b.ansi.contains("░"));
+    assert!(!b.ansi.contains("<|mask|>"));
+}
+
+#[test]
+fn canvas_html_has_hover_text() {
+    let html = render(&sample_canvas()).html;
+    assert!(html.contains("title=\"pos 5 · id 1005 · p 0.8000 · edited this step&#10;replaced: ·sit&#10;top: &lt;|mask|&gt; 0.5000, ·a 0.2500\""));
+    assert!(html.contains("<s style=\"opacity:.6;font-weight:normal\">·sit</s>→·sat"));
+    assert_eq!(html.matches("border-bottom:2px solid #d00000").count(), 1);
+    assert_eq!(html.matches("<span title=").count(), 8);
+}
+
+#[test]
+fn chart_svg_is_well_formed_ish() {
+    let series = vec![
+        Series { name: "a".into(), points: (0..50).map(|i| (i as f64, (i as f64).sin())).collect() },
+        Series { name: "b".into(), points: vec![(0.0, 0.5), (49.0, 0.7)] },
+        Series { name: "c".into(), points: vec![] },
+    ];
+    let b = render(&chart(series));
+    let svg = b.svg.unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    assert!(svg.contains("p &lt;&amp;&gt; &quot;q&quot;"));
+    assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+    assert!(b.plain.contains("a  n=50"));
+    assert!(b.plain.contains("c  n=0  (no finite points)"));
+}
+
+#[test]
+fn degenerate_charts_have_no_nan() {
+    let cases = vec![
+        vec![],
+        vec![Series { name: "empty".into(), points: vec![] }],
+        vec![Series { name: "one".into(), points: vec![(3.0, 7.0)] }],
+        vec![Series { name: "zero".into(), points: vec![(0.0, 0.0)] }],
+        vec![Series { name: "flat".into(), points: vec![(0.0, 2.0), (5.0, 2.0)] }],
+        vec![Series { name: "nan".into(), points: vec![(f64::NAN, 1.0), (1.0, f64::INFINITY), (2.0, 1.0)] }],
+        vec![Series { name: "huge".into(), points: vec![(0.0, -f64::MAX), (1.0, f64::MAX)] }],
+    ];
+    for series in cases {
+        let n = series.len();
+        let b = render(&chart(series));
+        let svg = b.svg.unwrap();
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), n);
+        assert!(!b.plain.contains("NaN"));
+    }
+    assert_eq!(text::sparkline(&[1.0, 1.0], 40), "▄▄");
+    assert_eq!(text::sparkline(&[0.0, 1.0, 2.0], 40), "▁▅█");
+    assert_eq!(text::sparkline(&(0..100).map(f64::from).collect::<Vec<_>>(), 10).chars().count(), 10);
+}

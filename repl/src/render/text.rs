@@ -1,0 +1,229 @@
+//! Text forms: `plain` (no escape codes) and `ansi` (terminal colours). One code path with an `ansi` flag, so
+//! the two always show the same layout; only styling differs (plain marks what colour would otherwise show).
+
+use super::{display_width, fmt_cell, fmt_float, is_numeric, one_line, token_text};
+use crate::value::{Canvas, CanvasCell, CellKind, Chart, Table, Value};
+
+// SGR codes. Kept as constants so the canvas legend and the canvas itself cannot disagree.
+const BOLD: &str = "1";
+const DIM: &str = "2";
+const GREEN: &str = "1;32";
+const YELLOW: &str = "1;33";
+const OLD: &str = "2;9;33"; // dim, struck through: the token an edit replaced
+const LOW: &str = "4;31"; // underlined red: a decoded token the model is unsure of
+const MASK_ANSI: &str = "░";
+const MASK_PLAIN: &str = "_";
+
+pub(super) fn render(v: &Value, ansi: bool) -> String {
+    match v {
+        Value::Message { text } => text.clone(),
+        Value::Table(t) => table(t, ansi),
+        Value::Canvas(c) => canvas(c, ansi),
+        Value::Chart(c) => chart(c, ansi),
+        Value::Data { title, data } => {
+            let json = serde_json::to_string_pretty(data).unwrap_or_else(|_| data.to_string());
+            format!("{}\n{json}", paint(title, BOLD, ansi))
+        }
+    }
+}
+
+/// Wraps `s` in an SGR sequence when rendering for the terminal.
+fn paint(s: &str, code: &str, ansi: bool) -> String {
+    if ansi && !code.is_empty() && !s.is_empty() {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Pads to a display width (not a byte or char count, so CJK tokens keep columns aligned).
+fn pad(s: &str, width: usize, right: bool) -> String {
+    let fill = " ".repeat(width.saturating_sub(display_width(s)));
+    if right {
+        format!("{fill}{s}")
+    } else {
+        format!("{s}{fill}")
+    }
+}
+
+/// Title, header, a rule, then rows. Numbers are right-aligned, text left-aligned; rows shorter than the header
+/// are padded with blanks, longer ones widen the table instead of losing cells.
+fn table(t: &Table, ansi: bool) -> String {
+    let ncols = t.rows.iter().map(Vec::len).chain([t.columns.len()]).max().unwrap_or(0);
+    let header: Vec<String> = (0..ncols).map(|i| t.columns.get(i).map(|c| one_line(c)).unwrap_or_default()).collect();
+    let body: Vec<Vec<(String, bool)>> = t
+        .rows
+        .iter()
+        .map(|r| (0..ncols).map(|i| r.get(i).map(|c| (fmt_cell(c), is_numeric(c))).unwrap_or_default()).collect())
+        .collect();
+    let widths: Vec<usize> = (0..ncols)
+        .map(|i| body.iter().map(|r| display_width(&r[i].0)).chain([display_width(&header[i])]).max().unwrap_or(0))
+        .collect();
+    // A column is right-aligned when all its non-blank cells are numbers, so its header lines up with them.
+    let numeric: Vec<bool> = (0..ncols)
+        .map(|i| {
+            let mut cells = t.rows.iter().filter_map(|r| r.get(i)).filter(|c| !fmt_cell(c).is_empty()).peekable();
+            cells.peek().is_some() && cells.all(is_numeric)
+        })
+        .collect();
+    let mut lines = Vec::with_capacity(t.rows.len() + 3);
+    if !t.title.is_empty() {
+        lines.push(paint(&one_line(&t.title), BOLD, ansi));
+    }
+    let head: Vec<String> = (0..ncols).map(|i| pad(&header[i], widths[i], numeric[i])).collect();
+    lines.push(paint(head.join("  ").trim_end(), BOLD, ansi));
+    let rule: Vec<String> = widths.iter().map(|w| "─".repeat(*w)).collect();
+    lines.push(paint(&rule.join("  "), DIM, ansi));
+    for row in &body {
+        let cells: Vec<String> = row.iter().enumerate().map(|(i, (s, num))| pad(s, widths[i], *num)).collect();
+        lines.push(cells.join("  ").trim_end().to_string());
+    }
+    if body.is_empty() {
+        lines.push(paint("(no rows)", DIM, ansi));
+    }
+    lines.join("\n")
+}
+
+/// Whether a position counts as low-confidence: only decoded tokens (a prompt token's or a mask's p says
+/// nothing about the decode).
+pub(super) fn is_low(c: &CanvasCell, threshold: f32) -> bool {
+    let decoded = matches!(c.kind, CellKind::Token | CellKind::Unmasked | CellKind::Edited { .. });
+    decoded && c.p.is_some_and(|p| p < threshold)
+}
+
+/// One canvas position. Plain text has no colour, so there: masks `_`, this step's unmasked tokens `«tok»`,
+/// edits `old→new`, low confidence a trailing `?`. In ANSI: masks `░` dim, unmasked green, edits yellow with
+/// the old token struck through, low confidence underlined (red for older tokens, whose colour is free).
+fn canvas_token(c: &CanvasCell, threshold: f32, ansi: bool) -> String {
+    let t = token_text(&c.text);
+    let low = is_low(c, threshold);
+    let under = |code: &str| if low { format!("4;{code}") } else { code.to_string() };
+    let s = match &c.kind {
+        CellKind::Prompt => paint(&t, DIM, ansi),
+        CellKind::Mask => paint(if ansi { MASK_ANSI } else { MASK_PLAIN }, DIM, ansi),
+        CellKind::Token => paint(&t, if low { LOW } else { "" }, ansi),
+        CellKind::Unmasked if ansi => paint(&t, &under(GREEN), ansi),
+        CellKind::Unmasked => format!("«{t}»"),
+        CellKind::Edited { old } => {
+            format!(
+                "{}{}{}",
+                paint(&token_text(old), OLD, ansi),
+                paint("→", YELLOW, ansi),
+                paint(&t, &under(YELLOW), ansi)
+            )
+        }
+    };
+    if low && !ansi {
+        format!("{s}?")
+    } else {
+        s
+    }
+}
+
+/// Title with counts, a legend, then one line per block (`>` marks the current one). Consecutive masks are
+/// drawn without separators (one symbol each, so they can still be counted); other tokens are space-separated
+/// so token boundaries stay visible.
+fn canvas(c: &Canvas, ansi: bool) -> String {
+    let mut cells: Vec<&CanvasCell> = c.cells.iter().collect();
+    cells.sort_by_key(|x| x.pos);
+    let bl = c.block_length.max(1);
+    let count = |f: fn(&CellKind) -> bool| cells.iter().filter(|x| f(&x.kind)).count();
+    let masks = count(|k| matches!(k, CellKind::Mask));
+    let unmasked = count(|k| matches!(k, CellKind::Unmasked));
+    let edited = count(|k| matches!(k, CellKind::Edited { .. }));
+    let low = cells.iter().filter(|x| is_low(x, c.low_confidence)).count();
+    let mut out = vec![format!(
+        "{}  {}",
+        paint(&one_line(&c.title), BOLD, ansi),
+        paint(
+            &format!("block {} · {masks} masked · {unmasked} unmasked · {edited} edited · {low} low", c.current_block),
+            DIM,
+            ansi
+        )
+    )];
+    let th = format!("p<{}", c.low_confidence);
+    out.push(if ansi {
+        format!(
+            "{} {}  {} mask  {}  {}{}{} edited  {}",
+            paint("legend:", DIM, true),
+            paint("prompt", DIM, true),
+            paint(MASK_ANSI, DIM, true),
+            paint("unmasked", GREEN, true),
+            paint("old", OLD, true),
+            paint("→", YELLOW, true),
+            paint("new", YELLOW, true),
+            paint(&th, LOW, true)
+        )
+    } else {
+        format!("legend: {MASK_PLAIN} mask  «unmasked»  old→new edited  tok? {th}")
+    });
+    let last_block = cells.last().map(|x| x.pos.div_euclid(bl)).unwrap_or(0).max(c.current_block);
+    let idx_width = last_block.to_string().len();
+    let mut i = 0;
+    while i < cells.len() {
+        let block = cells[i].pos.div_euclid(bl);
+        let mut line = String::new();
+        let mut prev_mask = None;
+        while i < cells.len() && cells[i].pos.div_euclid(bl) == block {
+            let is_mask = cells[i].kind == CellKind::Mask;
+            if prev_mask.is_some() && !(is_mask && prev_mask == Some(true)) {
+                line.push(' ');
+            }
+            line.push_str(&canvas_token(cells[i], c.low_confidence, ansi));
+            prev_mask = Some(is_mask);
+            i += 1;
+        }
+        let marker = if block == c.current_block { paint(">", YELLOW, ansi) } else { " ".into() };
+        out.push(format!("{marker}{block:>idx_width$} │ {line}"));
+    }
+    out.join("\n")
+}
+
+/// Per series: name, point count, min/max/last of y, and a sparkline of up to 40 buckets.
+fn chart(c: &Chart, ansi: bool) -> String {
+    let mut out = vec![paint(&one_line(&c.title), BOLD, ansi)];
+    let name_w = c.series.iter().map(|s| display_width(&one_line(&s.name))).max().unwrap_or(0);
+    for s in &c.series {
+        let ys: Vec<f64> = s.points.iter().map(|p| p.1).filter(|y| y.is_finite()).collect();
+        let name = pad(&one_line(&s.name), name_w, false);
+        if ys.is_empty() {
+            out.push(format!("  {name}  n={}  (no finite points)", s.points.len()));
+            continue;
+        }
+        let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(*y), b.max(*y)));
+        let last = ys[ys.len() - 1];
+        out.push(format!(
+            "  {name}  n={}  min {}  max {}  last {}  {}",
+            s.points.len(),
+            fmt_float(lo),
+            fmt_float(hi),
+            fmt_float(last),
+            paint(&sparkline(&ys, 40), GREEN, ansi)
+        ));
+    }
+    if c.series.is_empty() {
+        out.push("  (no series)".into());
+    }
+    out.push(paint(&format!("  x: {}  y: {}", one_line(&c.x_label), one_line(&c.y_label)), DIM, ansi));
+    out.join("\n")
+}
+
+/// ▁..█ over at most `width` buckets (bucket means when there are more points); a flat series draws mid-height.
+pub(super) fn sparkline(ys: &[f64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    if ys.is_empty() || width == 0 {
+        return String::new();
+    }
+    let n = ys.len().min(width);
+    let buckets: Vec<f64> = (0..n)
+        .map(|b| {
+            let (from, to) = (b * ys.len() / n, ((b + 1) * ys.len() / n).max(b * ys.len() / n + 1));
+            ys[from..to].iter().sum::<f64>() / (to - from) as f64
+        })
+        .collect();
+    let (lo, hi) = buckets.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(*y), b.max(*y)));
+    buckets
+        .iter()
+        .map(|y| if hi > lo { BARS[(((y - lo) / (hi - lo)) * 7.0).round() as usize] } else { BARS[3] })
+        .collect()
+}

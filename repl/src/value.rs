@@ -1,0 +1,131 @@
+//! Typed command results. Commands return these; `render` turns each into a MIME bundle (text with ANSI,
+//! HTML, JSON, SVG) in one place, so the terminal and the Jupyter kernel show the same things.
+
+use serde::Serialize;
+
+/// One command's result: a list of values shown in order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Value {
+    /// A line of information ("prompt set: 12 tokens").
+    Message { text: String },
+    /// A titled table.
+    Table(Table),
+    /// The decoder's canvas with each token's status.
+    Canvas(Canvas),
+    /// A line chart over steps or positions.
+    Chart(Chart),
+    /// Structured data without a special view (rendered as pretty JSON in text form).
+    Data { title: String, data: serde_json::Value },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// A table cell; numbers keep their type in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Cell {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Empty,
+}
+
+impl From<&str> for Cell {
+    fn from(s: &str) -> Cell {
+        Cell::Text(s.to_string())
+    }
+}
+impl From<String> for Cell {
+    fn from(s: String) -> Cell {
+        Cell::Text(s)
+    }
+}
+impl From<i64> for Cell {
+    fn from(v: i64) -> Cell {
+        Cell::Int(v)
+    }
+}
+impl From<usize> for Cell {
+    fn from(v: usize) -> Cell {
+        Cell::Int(v as i64)
+    }
+}
+impl From<f64> for Cell {
+    fn from(v: f64) -> Cell {
+        Cell::Float(v)
+    }
+}
+impl From<f32> for Cell {
+    fn from(v: f32) -> Cell {
+        Cell::Float(v as f64)
+    }
+}
+impl From<bool> for Cell {
+    fn from(v: bool) -> Cell {
+        Cell::Bool(v)
+    }
+}
+impl<T: Into<Cell>> From<Option<T>> for Cell {
+    fn from(v: Option<T>) -> Cell {
+        v.map(Into::into).unwrap_or(Cell::Empty)
+    }
+}
+
+/// What a canvas position holds, for colouring.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CellKind {
+    Prompt,
+    Mask,
+    /// A decoded token that did not change in the last step.
+    Token,
+    /// Unmasked by the last step (Gamma).
+    Unmasked,
+    /// Edited by the last step (Delta), with the replaced token's text.
+    Edited { old: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CanvasCell {
+    pub pos: i64,
+    pub id: i64,
+    pub text: String,
+    #[serde(flatten)]
+    pub kind: CellKind,
+    /// Probability of this token under the last forward, when it covered the position.
+    pub p: Option<f32>,
+    /// Top candidates under the last forward (text, p), for hover text.
+    pub top: Vec<(String, f32)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Canvas {
+    pub title: String,
+    pub block_length: i64,
+    pub current_block: i64,
+    pub cells: Vec<CanvasCell>,
+    /// Positions with p below this are shown as low-confidence.
+    pub low_confidence: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub name: String,
+    /// (x, y) points.
+    pub points: Vec<(f64, f64)>,
+}

@@ -1,0 +1,258 @@
+//! Session tests of the form "script in, JSON out": every command of the table, its errors, and the rule
+//! that a failed command changes nothing.
+
+use dllm_repl::{CommandError, ModelSource, Session};
+use serde_json::Value as Json;
+
+fn session() -> Session {
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
+    s.execute("set gen_length 16").unwrap();
+    s.execute("set block_length 4").unwrap();
+    s
+}
+
+/// Runs `line`, returns the values as JSON.
+fn ok(s: &mut Session, line: &str) -> Vec<Json> {
+    let v = s.execute(line).unwrap_or_else(|e| panic!("`{line}` failed: {e}"));
+    v.iter().map(|v| serde_json::to_value(v).unwrap()).collect()
+}
+
+fn err(s: &mut Session, line: &str) -> String {
+    match s.execute(line) {
+        Ok(v) => panic!("`{line}` should fail, gave {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn text(v: &[Json]) -> String {
+    serde_json::to_string(v).unwrap()
+}
+
+fn state(s: &mut Session) -> String {
+    text(&ok(s, "settings")) + &s.execute("trace").map(|v| format!("{v:?}")).unwrap_or_default() + &s.branch_names().join(",")
+}
+
+#[test]
+fn every_command_in_the_table_is_exercised_here() {
+    let src = include_str!("session.rs");
+    for c in Session::commands() {
+        assert!(src.contains(&format!("\"{}", c.name)), "command `{}` has no session test", c.name);
+    }
+}
+
+#[test]
+fn prompt_step_and_inspect() {
+    let mut s = session();
+    let v = ok(&mut s, "prompt-ids 10,11,12");
+    assert_eq!(v[0]["type"], "message");
+    assert_eq!(v[1]["type"], "canvas");
+    assert_eq!(v[1]["cells"].as_array().unwrap().len(), 3 + 16);
+    assert_eq!(v[1]["cells"][0]["kind"], "prompt");
+    assert_eq!(v[1]["cells"][5]["kind"], "mask");
+    let v = ok(&mut s, "step");
+    assert_eq!(v[0]["type"], "table");
+    assert_eq!(v[0]["rows"].as_array().unwrap().len(), 1);
+    // Top-k at a position of the last forward's window (block 0), and a clear error outside it.
+    let k = ok(&mut s, "topk 3 4");
+    assert_eq!(k[0]["rows"].as_array().unwrap().len(), 4);
+    assert!(err(&mut s, "topk 17").contains("did not cover"));
+    assert!(err(&mut s, "topk x").contains("usage: topk POS [K]"));
+    let v = ok(&mut s, "step 3");
+    assert_eq!(v[0]["rows"].as_array().unwrap().len(), 3);
+    assert!(text(&v).contains("unmasked") || text(&v).contains("edited"), "the canvas marks the last step");
+    let g = ok(&mut s, "gamma");
+    assert!(g[0]["title"].as_str().unwrap().starts_with("Gamma at step 3"));
+    ok(&mut s, "delta");
+    let t = ok(&mut s, "trace");
+    assert_eq!(t[0]["rows"].as_array().unwrap().len(), 4);
+    assert!(ok(&mut s, "block")[0]["text"].as_str().unwrap().starts_with("block "));
+    let st = ok(&mut s, "stats");
+    assert_eq!(st[0]["data"]["forwards"], 4);
+    let c = ok(&mut s, "chart");
+    assert_eq!(c[0]["series"].as_array().unwrap().len(), 3);
+    ok(&mut s, "canvas");
+}
+
+#[test]
+fn prompts_raw_and_chat() {
+    let mut s = session();
+    let raw = ok(&mut s, "prompt hello");
+    assert!(raw[0]["text"].as_str().unwrap().starts_with("prompt: 5 tokens"));
+    let chat = ok(&mut s, "chat hello");
+    // <role>HUMAN</role> hello <|role_end|> <role>ASSISTANT</role>: 1 + 5 + 1 + 1 tokens
+    assert!(chat[0]["text"].as_str().unwrap().starts_with("prompt: 8 tokens"), "{chat:?}");
+    assert!(err(&mut s, "prompt").contains("usage: prompt TEXT"));
+    assert!(err(&mut s, "prompt-ids 1,x").contains("comma-separated"));
+    assert!(err(&mut s, "prompt-ids 1,99999").contains("ids must be in"));
+}
+
+#[test]
+fn settings_presets_and_failed_commands_change_nothing() {
+    let mut s = session();
+    ok(&mut s, "prompt-ids 10,11");
+    let before = state(&mut s);
+    for (line, says) in [
+        ("set threshold 2", "threshold"),
+        ("set nosuch 1", "known settings"),
+        ("set threshold", "usage: set NAME VALUE"),
+        ("preset turbo", "known presets"),
+        ("rewind 9", "no such step"),
+        ("switch nowhere", "no branch"),
+        ("remask 1", "generated positions"),
+        ("poke 0 a", "generated positions"),
+        ("delete 7", "no breakpoint 7"),
+        ("break sideways", "unknown event"),
+    ] {
+        assert!(err(&mut s, line).contains(says), "{line}");
+        assert_eq!(state(&mut s), before, "`{line}` changed the session");
+    }
+    ok(&mut s, "preset Q");
+    let st = ok(&mut s, "settings");
+    assert!(text(&st).contains("\"threshold\",\"0.7\""), "{st:?}");
+    ok(&mut s, "set edit_threshold off");
+    assert!(text(&ok(&mut s, "settings")).contains("\"edit_threshold\",\"off\""));
+    let p = ok(&mut s, "preset");
+    assert!(text(&p).contains("llada2.0"));
+    let m = ok(&mut s, "set block_length 8");
+    assert!(m[0]["text"].as_str().unwrap().contains("from the next prompt"));
+}
+
+#[test]
+fn unknown_commands_suggest_the_nearest() {
+    let mut s = session();
+    match s.execute("stpe 2") {
+        Err(CommandError::Unknown { suggestions, .. }) => assert!(suggestions.contains(&"step".to_string())),
+        other => panic!("{other:?}"),
+    }
+    assert!(err(&mut s, "frobnicate").contains("`help` lists the commands"));
+    assert!(s.execute("  # a comment").unwrap().is_empty());
+    assert!(s.execute("").unwrap().is_empty());
+    let h = ok(&mut s, "help");
+    assert_eq!(h[0]["rows"].as_array().unwrap().len(), Session::commands().len());
+    assert!(ok(&mut s, "help step")[0]["text"].as_str().unwrap().contains("usage: step [N]"));
+    assert!(err(&mut s, "help stpe").contains("did you mean `step`"));
+    assert!(err(&mut s, "prompt \"unclosed").contains("unclosed double quote") || err(&mut s, "watch \"1").contains("unclosed"));
+}
+
+#[test]
+fn run_continue_breakpoints_and_watches() {
+    let mut s = session();
+    ok(&mut s, "prompt-ids 10,11,12");
+    assert!(err(&mut s, "continue").contains("no breakpoints"));
+    ok(&mut s, "break step 2");
+    ok(&mut s, "break text zzzzzz");
+    let b = ok(&mut s, "breaks");
+    assert_eq!(b[0]["rows"].as_array().unwrap().len(), 2);
+    ok(&mut s, "watch 4 5");
+    let v = ok(&mut s, "continue");
+    assert_eq!(v[0]["text"], "3 steps");
+    assert!(text(&v).contains("stopped at step 2: breakpoint 1 (step 2)"));
+    assert!(text(&v).contains("Watches"));
+    ok(&mut s, "delete 1");
+    ok(&mut s, "watch off");
+    let v = ok(&mut s, "run");
+    assert!(text(&v).contains("the decode has finished"));
+    assert!(text(&v).contains("output:"));
+    ok(&mut s, "delete all");
+    assert_eq!(ok(&mut s, "breaks")[0]["rows"].as_array().unwrap().len(), 0);
+    for e in ["edit", "fallback", "block-end", "eos", "token 5", "oscillation 3", "low-confidence 0.2", "revised"] {
+        ok(&mut s, &format!("break {e}"));
+    }
+    assert!(err(&mut s, "break token x").contains("must be a number"));
+}
+
+#[test]
+fn rewind_fork_switch_diff_and_hand_edits() {
+    let mut s = session();
+    ok(&mut s, "prompt-ids 10,11,12");
+    ok(&mut s, "step 4");
+    ok(&mut s, "rewind 2");
+    assert_eq!(ok(&mut s, "stats")[0]["data"]["forwards"], 2);
+    ok(&mut s, "fork other");
+    assert!(err(&mut s, "fork other").contains("exists"));
+    ok(&mut s, "set threshold 0.0");
+    ok(&mut s, "run");
+    ok(&mut s, "switch main");
+    assert_eq!(ok(&mut s, "stats")[0]["data"]["forwards"], 2, "the fork ran, main did not");
+    ok(&mut s, "run");
+    let b = ok(&mut s, "branches");
+    assert_eq!(b[0]["rows"].as_array().unwrap().len(), 2);
+    let d = ok(&mut s, "diff main other");
+    assert!(text(&d).contains("first diverging step") || text(&d).contains("identical"));
+    assert!(err(&mut s, "diff main").contains("usage: diff A B"));
+    // Hand edits on a fresh decode.
+    ok(&mut s, "prompt-ids 10,11,12");
+    ok(&mut s, "step");
+    ok(&mut s, "poke 3 x");
+    ok(&mut s, "poke 3 #9");
+    assert!(err(&mut s, "poke 3 xy").contains("not one"));
+    ok(&mut s, "remask 3");
+    let c = ok(&mut s, "canvas");
+    assert_eq!(c[0]["cells"][3]["kind"], "mask");
+}
+
+#[test]
+fn save_open_export_source_and_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let mut s = session();
+    ok(&mut s, "prompt-ids 10,11,12");
+    ok(&mut s, "step 3");
+    ok(&mut s, "fork b");
+    ok(&mut s, "break eos");
+    ok(&mut s, &format!("save {}", p("s.json")));
+    ok(&mut s, &format!("export {}", p("t.json")));
+    let t: Json = serde_json::from_str(&std::fs::read_to_string(p("t.json")).unwrap()).unwrap();
+    assert_eq!(t["steps"].as_array().unwrap().len(), 3);
+    let mut r = session();
+    ok(&mut r, &format!("open {}", p("s.json")));
+    assert_eq!(r.branch_names(), vec!["b", "main"]);
+    assert_eq!(ok(&mut r, "stats")[0]["data"]["forwards"], 3);
+    assert_eq!(ok(&mut r, "breaks")[0]["rows"].as_array().unwrap().len(), 1);
+    // Both continue identically.
+    let (a, b) = (text(&ok(&mut s, "run")), text(&ok(&mut r, "run")));
+    assert_eq!(a.split("output:").nth(1), b.split("output:").nth(1));
+    std::fs::write(p("bad.json"), "{\"dllm_session\": 99}").unwrap();
+    assert!(err(&mut r, &format!("open {}", p("bad.json"))).contains("bad.json"));
+    assert!(err(&mut r, &format!("open {}", p("missing.json"))).contains("missing.json"));
+    // Scripts.
+    std::fs::write(p("script.dllm"), "# demo\nprompt-ids 10,11\nstep 2\nstats\n").unwrap();
+    let v = ok(&mut r, &format!("source {}", p("script.dllm")));
+    assert!(text(&v).contains("\"forwards\":2"));
+    std::fs::write(p("bad.dllm"), "step\nnonsense\n").unwrap();
+    assert!(err(&mut r, &format!("source {}", p("bad.dllm"))).contains("bad.dllm:2"));
+    // Sweep.
+    let v = ok(&mut r, "sweep threshold 0.1 0.9");
+    assert_eq!(v[0]["rows"].as_array().unwrap().len(), 2);
+    assert!(err(&mut r, "sweep threshold").contains("at least one value"));
+    assert!(err(&mut r, "sweep threshold 7").contains("threshold"));
+}
+
+#[test]
+fn load_and_info() {
+    let mut s = session();
+    let i = ok(&mut s, "info");
+    assert!(text(&i).contains("UNTRAINED"));
+    assert!(err(&mut s, "load /nonexistent/model").contains("/nonexistent/model"));
+    assert!(text(&ok(&mut s, "info")).contains("UNTRAINED"), "a failed load keeps the old model");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let cfg = dllm_engine::presets::preset("micro").unwrap();
+    let init = dllm_engine::RandomInit::new(1, 0.02, tch::Device::Cpu, dllm_engine::DType::F32);
+    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
+        dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
+    let v = ok(&mut s, &format!("load {d} device=cpu"));
+    assert!(text(&v).contains(d));
+    assert!(err(&mut s, "canvas").contains("no decode yet"), "branches are dropped with the old model");
+}
+
+#[test]
+fn docs_commands_md_is_generated_from_the_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/commands.md");
+    let want = dllm_repl::commands_markdown();
+    if std::env::var("DLLM_UPDATE_DOCS").is_ok() {
+        std::fs::write(path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(have == want, "docs/commands.md is stale: run `DLLM_UPDATE_DOCS=1 cargo test -p dllm-repl --test session docs`");
+}
