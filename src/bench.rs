@@ -18,6 +18,17 @@ pub enum BenchCommand {
     Load(LoadBench),
     /// The decoder: step() overhead over its forward, and cached versus no-cache decoding.
     Decode(DecodeBench),
+    /// The session: a `step` command's cost over the decoder step it wraps (embedded model, CPU).
+    Session(SessionBench),
+}
+
+#[derive(Args)]
+pub struct SessionBench {
+    /// Timed steps.
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -82,6 +93,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Forward(a) => forward(&a),
         BenchCommand::Load(a) => load(&a),
         BenchCommand::Decode(a) => decode(&a),
+        BenchCommand::Session(a) => session(&a),
     }
 }
 
@@ -285,6 +297,55 @@ fn decode(a: &DecodeBench) -> Result<()> {
         "batch_seconds": batch_wall,
         "batch_tokens_per_second": batch_tokens as f64 / batch_wall,
         "single_tokens_per_second": single_tokens as f64 / cached_wall,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn session(a: &SessionBench) -> Result<()> {
+    use dllm_engine::decode::Decoder;
+    use dllm_repl::{ModelSource, Session};
+    let t0 = Instant::now();
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
+    let session_new_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let gen = (a.steps as i64 + 8) * 8;
+    let setup = [format!("set gen_length {gen}"), "set block_length 8".into(), "set threshold 1.0".into(), "prompt-ids 10,11,12".into()];
+    for line in &setup {
+        s.execute(line).map_err(|e| anyhow::anyhow!("{line}: {e}"))?;
+    }
+    let model_ready_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // The same decode driven directly: threshold 1.0 makes every step unmask exactly one token.
+    let loaded = dllm_engine::load_builtin(Device::Cpu, None)?;
+    let mut settings = dllm_engine::decode::DecodeSettings::official(gen);
+    settings.block_length = 8;
+    settings.threshold = 1.0;
+    let mut d = Decoder::new(&[10, 11, 12], settings, loaded.tokenizer.mask_id, loaded.tokenizer.eos_id, &loaded.model)?;
+    let (mut cmd, mut bare, mut render) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.steps {
+        let t = Instant::now();
+        let values = s.execute("step").map_err(|e| anyhow::anyhow!("step: {e}"))?;
+        cmd.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let _ = dllm_repl::render::render_all(&values);
+        render.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        d.step(&loaded.model)?;
+        bare.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (cmd, bare) = (median(cmd), median(bare));
+    let out = json!({
+        "bench": "session",
+        "steps": a.steps,
+        "session_new_ms": session_new_ms,
+        "first_command_ready_ms": model_ready_ms,
+        "step_command_ms": cmd,
+        "decoder_step_ms": bare,
+        "command_overhead_ms": cmd - bare,
+        "render_all_ms": median(render),
     });
     if a.json {
         println!("{out}");
