@@ -1,21 +1,84 @@
 //! `dllm`: a REPL and Jupyter kernel for LLaDA2.x diffusion language models.
 //!
-//! `dllm` alone starts on the embedded default model; subcommands write random checkpoints, run a forward
-//! pass for comparison with outside implementations, and benchmark.
+//! `dllm` alone starts the REPL on the embedded default model (or `--model DIR`): interactive on a terminal,
+//! otherwise it runs the commands on stdin; `dllm -c "cmd; cmd"` and `dllm run FILE` run commands and exit.
+//! Subcommands write random checkpoints, run a forward pass for comparison with outside implementations, and
+//! benchmark.
 
 mod bench;
 mod decode_cmd;
 mod model_cmds;
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use dllm_repl::terminal;
+use dllm_repl::ModelSource;
 
 #[derive(Parser)]
 #[command(name = "dllm", version, about = "A REPL and Jupyter kernel for LLaDA2.x diffusion language models")]
 struct Cli {
+    /// Run these REPL commands (separated by `;` outside double quotes) and exit.
+    #[arg(short = 'c', long = "command", value_name = "COMMANDS")]
+    commands: Vec<String>,
+    /// Vi key bindings in the interactive REPL (default emacs; DLLM_EDIT_MODE=vi also works).
+    #[arg(long)]
+    vi: bool,
+    #[command(flatten)]
+    session: SessionArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The REPL's model and output options (for `dllm`, `dllm -c` and `dllm run`).
+#[derive(Args, Clone, Default)]
+struct SessionArgs {
+    /// Checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json); default: the embedded model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Print one JSON object per command: {"command", "ok", "result"} or {"command", "ok": false, "error"}.
+    #[arg(long)]
+    json: bool,
+    /// Go on after a failing command (the exit status is still non-zero).
+    #[arg(long)]
+    keep_going: bool,
+}
+
+impl SessionArgs {
+    /// These options, falling back to `outer`'s (`dllm --model X run FILE`).
+    fn or(self, outer: &SessionArgs) -> SessionArgs {
+        SessionArgs {
+            model: self.model.or_else(|| outer.model.clone()),
+            device: self.device.or_else(|| outer.device.clone()),
+            dtype: self.dtype.or_else(|| outer.dtype.clone()),
+            json: self.json || outer.json,
+            keep_going: self.keep_going || outer.keep_going,
+        }
+    }
+
+    fn source(&self) -> ModelSource {
+        ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone() }
+    }
+
+    fn options(&self, vi: bool) -> terminal::Options {
+        terminal::Options { json: self.json, keep_going: self.keep_going, vi }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A script: one REPL command per line, `#` comments, a line ending in `\` continues on the next.
+    file: PathBuf,
+    #[command(flatten)]
+    session: SessionArgs,
 }
 
 #[derive(Subcommand)]
@@ -31,21 +94,44 @@ enum Command {
     /// Benchmarks (numbers for docs/performance.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a script of REPL commands and exit (non-zero status at the first failing command).
+    Run(RunArgs),
+    /// Jupyter kernel: run on a connection file, or install / uninstall the kernelspec.
+    Kernel(dllm_kernel::cli::KernelArgs),
+}
+
+/// `dllm` without a subcommand: `-c`, the interactive REPL on a terminal, or the commands on stdin.
+fn repl(cli: Cli) -> i32 {
+    let (source, opts) = (cli.session.source(), cli.session.options(cli.vi));
+    if !cli.commands.is_empty() {
+        terminal::run_command_string(source, &cli.commands.join(";"), &opts)
+    } else if std::io::stdin().is_terminal() && !opts.json {
+        terminal::interactive(source, &opts)
+    } else {
+        terminal::run_stdin(source, &opts)
+    }
 }
 
 fn main() -> ExitCode {
     // Before anything asks libtorch about CUDA (see dllm_engine::load_cuda_backend).
     let _ = dllm_engine::load_cuda_backend();
     let cli = Cli::parse();
+    if !cli.commands.is_empty() && cli.command.is_some() {
+        eprintln!("error: -c runs REPL commands; it does not go with a subcommand");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
-        None => model_cmds::info(&model_cmds::InfoArgs::default()).map(|()| {
-            println!("(The interactive REPL is not built yet: this build prints the model summary and exits.)");
-        }),
+        None => return exit(repl(cli)),
+        Some(Command::Run(a)) => {
+            let s = a.session.or(&cli.session);
+            return exit(terminal::run_script(s.source(), &a.file, &s.options(cli.vi)));
+        }
         Some(Command::Info(a)) => model_cmds::info(&a),
         Some(Command::InitModel(a)) => model_cmds::init_model(&a),
         Some(Command::Forward(a)) => model_cmds::forward(&a),
         Some(Command::Decode(a)) => decode_cmd::decode(&a),
         Some(Command::Bench(b)) => bench::run(b),
+        Some(Command::Kernel(a)) => dllm_kernel::cli::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,4 +140,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn exit(status: i32) -> ExitCode {
+    ExitCode::from(status.clamp(0, 255) as u8)
 }

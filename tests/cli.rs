@@ -67,7 +67,17 @@ fn default_model_summary_is_labelled_untrained() {
     assert_eq!(s["model"], "builtin:tiny-random");
     assert!(s["parameters"].as_i64().unwrap() > 1_000_000);
     assert_eq!(s["dtype"], "f32");
-    let text = ok(&[]);
+    // `dllm` alone reads REPL commands from stdin when it is not a terminal; `info` labels the model.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dllm"))
+        .args(["--device", "cpu"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dllm");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"info\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("UNTRAINED"), "{text}");
 }
 

@@ -179,11 +179,21 @@ fn start(s: &mut Session, ids: Vec<i64>) -> CmdResult {
     Ok(vec![msg(text), s.canvas_value("canvas")?])
 }
 
+/// The TEXT of `prompt`/`chat`: the rest of the line as typed, or the one quoted word without its quotes.
+fn text_arg(a: &Args) -> String {
+    let r = a.rest.trim();
+    if a.words.len() == 1 && r.starts_with('"') && r.ends_with('"') {
+        a.words[0].clone()
+    } else {
+        a.rest.clone()
+    }
+}
+
 fn prompt(s: &mut Session, a: &Args) -> CmdResult {
     if a.rest.is_empty() {
         return Err(usage("prompt", "missing TEXT"));
     }
-    let ids = s.tokenizer()?.encode(&a.rest)?;
+    let ids = s.tokenizer()?.encode(&text_arg(a))?;
     start(s, ids)
 }
 
@@ -191,7 +201,7 @@ fn chat(s: &mut Session, a: &Args) -> CmdResult {
     if a.rest.is_empty() {
         return Err(usage("chat", "missing TEXT"));
     }
-    let text = dllm_engine::Tokenizer::chat_prompt(&[(Role::Human, &a.rest)], true);
+    let text = dllm_engine::Tokenizer::chat_prompt(&[(Role::Human, &text_arg(a))], true);
     let ids = s.tokenizer()?.encode(&text)?;
     start(s, ids)
 }
@@ -662,6 +672,9 @@ fn source(s: &mut Session, a: &Args) -> CmdResult {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        if s.interrupt_flag().load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommandError::Interrupted);
+        }
         if crate::parse::split_command(line).0 == "source" {
             return Err(CommandError::Failed(format!("{path}:{}: scripts cannot `source` other scripts", i + 1)));
         }
@@ -692,7 +705,7 @@ fn sweep(s: &mut Session, a: &Args) -> CmdResult {
     for (v, st) in configs {
         let mut d = Decoder::new(&prompt, st, l.tokenizer.mask_id, l.tokenizer.eos_id, &l.model)?;
         while d.step(&l.model)?.is_some() {
-            if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(CommandError::Interrupted);
             }
         }

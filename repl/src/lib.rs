@@ -6,6 +6,7 @@ mod parse;
 mod persist;
 pub mod render;
 mod session;
+pub mod terminal;
 pub mod value;
 
 pub use commands::{markdown as commands_markdown, Command};

@@ -102,6 +102,8 @@ pub struct Session {
     pub(crate) next_break_id: usize,
     pub(crate) watches: Vec<i64>,
     interrupt: Arc<AtomicBool>,
+    /// Nesting of `execute` (a `source` script runs commands inside a command).
+    depth: usize,
 }
 
 impl Session {
@@ -122,6 +124,7 @@ impl Session {
             next_break_id: 1,
             watches: Vec::new(),
             interrupt: Arc::new(AtomicBool::new(false)),
+            depth: 0,
         }
     }
 
@@ -189,15 +192,22 @@ impl Session {
         if cmd.needs_model {
             self.model()?;
         }
-        self.interrupt.store(false, Ordering::SeqCst);
         let args = parse::Args::new(rest).map_err(|m| CommandError::Usage { message: m, usage: cmd.usage.into() })?;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| (cmd.run)(self, &args))) {
+        self.depth += 1;
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| (cmd.run)(self, &args))) {
             Ok(r) => r,
             Err(p) => {
                 let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 Err(CommandError::Failed(format!("internal error in `{}`: {} (the session goes on)", cmd.name, what.unwrap_or_default())))
             }
+        };
+        self.depth -= 1;
+        // An interrupt belongs to the command it arrived during: clear it once the outermost command ends (not
+        // at the start, which would drop a Ctrl-C pressed just as a command began).
+        if self.depth == 0 {
+            self.interrupt.store(false, Ordering::SeqCst);
         }
+        result
     }
 
     /// The command table (for help, completion and docs).
@@ -245,7 +255,7 @@ impl Session {
         let mut out = Vec::new();
         let mut stop = None;
         for _ in 0..n {
-            if self.interrupt.swap(false, Ordering::SeqCst) {
+            if self.interrupt.load(Ordering::SeqCst) {
                 stop = Some("interrupted (Ctrl-C): the decoder is between steps and consistent".to_string());
                 break;
             }

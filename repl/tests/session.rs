@@ -78,6 +78,8 @@ fn prompts_raw_and_chat() {
     let mut s = session();
     let raw = ok(&mut s, "prompt hello");
     assert!(raw[0]["text"].as_str().unwrap().starts_with("prompt: 5 tokens"));
+    let quoted = ok(&mut s, "prompt \"a; b\"");
+    assert!(quoted[0]["text"].as_str().unwrap().starts_with("prompt: 4 tokens"), "the quotes are not part of the text");
     let chat = ok(&mut s, "chat hello");
     // <role>HUMAN</role> hello <|role_end|> <role>ASSISTANT</role>: 1 + 5 + 1 + 1 tokens
     assert!(chat[0]["text"].as_str().unwrap().starts_with("prompt: 8 tokens"), "{chat:?}");

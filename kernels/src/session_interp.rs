@@ -1,0 +1,363 @@
+//! The interpreter over `dllm_repl::Session`: a cell is a small script of dllm commands, exactly as the
+//! terminal reads one (`terminal::script_items`: one command a line, `#` comments, `\` continues a line).
+//!
+//! - Each command's values become one MIME bundle through `dllm_repl::render` (the one place values become
+//!   text): the last command's is the cell's `execute_result`, earlier ones are `display_data`.
+//! - The first failing command ends the cell with ONE error (ename from the kind of failure, evalue its
+//!   message, a traceback naming the line); outputs of earlier lines stay.
+//! - An interrupt stops a stepping command between decoder steps (the session sets its own flag); the cell
+//!   then shows what ran and ends with an `Interrupted` error, so a notebook's queued cells are not run on a
+//!   state the person meant to stop. The model stays resident and the decoder consistent.
+//! - `NAME?` on a line of its own pages NAME's help (IPython's convention); completion, inspection and
+//!   is_complete come from `Session::commands()`, the table the REPL's `help` uses.
+//!
+//! JSON: `application/json` goes only on results that are pure data (`Value::Data`). JupyterLab ranks its
+//! JSON tree viewer above HTML, so a table or canvas carrying `application/json` would show as a tree; their
+//! JSON travels as `application/vnd.dllm.value+json` instead, kept in the notebook for programs to read.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dllm_repl::render::{render, render_all, Bundle};
+use dllm_repl::terminal::script_items;
+use dllm_repl::value::Value as DValue;
+use dllm_repl::{Command, CommandError, ModelSource, Session};
+use serde_json::Value;
+
+use crate::interpreter::{
+    byte_offset, code_points, plain, Completion, ErrorInfo, ExecContext, ExecuteOk, HelpLink, Interpreter, Interrupter, IsComplete,
+    KernelInfo, LanguageInfo, MimeBundle,
+};
+
+/// The display that shows the model loading while the first command waits for it.
+const LOAD_DISPLAY: &str = "dllm-model-load";
+/// MIME type of a value's JSON when `application/json` would hide its HTML (see the module docs).
+pub const VALUE_MIME: &str = "application/vnd.dllm.value+json";
+
+pub struct SessionInterpreter {
+    session: Session,
+    /// Set by an interrupt; checked between the commands of a cell (the session's own flag is consumed by
+    /// the stepping loop that it stops).
+    cell_interrupted: Arc<AtomicBool>,
+}
+
+impl SessionInterpreter {
+    /// A session whose model starts loading in the background now.
+    pub fn new(source: ModelSource) -> SessionInterpreter {
+        SessionInterpreter::with_session(Session::new(source))
+    }
+
+    pub fn with_session(session: Session) -> SessionInterpreter {
+        SessionInterpreter { session, cell_interrupted: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Drop for SessionInterpreter {
+    /// Waits for a background model load still running: a process that exits while libtorch is loading can
+    /// abort in libtorch's static destructors. (Jupyter kills a kernel that takes too long to shut down.)
+    fn drop(&mut self) {
+        if !self.session.model_ready() {
+            let _ = self.session.model();
+        }
+    }
+}
+
+fn find(word: &str) -> Option<&'static Command> {
+    Session::commands().iter().find(|c| c.name == word || c.aliases.contains(&word))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Values as a MIME bundle (see the module docs for the JSON rule).
+pub fn bundle(values: &[DValue]) -> MimeBundle {
+    let b: Bundle = if values.len() == 1 { render(&values[0]) } else { render_all(values) };
+    let mut m = MimeBundle::new();
+    m.insert("text/plain".into(), Value::String(b.plain));
+    m.insert("text/html".into(), Value::String(b.html));
+    let json_mime = if values.iter().all(|v| matches!(v, DValue::Data { .. })) { "application/json" } else { VALUE_MIME };
+    m.insert(json_mime.into(), b.json);
+    if let Some(svg) = b.svg {
+        m.insert("image/svg+xml".into(), Value::String(svg));
+    }
+    m
+}
+
+fn command_help(c: &Command) -> MimeBundle {
+    let aliases = if c.aliases.is_empty() { String::new() } else { format!("\naliases: {}", c.aliases.join(", ")) };
+    let help = if c.help.is_empty() { String::new() } else { format!("\n\n{}", c.help) };
+    let text = format!("usage: {}{aliases}\n{}{help}", c.usage, c.summary);
+    let mut b = plain(text.clone());
+    b.insert("text/html".into(), Value::String(format!("<pre>{}</pre>", html_escape(&text))));
+    b
+}
+
+/// The error of a failed line. `line` is its line number in the cell (shown for cells of several lines).
+fn error_info(e: &CommandError, command: &str, line: Option<usize>) -> ErrorInfo {
+    let ename = match e {
+        CommandError::Unknown { .. } => "UnknownCommand",
+        CommandError::Usage { .. } => "UsageError",
+        CommandError::Failed(_) => "CommandFailed",
+        CommandError::Interrupted => "Interrupted",
+    };
+    let evalue = e.to_string();
+    let mut traceback = vec![format!("\x1b[1;31m{ename}\x1b[0m: {}", evalue.lines().next().unwrap_or_default())];
+    traceback.extend(evalue.lines().skip(1).map(String::from));
+    let first = command.lines().next().unwrap_or_default();
+    traceback.push(match line {
+        Some(n) => format!("  in line {n}: `{first}`"),
+        None => format!("  in `{first}`"),
+    });
+    ErrorInfo { ename: ename.into(), evalue, traceback }
+}
+
+fn interrupted_error(command: &str) -> ErrorInfo {
+    ErrorInfo {
+        ename: "Interrupted".into(),
+        evalue: "interrupted between decoder steps; the model and the decoder's state are kept".into(),
+        traceback: vec![
+            "\x1b[1;33mInterrupted\x1b[0m: stopped between decoder steps; the model and the decoder's state are kept".into(),
+            format!("  in `{}`", command.lines().next().unwrap_or_default()),
+        ],
+    }
+}
+
+/// Whether a line leaves a double quote open (the command parser's rule: `"` toggles, `\` escapes inside).
+fn unclosed_quote(line: &str) -> bool {
+    let (mut quoted, mut chars) = (false, line.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    quoted
+}
+
+/// `NAME?`: the command whose help a line asks for.
+fn help_query(line: &str) -> Option<&'static Command> {
+    let word = line.trim().strip_suffix('?')?;
+    if word.is_empty() || word.contains(char::is_whitespace) {
+        return None;
+    }
+    find(word)
+}
+
+impl Interpreter for SessionInterpreter {
+    fn kernel_info(&self) -> KernelInfo {
+        KernelInfo {
+            implementation: "dllm".into(),
+            implementation_version: env!("CARGO_PKG_VERSION").into(),
+            language_info: LanguageInfo {
+                name: "dllm".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                mimetype: "text/x-dllm".into(),
+                file_extension: ".dllm".into(),
+                // Commands read like shell lines (words, double quotes, # comments): the shell modes highlight them.
+                pygments_lexer: "bash".into(),
+                codemirror_mode: "shell".into(),
+            },
+            banner: format!(
+                "dllm {}: step a LLaDA2.x diffusion language model in a notebook.\n`help` lists the commands; `step?` shows one's help.",
+                env!("CARGO_PKG_VERSION")
+            ),
+            help_links: Vec::<HelpLink>::new(),
+        }
+    }
+
+    fn execute(&mut self, code: &str, ctx: &mut ExecContext<'_>) -> Result<ExecuteOk, ErrorInfo> {
+        self.cell_interrupted.store(false, Ordering::SeqCst);
+        let items = script_items(code);
+        let several = items.len() > 1;
+        let mut out = ExecuteOk::default();
+        for (i, item) in items.iter().enumerate() {
+            let command = item.command.as_str();
+            if let Some(c) = help_query(command) {
+                out.page = Some(command_help(c));
+                continue;
+            }
+            let word = command.split_whitespace().next().unwrap_or_default();
+            let waits = find(word).is_some_and(|c| c.needs_model || c.name == "source") && !self.session.model_ready();
+            let started = Instant::now();
+            if waits {
+                let mut b = plain("loading the model…");
+                b.insert("text/html".into(), Value::String("<i>loading the model…</i>".into()));
+                ctx.display_with_id(b, LOAD_DISPLAY);
+            }
+            let result = self.session.execute(command);
+            if waits {
+                ctx.update_display(plain(format!("model ready after {:.1} s", started.elapsed().as_secs_f64())), LOAD_DISPLAY);
+            }
+            let line = several.then_some(item.line).flatten();
+            let values = result.map_err(|e| error_info(&e, command, line))?;
+            let interrupted = self.cell_interrupted.swap(false, Ordering::SeqCst);
+            if values.is_empty() {
+            } else if i + 1 == items.len() && !interrupted {
+                out.result = Some(bundle(&values));
+            } else {
+                ctx.display(bundle(&values));
+            }
+            if interrupted {
+                return Err(interrupted_error(command));
+            }
+        }
+        Ok(out)
+    }
+
+    fn complete(&mut self, code: &str, cursor_pos: usize) -> Completion {
+        let cursor = byte_offset(code, cursor_pos);
+        let line_start = code[..cursor].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let before = &code[line_start..cursor];
+        let word_start = before.rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
+        let word = &before[word_start..];
+        let earlier: Vec<&str> = before[..word_start].split_whitespace().collect();
+        let mut matches: Vec<String> = match earlier.as_slice() {
+            [] => Session::commands().iter().flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied())).map(String::from).collect(),
+            [cmd] => match find(cmd).map(|c| c.name) {
+                Some("set" | "sweep") => dllm_engine::decode::SETTINGS.iter().map(|(n, _)| n.to_string()).collect(),
+                Some("preset") => dllm_engine::decode::PRESETS.iter().map(|(n, _)| n.to_string()).collect(),
+                Some("help") => Session::commands().iter().map(|c| c.name.to_string()).collect(),
+                Some("switch" | "diff") => self.session.branch_names(),
+                Some("load" | "open" | "source" | "save" | "export") => paths(word),
+                _ => Vec::new(),
+            },
+            [cmd, _] if find(cmd).map(|c| c.name) == Some("diff") => self.session.branch_names(),
+            _ => Vec::new(),
+        };
+        matches.retain(|m| m.starts_with(word));
+        matches.sort();
+        matches.dedup();
+        Completion { matches, cursor_start: code_points(code, line_start + word_start), cursor_end: cursor_pos }
+    }
+
+    fn inspect(&mut self, code: &str, cursor_pos: usize, _detail_level: u8) -> Option<MimeBundle> {
+        let cursor = byte_offset(code, cursor_pos);
+        let line_start = code[..cursor].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line_end = code[cursor..].find('\n').map(|i| cursor + i).unwrap_or(code.len());
+        let line = &code[line_start..line_end];
+        // The word under the cursor if it names a command, else the line's command.
+        let at = cursor - line_start;
+        let ws = line[..at].rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
+        let we = line[at..].find(char::is_whitespace).map(|i| at + i).unwrap_or(line.len());
+        let under = line[ws..we].trim_end_matches('?');
+        let first = line.split_whitespace().next().unwrap_or_default().trim_end_matches('?');
+        find(under).or_else(|| find(first)).map(command_help)
+    }
+
+    fn is_complete(&mut self, code: &str) -> IsComplete {
+        if code.trim_end().ends_with('\\') {
+            return IsComplete::Incomplete { indent: String::new() };
+        }
+        for item in script_items(code) {
+            let word = item.command.split_whitespace().next().unwrap_or_default();
+            if help_query(&item.command).is_none() && (find(word).is_none() || unclosed_quote(&item.command)) {
+                return IsComplete::Invalid;
+            }
+        }
+        IsComplete::Complete
+    }
+
+    fn interrupter(&self) -> Interrupter {
+        let (session, cell) = (self.session.interrupt_flag(), self.cell_interrupted.clone());
+        Arc::new(move || {
+            session.store(true, Ordering::SeqCst);
+            cell.store(true, Ordering::SeqCst);
+        })
+    }
+}
+
+/// File and folder names completing `partial` (folders end in `/`).
+fn paths(partial: &str) -> Vec<String> {
+    let (dir, prefix) = match partial.rfind('/') {
+        Some(i) => (&partial[..=i], &partial[i + 1..]),
+        None => ("", partial),
+    };
+    let Ok(entries) = std::fs::read_dir(if dir.is_empty() { "." } else { dir }) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with(prefix) || (name.starts_with('.') && !prefix.starts_with('.')) {
+                return None;
+            }
+            let slash = if e.file_type().ok()?.is_dir() { "/" } else { "" };
+            Some(format!("{dir}{name}{slash}"))
+        })
+        .take(500)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interp() -> SessionInterpreter {
+        SessionInterpreter::new(ModelSource { device: "cpu".into(), ..ModelSource::default() })
+    }
+
+    /// Dropping waits for the background load (see `Drop`).
+    fn done(i: SessionInterpreter) {
+        drop(i);
+    }
+
+    #[test]
+    fn completes_commands_and_settings() {
+        let mut i = interp();
+        let c = i.complete("ste", 3);
+        assert_eq!(c.matches, vec!["step"]);
+        assert_eq!((c.cursor_start, c.cursor_end), (0, 3));
+        let c = i.complete("set thr", 7);
+        assert_eq!(c.matches, vec!["threshold"]);
+        assert_eq!(c.cursor_start, 4);
+        let c = i.complete("step\npr", 7);
+        assert_eq!(c.matches, vec!["preset", "prompt", "prompt-ids"]);
+        assert_eq!(c.cursor_start, 5);
+        // Code points, not bytes: "é" is two bytes.
+        let c = i.complete("# é\nca", 6);
+        assert_eq!((c.matches[0].as_str(), c.cursor_start), ("canvas", 4));
+        assert_eq!(i.complete("preset ", 7).matches.len(), dllm_engine::decode::PRESETS.len());
+        done(i);
+    }
+
+    #[test]
+    fn is_complete_and_inspect_follow_the_table() {
+        let mut i = interp();
+        assert_eq!(i.is_complete("step 3"), IsComplete::Complete);
+        assert_eq!(i.is_complete(""), IsComplete::Complete);
+        assert_eq!(i.is_complete("prompt a long \\"), IsComplete::Incomplete { indent: String::new() });
+        assert_eq!(i.is_complete("stpe 3"), IsComplete::Invalid);
+        assert_eq!(i.is_complete("prompt \"open"), IsComplete::Invalid);
+        assert_eq!(i.is_complete("step?"), IsComplete::Complete);
+        let help = i.inspect("step 3", 2, 0).unwrap();
+        assert!(help["text/plain"].as_str().unwrap().starts_with("usage: step [N]"));
+        assert!(i.inspect("nothing here", 3, 0).is_none());
+        done(i);
+    }
+
+    #[test]
+    fn cells_run_line_by_line_with_one_error() {
+        let mut i = interp();
+        let mut outs = Vec::new();
+        {
+            let mut sink = |o| outs.push(o);
+            let mut ctx = ExecContext::new(&mut sink);
+            let ok = i.execute("set threshold 0.8\n# a comment\nsettings", &mut ctx).unwrap();
+            let result = ok.result.unwrap();
+            assert!(result["text/html"].as_str().unwrap().contains("threshold"));
+            assert!(result.contains_key(VALUE_MIME) && !result.contains_key("application/json"));
+            let err = i.execute("set threshold 0.5\nstpe\nsettings", &mut ctx).unwrap_err();
+            assert_eq!(err.ename, "UnknownCommand");
+            assert!(err.evalue.contains("did you mean"), "{}", err.evalue);
+            assert!(err.traceback.last().unwrap().contains("line 2"));
+            let ok = i.execute("step?", &mut ctx).unwrap();
+            assert!(ok.result.is_none() && ok.page.is_some());
+        }
+        assert_eq!(outs.len(), 2, "the first lines of both cells displayed: {outs:?}");
+        done(i);
+    }
+}
