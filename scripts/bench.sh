@@ -10,3 +10,5 @@ for p in tiny mid; do "$BIN" bench forward --preset "$p" --prefix 256 --block 32
 "$BIN" bench load --model "$tmp/mid" --json
 "$BIN" bench decode --json
 "$BIN" bench session --json
+python3 scripts/bench-startup.py "$BIN"
+.venv/bin/python scripts/bench-kernel.py "$BIN"
