@@ -74,7 +74,8 @@ pub static TABLE: &[Command] = &[
     cmd!("trace", [], "trace", "List every step so far", "", true, trace),
     cmd!("block", [], "block", "Show the current block and its counters", "", true, block),
     cmd!("stats", [], "stats", "Forwards, tokens, TPF, edits, fallbacks, time", "", true, stats),
-    cmd!("chart", [], "chart", "Masks left, |Gamma| and |Delta| per step as a chart", "", true, chart),
+    cmd!("chart", [], "chart", "Charts: masks left, |Gamma|, |Delta| per step; confidence by position and step",
+        "Two charts: masks left in the block, |Gamma| and |Delta| per step; and, for the last 8 steps, the\nprobability of every token each step wrote, by position.", true, chart),
     cmd!("poke", ["set-token"], "poke POS TOKEN", "Set a generated position by hand (TOKEN: text, or #ID)",
         "Journalled (rewind undoes it). Positions in cached blocks drop the cache from their block on.\n\nExamples:\n  poke 14 x\n  poke 14 #57", true, poke),
     cmd!("remask", [], "remask POS [POS...]", "Turn positions of the current block back into masks", "Example:\n  remask 12 13", true, remask),
@@ -604,7 +605,22 @@ fn chart(s: &mut Session, _: &Args) -> CmdResult {
             series("|Gamma| (unmasked)", &|r| r.gamma.len() as f64),
             series("|Delta| (edited)", &|r| r.delta.len() as f64),
         ],
-    })])
+    }), confidence_chart(&reports)])
+}
+
+/// Confidence by position and step: for each of the last 8 steps, p of every token it wrote, by position.
+fn confidence_chart(reports: &[dllm_engine::decode::StepReport]) -> Value {
+    let from = reports.len().saturating_sub(8);
+    let series = reports[from..]
+        .iter()
+        .map(|r| {
+            let mut points: Vec<(f64, f64)> =
+                r.gamma.iter().map(|u| (u.pos as f64, u.p as f64)).chain(r.delta.iter().map(|e| (e.pos as f64, e.p as f64))).collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series { name: format!("step {}", r.step), points }
+        })
+        .collect();
+    Value::Chart(Chart { title: "Confidence of each step's writes".into(), x_label: "position".into(), y_label: "p".into(), series })
 }
 
 fn poke(s: &mut Session, a: &Args) -> CmdResult {

@@ -70,6 +70,8 @@ fn prompt_step_and_inspect() {
     assert_eq!(st[0]["data"]["forwards"], 4);
     let c = ok(&mut s, "chart");
     assert_eq!(c[0]["series"].as_array().unwrap().len(), 3);
+    assert_eq!(c[1]["x_label"], "position");
+    assert_eq!(c[1]["series"].as_array().unwrap().len(), 4, "one series per step so far");
     ok(&mut s, "canvas");
 }
 
