@@ -524,7 +524,9 @@ fn canvas(s: &mut Session, _: &Args) -> CmdResult {
 }
 
 fn last_report(s: &Session) -> Result<dllm_engine::decode::StepReport, CommandError> {
-    s.decoder()?.reports().last().cloned().ok_or_else(|| CommandError::Failed("no step yet: `step` runs one".into()))
+    let mut r = s.decoder()?.reports().last().cloned().ok_or_else(|| CommandError::Failed("no step yet: `step` runs one".into()))?;
+    r.annotate(s.tokenizer()?);
+    Ok(r)
 }
 
 fn gamma(s: &mut Session, _: &Args) -> CmdResult {
@@ -562,7 +564,8 @@ fn topk(s: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn trace(s: &mut Session, _: &Args) -> CmdResult {
-    let reports: Vec<_> = s.decoder()?.reports().cloned().collect();
+    let tok = s.tokenizer()?;
+    let reports: Vec<_> = s.decoder()?.reports().cloned().map(|mut r| { r.annotate(tok); r }).collect();
     Ok(vec![steps_table("Trace", &reports)])
 }
 
@@ -634,6 +637,9 @@ fn poke(s: &mut Session, a: &Args) -> CmdResult {
             let ids = l.tokenizer.encode(spec)?;
             if ids.len() != 1 {
                 return Err(CommandError::Failed(format!("{spec:?} is {} tokens, not one; use #ID", ids.len())));
+            }
+            if l.tokenizer.token_text(ids[0]) == "<|unk|>" && spec != "<|unk|>" {
+                return Err(CommandError::Failed(format!("{spec:?} is not in the vocabulary; use #ID")));
             }
             ids[0]
         }

@@ -62,6 +62,7 @@ fn prompt_step_and_inspect() {
     assert!(text(&v).contains("unmasked") || text(&v).contains("edited"), "the canvas marks the last step");
     let g = ok(&mut s, "gamma");
     assert!(g[0]["title"].as_str().unwrap().starts_with("Gamma at step 3"));
+    assert!(!g[0]["rows"][0][2].as_str().unwrap().is_empty(), "token texts are filled in");
     ok(&mut s, "delta");
     let t = ok(&mut s, "trace");
     assert_eq!(t[0]["rows"].as_array().unwrap().len(), 4);
@@ -103,7 +104,7 @@ fn settings_presets_and_failed_commands_change_nothing() {
         ("rewind 9", "no such step"),
         ("switch nowhere", "no branch"),
         ("remask 1", "generated positions"),
-        ("poke 0 a", "generated positions"),
+        ("poke 0 A", "generated positions"),
         ("delete 7", "no breakpoint 7"),
         ("break sideways", "unknown event"),
     ] {
@@ -187,9 +188,10 @@ fn rewind_fork_switch_diff_and_hand_edits() {
     // Hand edits on a fresh decode.
     ok(&mut s, "prompt-ids 10,11,12");
     ok(&mut s, "step");
-    ok(&mut s, "poke 3 x");
+    ok(&mut s, "poke 3 A");
     ok(&mut s, "poke 3 #9");
-    assert!(err(&mut s, "poke 3 xy").contains("not one"));
+    assert!(err(&mut s, "poke 3 AB").contains("not one"));
+    assert!(err(&mut s, "poke 3 x").contains("not in the vocabulary"), "the embedded vocabulary stops at 'W'");
     ok(&mut s, "remask 3");
     let c = ok(&mut s, "canvas");
     assert_eq!(c[0]["cells"][3]["kind"], "mask");
