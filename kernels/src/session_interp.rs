@@ -40,6 +40,8 @@ pub struct SessionInterpreter {
     /// Set by an interrupt; checked between the commands of a cell (the session's own flag is consumed by
     /// the stepping loop that it stops).
     cell_interrupted: Arc<AtomicBool>,
+    /// Cells executed, to give each progress display its own id.
+    cells: u64,
 }
 
 impl SessionInterpreter {
@@ -49,7 +51,7 @@ impl SessionInterpreter {
     }
 
     pub fn with_session(session: Session) -> SessionInterpreter {
-        SessionInterpreter { session, cell_interrupted: Arc::new(AtomicBool::new(false)) }
+        SessionInterpreter { session, cell_interrupted: Arc::new(AtomicBool::new(false)), cells: 0 }
     }
 }
 
@@ -171,6 +173,7 @@ impl Interpreter for SessionInterpreter {
     }
 
     fn execute(&mut self, code: &str, ctx: &mut ExecContext<'_>) -> Result<ExecuteOk, ErrorInfo> {
+        self.cells += 1;
         self.cell_interrupted.store(false, Ordering::SeqCst);
         let items = script_items(code);
         let several = items.len() > 1;
@@ -189,7 +192,18 @@ impl Interpreter for SessionInterpreter {
                 b.insert("text/html".into(), Value::String("<i>loading the model…</i>".into()));
                 ctx.display_with_id(b, LOAD_DISPLAY);
             }
-            let result = self.session.execute(command);
+            // Long commands show their progress live: one display per command, updated in place after every
+            // step (the core coalesces updates to ~10 per second and always sends the last).
+            let progress_id = format!("dllm-progress-{}-{i}", self.cells);
+            let mut shown = false;
+            let result = self.session.execute_with_progress(command, &mut |values: &[DValue]| {
+                if shown {
+                    ctx.update_display(bundle(values), &progress_id);
+                } else {
+                    ctx.display_with_id(bundle(values), &progress_id);
+                    shown = true;
+                }
+            });
             if waits {
                 ctx.update_display(plain(format!("model ready after {:.1} s", started.elapsed().as_secs_f64())), LOAD_DISPLAY);
             }
@@ -358,6 +372,29 @@ mod tests {
             assert!(ok.result.is_none() && ok.page.is_some());
         }
         assert_eq!(outs.len(), 2, "the first lines of both cells displayed: {outs:?}");
+        done(i);
+    }
+
+    #[test]
+    fn long_commands_show_live_progress_in_one_updated_display() {
+        use crate::interpreter::Output;
+        let mut i = interp();
+        let mut outs = Vec::new();
+        {
+            let mut sink = |o| outs.push(o);
+            let mut ctx = ExecContext::new(&mut sink);
+            i.execute("set gen_length 16\nset block_length 8\nprompt-ids 10,11,12\nstep 4", &mut ctx).unwrap();
+        }
+        let ids: Vec<String> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Display { display_id: Some(id), .. } if id.starts_with("dllm-progress") => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "one progress display for `step 4`");
+        let updates = outs.iter().filter(|o| matches!(o, Output::Update { display_id, .. } if *display_id == ids[0])).count();
+        assert_eq!(updates, 3, "then updated after each further step");
         done(i);
     }
 }

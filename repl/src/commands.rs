@@ -322,12 +322,12 @@ fn step(s: &mut Session, a: &Args) -> CmdResult {
     if n < 1 {
         return Err(usage("step", "N must be at least 1"));
     }
-    let (reports, stop) = s.advance(n as usize, false)?;
+    let (reports, stop) = s.advance(n as usize, false, a)?;
     after_steps(s, reports, stop)
 }
 
-fn run(s: &mut Session, _: &Args) -> CmdResult {
-    let (reports, stop) = s.advance(usize::MAX, false)?;
+fn run(s: &mut Session, a: &Args) -> CmdResult {
+    let (reports, stop) = s.advance(usize::MAX, false, a)?;
     let d = s.decoder()?;
     let summary = format!("{} steps; {} tokens, TPF {:.2}", reports.len(), d.decoded_tokens(), d.tpf());
     let text = s.ready()?.tokenizer.decode(&s.decoder()?.output());
@@ -337,11 +337,11 @@ fn run(s: &mut Session, _: &Args) -> CmdResult {
     Ok(out)
 }
 
-fn cont(s: &mut Session, _: &Args) -> CmdResult {
+fn cont(s: &mut Session, a: &Args) -> CmdResult {
     if s.breakpoints.is_empty() {
         return Err(CommandError::Failed("no breakpoints: add one with `break EVENT` (or use `run`)".into()));
     }
-    let (reports, stop) = s.advance(usize::MAX, true)?;
+    let (reports, stop) = s.advance(usize::MAX, true, a)?;
     let last: Vec<_> = reports.last().cloned().into_iter().collect();
     let mut out = after_steps(s, last, stop)?;
     out.insert(0, msg(format!("{} steps", reports.len())));

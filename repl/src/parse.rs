@@ -9,15 +9,21 @@ pub fn split_command(line: &str) -> (&str, &str) {
     }
 }
 
-/// A command's arguments: the raw rest of the line and its words (double quotes group, `\"` escapes).
-#[derive(Debug, Clone, Default)]
-pub struct Args {
+/// Called after every decoder step of a long command with values showing the progress (a front-end shows
+/// them live, e.g. a notebook display that is updated in place).
+pub type ProgressHook<'a> = std::cell::RefCell<&'a mut dyn FnMut(&[crate::value::Value])>;
+
+/// A command's arguments: the raw rest of the line and its words (double quotes group, `\"` escapes), and
+/// the front-end's progress hook if it has one.
+#[derive(Default)]
+pub struct Args<'a> {
     pub rest: String,
     pub words: Vec<String>,
+    pub progress: Option<ProgressHook<'a>>,
 }
 
-impl Args {
-    pub fn new(rest: &str) -> Result<Args, String> {
+impl<'a> Args<'a> {
+    pub fn new(rest: &str) -> Result<Args<'a>, String> {
         let mut words = Vec::new();
         let mut cur = String::new();
         let (mut quoted, mut in_word, mut chars) = (false, false, rest.chars());
@@ -46,7 +52,7 @@ impl Args {
         if in_word {
             words.push(cur);
         }
-        Ok(Args { rest: rest.to_string(), words })
+        Ok(Args { rest: rest.to_string(), words, progress: None })
     }
 
     pub fn get(&self, i: usize) -> Option<&str> {

@@ -181,6 +181,16 @@ impl Session {
 
     /// Runs one command line. Blank lines and `#` comments give nothing.
     pub fn execute(&mut self, line: &str) -> CmdResult {
+        self.run_line(line, None)
+    }
+
+    /// Like `execute`, and long commands (`step N`, `run`, `continue`) call `progress` after every step with
+    /// values showing where the decode is (a step summary and the canvas).
+    pub fn execute_with_progress(&mut self, line: &str, progress: &mut dyn FnMut(&[Value])) -> CmdResult {
+        self.run_line(line, Some(progress))
+    }
+
+    fn run_line(&mut self, line: &str, progress: Option<&mut dyn FnMut(&[Value])>) -> CmdResult {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return Ok(Vec::new());
@@ -192,7 +202,8 @@ impl Session {
         if cmd.needs_model {
             self.model()?;
         }
-        let args = parse::Args::new(rest).map_err(|m| CommandError::Usage { message: m, usage: cmd.usage.into() })?;
+        let mut args = parse::Args::new(rest).map_err(|m| CommandError::Usage { message: m, usage: cmd.usage.into() })?;
+        args.progress = progress.map(std::cell::RefCell::new);
         self.depth += 1;
         let result = match std::panic::catch_unwind(AssertUnwindSafe(|| (cmd.run)(self, &args))) {
             Ok(r) => r,
@@ -244,7 +255,7 @@ impl Session {
 
     /// Runs up to `n` steps on the current branch, stopping early at a breakpoint (`stop_at_breaks`), at the
     /// end of the decode, or on interrupt. Returns the reports (annotated with texts) and what stopped it.
-    pub(crate) fn advance(&mut self, n: usize, stop_at_breaks: bool) -> Result<(Vec<StepReport>, Option<String>), CommandError> {
+    pub(crate) fn advance(&mut self, n: usize, stop_at_breaks: bool, args: &parse::Args) -> Result<(Vec<StepReport>, Option<String>), CommandError> {
         self.model()?;
         let ModelSlot::Ready(l) = &self.model else { unreachable!() };
         let current = self.current.clone();
@@ -273,6 +284,15 @@ impl Session {
             } else {
                 Vec::new()
             };
+            if let Some(hook) = &args.progress {
+                let r = &r;
+                let text = format!(
+                    "step {}: block {}, |Gamma| {}, |Delta| {}, {} masks left in the block, TPF {:.2}",
+                    r.step, r.block, r.gamma.len(), r.delta.len(), r.masks_left, r.tpf
+                );
+                let values = [Value::Message { text }, canvas_of(d, &l.tokenizer, "canvas")];
+                (hook.borrow_mut())(&values);
+            }
             out.push(r);
             if !hit.is_empty() {
                 stop = Some(format!("stopped at step {}: {}", out.last().map(|r| r.step).unwrap_or(0), hit.join(", ")));
@@ -286,40 +306,44 @@ impl Session {
     pub(crate) fn canvas_value(&mut self, title: &str) -> Result<Value, CommandError> {
         self.model()?;
         let ModelSlot::Ready(l) = &self.model else { unreachable!() };
-        let d = self.decoder()?;
-        let last = d.reports().last().cloned();
-        let (p, b) = (d.prompt_len(), d.settings.block_length);
-        let end = (d.prompt_len() + d.settings.gen_length).min(d.canvas().len() as i64);
-        let mut cells = Vec::with_capacity(end as usize);
-        for pos in 0..end {
-            let id = d.canvas()[pos as usize];
-            let kind = if pos < p {
-                CellKind::Prompt
-            } else if id == d.mask_id() {
-                CellKind::Mask
-            } else if let Some(e) = last.as_ref().and_then(|r| r.delta.iter().find(|e| e.pos == pos)) {
-                CellKind::Edited { old: l.tokenizer.token_text(e.old) }
-            } else if last.as_ref().is_some_and(|r| r.gamma.iter().any(|u| u.pos == pos)) {
-                CellKind::Unmasked
-            } else {
-                CellKind::Token
-            };
-            let (top, cur) = match d.top_k_at(pos, 3) {
-                Some((top, cur)) => (top.into_iter().map(|(t, p)| (l.tokenizer.token_text(t), p)).collect(), Some(cur)),
-                None => (Vec::new(), None),
-            };
-            cells.push(CanvasCell { pos, id, text: l.tokenizer.token_text(id), kind, p: if pos < p { None } else { cur }, top });
-        }
-        Ok(Value::Canvas(Canvas {
-            title: title.into(),
-            block_length: b,
-            current_block: d.cursor().block,
-            cells,
-            low_confidence: 0.5,
-        }))
+        Ok(canvas_of(self.decoder()?, &l.tokenizer, title))
     }
 
     pub(crate) fn tokenizer(&self) -> Result<&dllm_engine::Tokenizer, CommandError> {
         Ok(&self.ready()?.tokenizer)
     }
+}
+
+/// The canvas of `d` as a value, with its last step's Gamma/Delta marked.
+pub(crate) fn canvas_of(d: &Decoder, tok: &dllm_engine::Tokenizer, title: &str) -> Value {
+    let last = d.reports().last().cloned();
+    let (p, b) = (d.prompt_len(), d.settings.block_length);
+    let end = (d.prompt_len() + d.settings.gen_length).min(d.canvas().len() as i64);
+    let mut cells = Vec::with_capacity(end as usize);
+    for pos in 0..end {
+        let id = d.canvas()[pos as usize];
+        let kind = if pos < p {
+            CellKind::Prompt
+        } else if id == d.mask_id() {
+            CellKind::Mask
+        } else if let Some(e) = last.as_ref().and_then(|r| r.delta.iter().find(|e| e.pos == pos)) {
+            CellKind::Edited { old: tok.token_text(e.old) }
+        } else if last.as_ref().is_some_and(|r| r.gamma.iter().any(|u| u.pos == pos)) {
+            CellKind::Unmasked
+        } else {
+            CellKind::Token
+        };
+        let (top, cur) = match d.top_k_at(pos, 3) {
+            Some((top, cur)) => (top.into_iter().map(|(t, p)| (tok.token_text(t), p)).collect(), Some(cur)),
+            None => (Vec::new(), None),
+        };
+        cells.push(CanvasCell { pos, id, text: tok.token_text(id), kind, p: if pos < p { None } else { cur }, top });
+    }
+    Value::Canvas(Canvas {
+        title: title.into(),
+        block_length: b,
+        current_block: d.cursor().block,
+        cells,
+        low_confidence: 0.5,
+    })
 }

@@ -262,3 +262,18 @@ fn docs_commands_md_is_generated_from_the_table() {
     let have = std::fs::read_to_string(path).unwrap_or_default();
     assert!(have == want, "docs/commands.md is stale: run `DLLM_UPDATE_DOCS=1 cargo test -p dllm-repl --test session docs`");
 }
+
+#[test]
+fn long_commands_report_progress_after_every_step() {
+    let mut s = session();
+    ok(&mut s, "prompt-ids 10,11,12");
+    let mut calls = Vec::new();
+    let v = s.execute_with_progress("step 3", &mut |values| calls.push(serde_json::to_value(values).unwrap())).unwrap();
+    assert_eq!(serde_json::to_value(&v[0]).unwrap()["type"], "table");
+    assert_eq!(calls.len(), 3);
+    assert!(calls[2][0]["text"].as_str().unwrap().starts_with("step 2: block "));
+    assert_eq!(calls[2][1]["type"], "canvas");
+    let mut n = 0;
+    s.execute_with_progress("settings", &mut |_| n += 1).unwrap();
+    assert_eq!(n, 0, "commands that do not step report nothing");
+}
