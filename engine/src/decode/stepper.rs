@@ -254,19 +254,24 @@ impl Decoder {
         let mut canvas = vec![mask_id; len as usize];
         canvas[..prompt.len()].copy_from_slice(prompt);
         let cursor = Cursor { block: p / b, block_step: 0, post_steps: 0, forwards: 0, finished: false, rng: Rng::new(settings.seed) };
-        Ok(Decoder {
-            settings,
-            mask_id,
-            eos_id,
-            prompt_len: p,
-            canvas,
-            cursor,
+        Ok(Decoder::from_state(DecoderState { settings, mask_id, eos_id, prompt_len: p, canvas, cursor, journal: Vec::new() }))
+    }
+
+    /// A decoder in `state` with an empty cache (it refills on the next forward).
+    fn from_state(state: DecoderState) -> Decoder {
+        Decoder {
+            settings: state.settings,
+            mask_id: state.mask_id,
+            eos_id: state.eos_id,
+            prompt_len: state.prompt_len,
+            canvas: state.canvas,
+            cursor: state.cursor,
             committed: 0,
             cache: KvCache::new(),
-            journal: Vec::new(),
+            journal: state.journal,
             last: None,
             cache_enabled: true,
-        })
+        }
     }
 
     /// Everything but the cache and the last forward's distribution, for saving a session.
@@ -297,19 +302,7 @@ impl Decoder {
         if len > model.max_positions() {
             return Err(Error::invalid("saved decoder", len, "longer than the model's positions"));
         }
-        Ok(Decoder {
-            settings: state.settings,
-            mask_id: state.mask_id,
-            eos_id: state.eos_id,
-            prompt_len: state.prompt_len,
-            canvas: state.canvas,
-            cursor: state.cursor,
-            committed: 0,
-            cache: KvCache::new(),
-            journal: state.journal,
-            last: None,
-            cache_enabled: true,
-        })
+        Ok(Decoder::from_state(state))
     }
 
     /// Turns the KV cache off (every forward recomputes the prefix) or back on. The results are the same.
@@ -664,17 +657,11 @@ impl Decoder {
     /// An independent copy (settings, canvas, cache, journal) to try other settings from here.
     pub fn fork(&self) -> Decoder {
         Decoder {
-            settings: self.settings.clone(),
-            mask_id: self.mask_id,
-            eos_id: self.eos_id,
-            prompt_len: self.prompt_len,
-            canvas: self.canvas.clone(),
-            cursor: self.cursor,
             committed: self.committed,
             cache: self.cache.deep_clone(),
-            journal: self.journal.clone(),
             last: self.last.as_ref().map(|l| LastForward { from: l.from, dist: l.dist.copy() }),
             cache_enabled: self.cache_enabled,
+            ..Decoder::from_state(self.snapshot())
         }
     }
 
