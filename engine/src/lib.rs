@@ -13,6 +13,7 @@ mod error;
 mod model;
 mod moe;
 pub mod presets;
+pub mod tasks;
 mod tokenizer;
 mod weights;
 

@@ -16,7 +16,7 @@ use crate::weights::RandomInit;
 /// (name, what it is for).
 pub const PRESETS: &[(&str, &str)] = &[
     ("micro", "smallest complete model for unit tests: 3 layers (1 dense), 8 experts in 2 groups, vocab 128"),
-    ("tiny", "the tiny-model recipe shape (~1.7M parameters): hidden 128, 4 layers, 8 experts top-2"),
+    ("tiny", "the embedded model's shape (~1.7M parameters): hidden 128, 4 layers, 8 experts top-2, vocab 128"),
     ("mid", "a mid-size CPU benchmark shape (~100M parameters): hidden 512, 8 layers, 32 experts top-4"),
     ("llada2-mini", "LLaDA2.x mini shapes (16B): hidden 2048, 20 layers, 256 experts top-8 (GPU)"),
     ("llada2-flash", "LLaDA2.x flash shapes (100B): hidden 4096, 32 layers, 256 experts top-8 (GPU)"),
@@ -50,7 +50,7 @@ pub fn preset(name: &str) -> Result<Config> {
     };
     let mut r = match name {
         "micro" => raw(128, 32, 64, 3, 4, 2, 8, 8, 2, 1, 2, 1, 16, 10000.0),
-        "tiny" => raw(64, 128, 512, 4, 4, 2, 32, 8, 2, 1, 2, 1, 128, 10000.0),
+        "tiny" => raw(128, 128, 512, 4, 4, 2, 32, 8, 2, 1, 2, 1, 128, 10000.0),
         "mid" => raw(8192, 512, 1536, 8, 8, 2, 64, 32, 4, 1, 8, 4, 256, 10000.0),
         "llada2-mini" => raw(157184, 2048, 5120, 20, 16, 4, 128, 256, 8, 1, 8, 4, 512, 600000.0),
         "llada2-flash" => raw(157184, 4096, 9216, 32, 32, 4, 128, 256, 8, 1, 8, 4, 1024, 600000.0),

@@ -1,0 +1,235 @@
+//! The synthetic task suite the embedded model is trained and evaluated on, deterministic from a seed.
+//!
+//! Each task makes a user text and the set of accepted answers; a verifier checks a response against the
+//! task's own rule (not against a stored answer), so it is also the RL reward. Prompts are the Ling chat
+//! template, whose role tags are single special tokens in the compact vocabulary:
+//! `<role>HUMAN</role>sort 3814<|role_end|><role>ASSISTANT</role>` -> `1348<|endoftext|>`.
+//!
+//! | task | user text | answer |
+//! |---|---|---|
+//! | copy | `copy ` + letters | the letters |
+//! | reverse | `reverse ` + letters | the letters reversed |
+//! | sort | `sort ` + digits | the digits ascending |
+//! | add | `a+b=` (1-3 digit numbers) | the sum |
+//! | order | `order ` + digits | ascending OR descending: AMBIGUOUS, both accepted, 50/50 in training |
+//!
+//! `order` is where parallel drafting breaks: a confident model is split between two answers, so positions
+//! drafted in the same step can come from different answers; token editing repairs the mix.
+//!
+//! Lengths: letters and digits strings have 3..=8 characters at the base level and 9..=10 at the hard level
+//! (1 in 8 instances); additions use 1..=3 digit numbers. The train split and the held-out split draw from the
+//! same distribution with different seeds (held-out instances can coincide with training ones by chance, as
+//! in any synthetic suite with a small input space; the hard level makes that rare).
+
+use crate::decode::Rng;
+use crate::error::{Error, Result};
+use crate::tokenizer::{Role, Tokenizer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Copy,
+    Reverse,
+    Sort,
+    Add,
+    Order,
+}
+
+/// Every task, in table order.
+pub const TASKS: [Task; 5] = [Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Order];
+
+/// The tokens generated after a task prompt: the longest answer (10 characters) plus EOS fits in two blocks of 8.
+pub const GEN_LENGTH: i64 = 16;
+/// The block length the embedded model is trained and decoded with.
+pub const BLOCK_LENGTH: i64 = 8;
+
+/// Seed of the held-out split (the train split uses the training run's seed, which must differ).
+pub const HELD_OUT_SEED: u64 = 0x4E1D_0u64;
+
+/// The characters task texts are made of: T2T corruptions are drawn from them (plus EOS).
+pub const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789+= ";
+
+/// One instance: the user text and every accepted answer (the first is canonical).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Example {
+    pub task: Task,
+    pub text: String,
+    pub answers: Vec<String>,
+}
+
+impl Example {
+    /// The chat prompt the model sees.
+    pub fn prompt(&self) -> String {
+        Tokenizer::chat_prompt(&[(Role::Human, &self.text)], true)
+    }
+
+    /// Whether `response` (decoded text, EOS and anything after it removed) is correct.
+    pub fn verify(&self, response: &str) -> bool {
+        self.task.verify(&self.text, response)
+    }
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Copy => "copy",
+            Task::Reverse => "reverse",
+            Task::Sort => "sort",
+            Task::Add => "add",
+            Task::Order => "order",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Task> {
+        TASKS.into_iter().find(|t| t.name() == name.trim().to_ascii_lowercase()).ok_or_else(|| {
+            let names: Vec<&str> = TASKS.iter().map(|t| t.name()).collect();
+            Error::invalid("task", name, format!("known tasks: {}", names.join(", ")))
+        })
+    }
+
+    /// Parses a comma-separated list (`all` = every task).
+    pub fn parse_list(list: &str) -> Result<Vec<Task>> {
+        if list.trim() == "all" {
+            return Ok(TASKS.to_vec());
+        }
+        list.split(',').map(Task::from_name).collect()
+    }
+
+    /// Whether the task has several correct answers.
+    pub fn is_ambiguous(self) -> bool {
+        self == Task::Order
+    }
+
+    /// A random instance.
+    pub fn generate(self, rng: &mut Rng) -> Example {
+        let len = if below(rng, 8) == 0 { 9 + below(rng, 2) } else { 3 + below(rng, 6) };
+        let letters = |rng: &mut Rng| -> String { (0..len).map(|_| (b'a' + below(rng, 26) as u8) as char).collect() };
+        let digits = |rng: &mut Rng| -> String { (0..len).map(|_| (b'0' + below(rng, 10) as u8) as char).collect() };
+        let (text, answers) = match self {
+            Task::Copy => {
+                let s = letters(rng);
+                (format!("copy {s}"), vec![s])
+            }
+            Task::Reverse => {
+                let s = letters(rng);
+                (format!("reverse {s}"), vec![s.chars().rev().collect()])
+            }
+            Task::Sort => {
+                let s = digits(rng);
+                (format!("sort {s}"), vec![sorted(&s, false)])
+            }
+            Task::Add => {
+                let mut number = |rng: &mut Rng| {
+                    let d = 1 + below(rng, 3) as u32;
+                    below(rng, 10u64.pow(d) as usize) as u64
+                };
+                let (a, b) = (number(rng), number(rng));
+                (format!("{a}+{b}="), vec![(a + b).to_string()])
+            }
+            Task::Order => {
+                let s = digits(rng);
+                let (up, down) = (sorted(&s, false), sorted(&s, true));
+                let answers = if up == down { vec![up] } else { vec![up, down] };
+                (format!("order {s}"), answers)
+            }
+        };
+        Example { task: self, text, answers }
+    }
+
+    /// The task's rule applied to `text` (the user text) and `response`.
+    pub fn verify(self, text: &str, response: &str) -> bool {
+        let arg = |prefix: &str| text.strip_prefix(prefix).map(str::to_string);
+        match self {
+            Task::Copy => arg("copy ").is_some_and(|s| response == s),
+            Task::Reverse => arg("reverse ").is_some_and(|s| response == s.chars().rev().collect::<String>()),
+            Task::Sort => arg("sort ").is_some_and(|s| response == sorted(&s, false)),
+            Task::Order => arg("order ").is_some_and(|s| response == sorted(&s, false) || response == sorted(&s, true)),
+            Task::Add => {
+                let Some((a, b)) = text.strip_suffix('=').and_then(|t| t.split_once('+')) else { return false };
+                match (a.parse::<u64>(), b.parse::<u64>()) {
+                    (Ok(a), Ok(b)) => response == (a + b).to_string(),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// `n` instances of `task` for a split seed, always the same for the same arguments (the held-out set is
+/// `instances(task, HELD_OUT_SEED, n)`). Each task has its own stream, so adding tasks changes no other.
+pub fn instances(task: Task, seed: u64, n: usize) -> Vec<Example> {
+    let mut rng = Rng::new(seed ^ (task as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (0..n).map(|_| task.generate(&mut rng)).collect()
+}
+
+/// A uniform integer in `0..n` (n > 0).
+pub fn below(rng: &mut Rng, n: usize) -> usize {
+    ((rng.next_u64() >> 11) % n as u64) as usize
+}
+
+fn sorted(s: &str, descending: bool) -> String {
+    let mut c: Vec<char> = s.chars().collect();
+    c.sort_unstable();
+    if descending {
+        c.reverse();
+    }
+    c.into_iter().collect()
+}
+
+/// The text of a decoded response: everything before the first EOS, without the EOS.
+pub fn response_text(tok: &Tokenizer, output: &[i64]) -> String {
+    let end = output.iter().position(|&t| t == tok.eos_id).unwrap_or(output.len());
+    tok.decode(&output[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifiers_on_hand_made_cases() {
+        assert!(Task::Copy.verify("copy abc", "abc"));
+        assert!(!Task::Copy.verify("copy abc", "abcd"));
+        assert!(Task::Reverse.verify("reverse abc", "cba"));
+        assert!(!Task::Reverse.verify("reverse abc", "abc"));
+        assert!(Task::Sort.verify("sort 3141", "1134"));
+        assert!(!Task::Sort.verify("sort 3141", "4311"));
+        assert!(Task::Order.verify("order 3141", "1134") && Task::Order.verify("order 3141", "4311"));
+        assert!(!Task::Order.verify("order 3141", "1143"), "a mix of both orders is wrong");
+        assert!(Task::Add.verify("99+1=", "100"));
+        assert!(!Task::Add.verify("99+1=", "0100") && !Task::Add.verify("99+1=", "10"));
+        assert!(!Task::Add.verify("garbage", "1"), "a malformed prompt never verifies");
+        assert!(!Task::Copy.verify("reverse abc", "abc"), "the rule belongs to the task");
+    }
+
+    #[test]
+    fn generated_answers_pass_their_verifier_and_are_deterministic() {
+        for task in TASKS {
+            let a = instances(task, 7, 300);
+            assert_eq!(a, instances(task, 7, 300), "{task:?}");
+            assert_ne!(a, instances(task, 8, 300), "{task:?}: seeds differ");
+            for ex in &a {
+                assert!(!ex.answers.is_empty());
+                for ans in &ex.answers {
+                    assert!(ex.verify(ans), "{ex:?}");
+                    assert!(ans.len() < GEN_LENGTH as usize, "answer + EOS fits the generation window: {ex:?}");
+                }
+                assert!(ex.text.chars().all(|c| ALPHABET.contains(c)), "{ex:?}");
+            }
+            let hard = a.iter().filter(|e| e.task != Task::Add && e.answers[0].len() >= 9).count();
+            if task != Task::Add {
+                assert!((15..=70).contains(&hard), "{task:?}: about 1 in 8 instances at the hard level, got {hard}/300");
+            }
+        }
+        let order = instances(Task::Order, 1, 100);
+        assert!(order.iter().filter(|e| e.answers.len() == 2).count() > 90, "order is ambiguous");
+    }
+
+    #[test]
+    fn task_names_parse() {
+        assert_eq!(Task::parse_list("copy,add").unwrap(), vec![Task::Copy, Task::Add]);
+        assert_eq!(Task::parse_list("all").unwrap().len(), 5);
+        let e = Task::from_name("mul").unwrap_err().to_string();
+        assert!(e.contains("known tasks: copy, reverse, sort, add, order"), "{e}");
+    }
+}
