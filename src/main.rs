@@ -7,7 +7,9 @@
 
 mod bench;
 mod decode_cmd;
+mod eval_cmd;
 mod model_cmds;
+mod train_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -91,9 +93,13 @@ enum Command {
     Forward(model_cmds::ForwardArgs),
     /// Decode a prompt to the end; --trace writes every step's Gamma and Delta as JSON.
     Decode(decode_cmd::DecodeArgs),
+    /// Evaluate a model on the held-out split of the task suite (accuracy, TPF, steps, edits per task).
+    Eval(eval_cmd::EvalArgs),
     /// Benchmarks (numbers for docs/performance.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Train a model on the synthetic task suite (M2T + T2T + MTF); resumable.
+    Train(train_cmd::TrainArgs),
     /// Run a script of REPL commands and exit (non-zero status at the first failing command).
     Run(RunArgs),
     /// Jupyter kernel: run on a connection file, or install / uninstall the kernelspec.
@@ -130,7 +136,9 @@ fn main() -> ExitCode {
         Some(Command::InitModel(a)) => model_cmds::init_model(&a),
         Some(Command::Forward(a)) => model_cmds::forward(&a),
         Some(Command::Decode(a)) => decode_cmd::decode(&a),
+        Some(Command::Eval(a)) => eval_cmd::eval(&a),
         Some(Command::Bench(b)) => bench::run(b),
+        Some(Command::Train(a)) => train_cmd::train(&a),
         Some(Command::Kernel(a)) => dllm_kernel::cli::main(a),
     };
     match result {

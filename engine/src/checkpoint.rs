@@ -25,7 +25,22 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    data: Data,
+}
+
+/// A shard's bytes: a file mapping, or bytes compiled into the binary (the embedded model).
+enum Data {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl Data {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Mapped(m) => m,
+            Data::Static(b) => b,
+        }
+    }
 }
 
 struct Entry {
@@ -98,13 +113,30 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// A single-file checkpoint held in memory for the whole run (`bytes` must be 8-byte aligned, as a mapped
+    /// file is; safetensors keeps every tensor's offset a multiple of 8); `name` stands for it in errors.
+    pub fn from_static(name: &Path, bytes: &'static [u8], device: Device, dtype: DType) -> Result<Checkpoint> {
+        if bytes.as_ptr() as usize % 8 != 0 {
+            return Err(Error::CorruptFile { file: name.to_path_buf(), message: "in-memory checkpoint is not 8-byte aligned".into() });
+        }
+        let mut ckpt =
+            Checkpoint { origin: name.to_path_buf(), shards: Vec::new(), entries: HashMap::new(), used: HashSet::new(), device, dtype };
+        ckpt.add_data(name, Data::Static(bytes))?;
+        Ok(ckpt)
+    }
+
     fn add_shard(&mut self, path: &Path) -> Result<()> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the mapping is read-only and private; a checkpoint modified on disk while loading is the
         // user's race, as with every mmap-based loader (safetensors, candle, PyTorch).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::CorruptFile { file: path.to_path_buf(), message: describe(&e, mmap.len()) })?;
+        self.add_data(path, Data::Mapped(mmap))
+    }
+
+    fn add_data(&mut self, path: &Path, data: Data) -> Result<()> {
+        let bytes = data.bytes();
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::CorruptFile { file: path.to_path_buf(), message: describe(&e, bytes.len()) })?;
         let data_start = 8 + header_len;
         let shard = self.shards.len();
         for (name, info) in meta.tensors() {
@@ -123,7 +155,7 @@ impl Checkpoint {
             };
             self.entries.insert(name, entry);
         }
-        self.shards.push(Shard { path: path.to_path_buf(), mmap });
+        self.shards.push(Shard { path: path.to_path_buf(), data });
         Ok(())
     }
 
@@ -171,8 +203,8 @@ impl Checkpoint {
             Dtype::BF16 => Kind::BFloat16,
             other => return Err(Error::UnsupportedDtype { file: file.clone(), tensor: name.into(), dtype: format!("{other:?}") }),
         };
-        let mmap = &self.shards[e.shard].mmap;
-        let bytes = &mmap[e.start..e.end];
+        let data = &self.shards[e.shard].data;
+        let bytes = &data.bytes()[e.start..e.end];
         let mut strides = vec![1i64; shape.len()];
         for i in (0..shape.len().saturating_sub(1)).rev() {
             strides[i] = strides[i + 1] * shape[i + 1];
@@ -186,7 +218,9 @@ impl Checkpoint {
         }
         // SAFETY: the mapping is private and read-only, and nothing borrows these pages any more: DONTNEED
         // only drops them from this process (a later read would fault them back in from the file).
-        let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
+        if let Data::Mapped(mmap) = data {
+            let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
+        }
         self.used.insert(name.to_string());
         Ok(())
     }

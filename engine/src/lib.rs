@@ -6,14 +6,17 @@
 
 mod checkpoint_dir;
 pub mod checkpoint;
+pub mod composite;
 mod config;
 pub mod decode;
+pub mod eval;
 mod device;
 mod error;
 mod model;
 mod moe;
 pub mod presets;
 pub mod tasks;
+pub mod train;
 mod tokenizer;
 mod weights;
 

@@ -272,6 +272,33 @@ struct Layer {
     ffn: Ffn,
 }
 
+impl Layer {
+    /// One pre-norm decoder layer; `loads` collects the routed experts' token counts of an MoE layer.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        bias: &AttnBias,
+        slot: &mut Option<(Tensor, Tensor)>,
+        commit: i64,
+        loads: Option<&mut Vec<Vec<i64>>>,
+    ) -> Tensor {
+        let h = x + self.attention.forward(&self.input_norm.forward(x), rope, bias, slot, commit);
+        let y = self.post_norm.forward(&h);
+        let f = match &self.ffn {
+            Ffn::Dense(m) => m.forward(&y),
+            Ffn::Moe(m) => {
+                let (out, counts) = m.forward_counted(&y);
+                if let Some(loads) = loads {
+                    loads.push(counts);
+                }
+                out
+            }
+        };
+        h + f
+    }
+}
+
 /// The weights being placed: a source (checkpoint or random init) and the VarStore they are registered in,
 /// under their official names.
 pub(crate) struct Weights<'a> {
@@ -403,6 +430,55 @@ impl Model {
         tch::no_grad(|| Ok(self.run(&ids, cache, commit, mask)))
     }
 
+    /// Logits (f32, `[B, T, vocab]`) for `ids` (`[B, T]`) at `positions` (`[T]`, int64) under an explicit
+    /// attention pattern `allowed` (`[T, T]` bool, true = the query row attends the key column), WITH gradients
+    /// and without a cache: training and likelihoods on the composite `[x_t ; x_0]` layout
+    /// ([`crate::composite`]). `loads`, when given, receives per MoE layer the number of tokens routed to each
+    /// expert (for load balancing).
+    pub fn forward_masked(&self, ids: &Tensor, positions: &Tensor, allowed: &Tensor, loads: Option<&mut Vec<Vec<i64>>>) -> Result<Tensor> {
+        let size = ids.size();
+        let t = *size.last().unwrap_or(&0);
+        if size.len() != 2 || t == 0 || size[0] == 0 {
+            return Err(Error::invalid("input ids", format!("{size:?}"), "expected a non-empty [batch, length] tensor"));
+        }
+        if positions.size() != [t] {
+            return Err(Error::invalid("positions", format!("{:?}", positions.size()), format!("expected [{t}]")));
+        }
+        if allowed.size() != [t, t] || allowed.kind() != Kind::Bool {
+            return Err(Error::invalid("attention mask", format!("{:?} {:?}", allowed.size(), allowed.kind()), format!("expected [{t}, {t}] bool")));
+        }
+        let max_pos = positions.max().int64_value(&[]);
+        if positions.min().int64_value(&[]) < 0 || max_pos >= self.config.max_position_embeddings {
+            return Err(Error::invalid("positions", max_pos, format!("must be in 0..{}", self.config.max_position_embeddings)));
+        }
+        let dev = self.device();
+        let kind = self.dtype.kind();
+        let c = &self.config;
+        let (cos, sin) = rope_tables(c.rotary_dim(), c.rope_theta, 0, max_pos + 1, kind, dev);
+        let pos = positions.to_device(dev);
+        let rope = (cos.index_select(0, &pos), sin.index_select(0, &pos));
+        let bias = AttnBias::Bool(allowed.to_device(dev).view([1, 1, t, t]));
+        let mut x = Tensor::embedding(&self.embed, &ids.to_device(dev), -1, false, false);
+        let mut loads = loads;
+        for layer in &self.layers {
+            x = layer.forward(&x, &rope, &bias, &mut None, 0, loads.as_deref_mut());
+        }
+        Ok(self.norm.forward(&x).linear(&self.lm_head, None::<&Tensor>).to_kind(Kind::Float))
+    }
+
+    /// Auxiliary-loss-free load balancing (the tiny-model recipe): per MoE layer,
+    /// `expert_bias += rate * sign(mean load - load of the expert)`, with `loads` as [`Model::forward_masked`]
+    /// collected them. The bias only steers selection; it is a buffer, not trained by gradient.
+    pub fn balance_experts(&self, loads: &[Vec<i64>], rate: f64) {
+        let moes = self.layers.iter().filter_map(|l| match &l.ffn {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense(_) => None,
+        });
+        for (m, counts) in moes.zip(loads) {
+            m.balance(counts, rate);
+        }
+    }
+
     fn check_forward(&self, b: i64, l: i64, start: i64, commit: i64, mask: BlockMask, cache: &KvCache) -> Result<()> {
         let bl = mask.block_length;
         if bl <= 0 {
@@ -473,13 +549,7 @@ impl Model {
             cache.layers.drain(..).map(Some).collect()
         };
         for (layer, slot) in self.layers.iter().zip(slots.iter_mut()) {
-            let h = &x + layer.attention.forward(&layer.input_norm.forward(&x), &rope, &bias, slot, commit);
-            let y = layer.post_norm.forward(&h);
-            let f = match &layer.ffn {
-                Ffn::Dense(m) => m.forward(&y),
-                Ffn::Moe(m) => m.forward(&y),
-            };
-            x = h + f;
+            x = layer.forward(&x, &rope, &bias, slot, commit, None);
         }
         if slots.iter().all(Option::is_some) {
             cache.layers = slots.into_iter().flatten().collect();

@@ -91,24 +91,36 @@ impl Moe {
         Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c) })
     }
 
-    /// `x`: `[B, L, H]` -> `[B, L, H]`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+    /// `x`: `[B, L, H]` -> `[B, L, H]`, and the number of tokens routed to each expert.
+    pub(crate) fn forward_counted(&self, x: &Tensor) -> (Tensor, Vec<i64>) {
         let size = x.size();
         let h = size[2];
         let flat = x.reshape([-1, h]);
         let logits = flat.to_kind(Kind::Float).linear(&self.gate.to_kind(Kind::Float), None::<&Tensor>);
         let (idx, w) = self.router.route(&logits.sigmoid(), &self.expert_bias);
-        let routed = self.dispatch(&flat, &idx, &w).to_kind(x.kind());
+        let (routed, counts) = self.dispatch(&flat, &idx, &w);
+        let routed = routed.to_kind(x.kind());
         let out = match &self.shared {
             Some(m) => routed + m.forward(&flat),
             None => routed,
         };
-        out.view(size.as_slice())
+        (out.view(size.as_slice()), counts)
+    }
+
+    /// `expert_bias += rate * sign(mean(counts) - counts)`, in place (see `Model::balance_experts`).
+    pub(crate) fn balance(&self, counts: &[i64], rate: f64) {
+        let mean = counts.iter().sum::<i64>() as f64 / counts.len().max(1) as f64;
+        let step: Vec<f32> = counts.iter().map(|&n| (rate * (mean - n as f64).signum() * f64::from(u8::from(mean != n as f64))) as f32).collect();
+        let step = Tensor::from_slice(&step).to_device(self.expert_bias.device());
+        tch::no_grad(|| {
+            let mut b = self.expert_bias.shallow_clone();
+            let _ = b.g_add_(&step);
+        });
     }
 
     /// Sum over chosen experts of `w * expert(x)`, in fp32. Assignments are sorted by expert so each active
     /// expert runs once on all its tokens.
-    fn dispatch(&self, x: &Tensor, idx: &Tensor, w: &Tensor) -> Tensor {
+    fn dispatch(&self, x: &Tensor, idx: &Tensor, w: &Tensor) -> (Tensor, Vec<i64>) {
         let (t, k) = (idx.size()[0], idx.size()[1]);
         let flat_idx = idx.reshape([-1]);
         let order = flat_idx.argsort_stable(true, 0, false);
@@ -128,7 +140,7 @@ impl Moe {
             out = out.index_add(0, &tok, &(ye.to_kind(Kind::Float) * weights.narrow(0, start, n).unsqueeze(1)));
             start += n;
         }
-        out
+        (out, counts)
     }
 }
 

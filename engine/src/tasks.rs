@@ -119,7 +119,7 @@ impl Task {
                 (format!("sort {s}"), vec![sorted(&s, false)])
             }
             Task::Add => {
-                let mut number = |rng: &mut Rng| {
+                let number = |rng: &mut Rng| {
                     let d = 1 + below(rng, 3) as u32;
                     below(rng, 10u64.pow(d) as usize) as u64
                 };
@@ -223,6 +223,31 @@ mod tests {
         }
         let order = instances(Task::Order, 1, 100);
         assert!(order.iter().filter(|e| e.answers.len() == 2).count() > 90, "order is ambiguous");
+    }
+
+    #[test]
+    fn tokenizer_round_trips_task_prompts_with_single_token_specials() {
+        let config = crate::presets::preset("tiny").unwrap();
+        let json = serde_json::to_vec(&crate::presets::tokenizer_spec(config.vocab_size).to_json()).unwrap();
+        let tok = Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &config).unwrap();
+        for task in TASKS {
+            for ex in instances(task, 3, 20) {
+                let p = ex.prompt();
+                let ids = tok.encode(&p).unwrap();
+                assert_eq!(tok.decode(&ids), p);
+                assert_eq!(ids.len(), ex.text.len() + 3, "role tags and role end are one token each: {p}");
+                let mut out = tok.encode(&ex.answers[0]).unwrap();
+                out.push(tok.eos_id);
+                out.push(tok.eos_id);
+                assert_eq!(response_text(&tok, &out), ex.answers[0]);
+            }
+        }
+        assert_eq!(tok.token_text(tok.mask_id), "<|mask|>");
+        assert_eq!(tok.token_text(tok.eos_id), "<|endoftext|>");
+        // The whole printable ASCII range is in the vocabulary, one token per character.
+        let all: String = (0x20u8..0x7f).map(char::from).collect();
+        assert_eq!(tok.encode(&all).unwrap().len(), all.len());
+        assert_eq!(tok.decode(&tok.encode(&all).unwrap()), all);
     }
 
     #[test]

@@ -1,0 +1,395 @@
+//! Training a LLaDA2 model on the task suite with the LLaDA2.1 mixed objective (`dllm train`).
+//!
+//! One step: a batch of task instances (canvases as the decoder sees them), noised by M2T (+ T2T unless the
+//! M2T-only control), in the composite `[x_t ; x_0]` layout, one forward with gradients, then
+//! `loss = CE(masked) / #masked + CE(visible) / #visible` (the second term only with T2T). Multi-turn Forward
+//! (from `mtf_from` of the run on, for `mtf_prob` of the rows): a no-grad draft forward first, and masked
+//! positions whose draft confidence exceeds u ~ U[0.3, 0.9] (per row) take the draft's argmax, like a
+//! threshold decoder would, so the graded forward sees the model's own mistakes. Then AdamW (warm-up,
+//! cosine), gradient clipping, and expert-bias load balancing. The choices the paper leaves open are
+//! documented in docs/training.md.
+//!
+//! Runs are deterministic from the seed: step k draws its examples and noise from a generator seeded by
+//! (seed, k), so a resumed run continues exactly where the interrupted one was.
+
+mod adamw;
+mod noise;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+pub use adamw::{learning_rate, AdamW};
+pub use noise::{canvas, corruption_ids, noised_batch, noised_groups, Batch, NoiseConfig};
+
+use crate::checkpoint::{self, SaveOptions};
+use crate::decode::Rng;
+use crate::device::DType;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tasks::{below, Task, BLOCK_LENGTH};
+use crate::tokenizer::Tokenizer;
+
+/// Everything that defines a run (saved with every checkpoint).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub preset: String,
+    /// Model shape (a name of [`crate::presets::PRESETS`]).
+    pub model: String,
+    pub steps: i64,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: i64,
+    /// Final learning rate as a fraction of the peak.
+    pub lr_floor: f64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub t2t: bool,
+    pub mtf: bool,
+    /// Fraction of the run after which MTF starts.
+    pub mtf_from: f64,
+    pub mtf_prob: f64,
+    /// Expert-bias step per optimiser step (0 = no balancing).
+    pub balance_rate: f64,
+    pub checkpoint_every: i64,
+    pub seed: u64,
+    /// Tasks are drawn uniformly from this list (a task listed twice is drawn twice as often).
+    pub task_mix: Vec<Task>,
+    pub block: i64,
+}
+
+/// (name, what it is).
+pub const PRESETS: &[(&str, &str)] = &[
+    ("tiny", "the embedded model: tiny shape (1.7M parameters), M2T + T2T + MTF, 4,000 steps of 128 sequences"),
+    ("m2t", "the control: as tiny, but M2T only (no T2T stream, no MTF)"),
+    ("smoke", "a test run: micro shape, 300 steps of 32 sequences, copy and reverse"),
+];
+
+impl TrainConfig {
+    pub fn preset(name: &str) -> Result<TrainConfig> {
+        let base = TrainConfig {
+            preset: name.to_string(),
+            model: "tiny".into(),
+            steps: 4000,
+            batch: 128,
+            lr: 2e-3,
+            warmup: 100,
+            lr_floor: 0.1,
+            weight_decay: 0.1,
+            clip: 1.0,
+            t2t: true,
+            mtf: true,
+            mtf_from: 0.2,
+            mtf_prob: 0.5,
+            balance_rate: 1e-3,
+            checkpoint_every: 200,
+            seed: 1,
+            task_mix: vec![Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Add, Task::Order],
+            block: BLOCK_LENGTH,
+        };
+        match name {
+            "tiny" => Ok(base),
+            "m2t" => Ok(TrainConfig { t2t: false, mtf: false, ..base }),
+            "smoke" => Ok(TrainConfig {
+                model: "micro".into(),
+                steps: 300,
+                batch: 32,
+                lr: 3e-3,
+                warmup: 20,
+                mtf_from: 0.5,
+                checkpoint_every: 100,
+                task_mix: vec![Task::Copy, Task::Reverse],
+                ..base
+            }),
+            _ => {
+                let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+                Err(Error::invalid("training preset", name, format!("known presets: {}", names.join(", "))))
+            }
+        }
+    }
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepMetrics {
+    /// Steps completed after this one.
+    pub step: i64,
+    pub steps: i64,
+    pub loss: f64,
+    pub m2t_loss: f64,
+    /// CE on visible response tokens (reported for the M2T-only control too, where it is not trained).
+    pub t2t_loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub mtf: bool,
+    /// Canvas tokens in the batch.
+    pub tokens: i64,
+    pub seconds: f64,
+    /// Time split: building the noised batch, forwards (draft and graded), backward, optimiser update.
+    pub split: [f64; 4],
+    /// The loss was not finite: no update was made.
+    pub skipped: bool,
+}
+
+/// A model being trained, its optimiser and where the run stands.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    tokenizer_json: String,
+    opt: AdamW,
+    pub step: i64,
+    corrupt: Vec<i64>,
+}
+
+impl Trainer {
+    /// A fresh run: the model shape's random initialisation from the seed.
+    pub fn new(cfg: TrainConfig) -> Result<Trainer> {
+        let config = crate::presets::preset(&cfg.model)?;
+        let model = crate::presets::random_model(&config, cfg.seed, Device::Cpu, DType::F32)?;
+        Trainer::with_model(cfg, model, 0)
+    }
+
+    fn with_model(cfg: TrainConfig, model: Model, step: i64) -> Result<Trainer> {
+        let config = model.config().clone();
+        let tokenizer_json = serde_json::to_string(&crate::presets::tokenizer_spec(config.vocab_size).to_json()).expect("json");
+        let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), Path::new("tokenizer.json"), &config)?;
+        let corrupt = corruption_ids(&tokenizer)?;
+        let opt = AdamW::new(model.var_store(), (0.9, 0.95), cfg.weight_decay);
+        Ok(Trainer { cfg, model, tokenizer, tokenizer_json, opt, step, corrupt })
+    }
+
+    /// The latest complete checkpoint under `out/train`, if any.
+    pub fn resume(out: &Path) -> Result<Option<Trainer>> {
+        let Some(dir) = latest_checkpoint(out)? else { return Ok(None) };
+        let state: serde_json::Value = read_json(&dir.join("state.json"))?;
+        let cfg: TrainConfig = serde_json::from_value(state["config"].clone())
+            .map_err(|e| Error::invalid("training checkpoint", dir.display().to_string(), format!("state.json: {e}")))?;
+        let step = state["step"].as_i64().ok_or_else(|| Error::invalid("training checkpoint", dir.display().to_string(), "state.json has no step"))?;
+        let loaded = crate::load(&dir, Device::Cpu, Some(DType::F32))?;
+        let mut t = Trainer::with_model(cfg, loaded.model, step)?;
+        let path = dir.join("optimizer.safetensors");
+        let tensors = Tensor::read_safetensors(&path).map_err(|e| Error::CorruptFile { file: path.clone(), message: e.to_string() })?;
+        t.opt.load_state(tensors.into_iter().collect(), step)?;
+        Ok(Some(t))
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= self.cfg.steps
+    }
+
+    /// The generator of step `step`: examples and noise are a function of (seed, step) only.
+    fn step_rng(&self) -> Rng {
+        Rng::new(self.cfg.seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ (self.step as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25))
+    }
+
+    /// The noised batch of the current step, in groups of similar layout.
+    pub fn batch(&self, rng: &mut Rng) -> Result<Vec<Batch>> {
+        let mut rows = Vec::with_capacity(self.cfg.batch);
+        for _ in 0..self.cfg.batch {
+            let task = self.cfg.task_mix[below(rng, self.cfg.task_mix.len())];
+            let ex = task.generate(rng);
+            let answer = &ex.answers[below(rng, ex.answers.len())];
+            rows.push(canvas(&self.tokenizer, &ex, answer, self.cfg.block)?);
+        }
+        let groups = self.cfg.batch.div_ceil(32);
+        noised_groups(&rows, groups, &self.tokenizer, &self.corrupt, NoiseConfig { t2t: self.cfg.t2t, block: self.cfg.block }, rng)
+    }
+
+    /// One optimiser step.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let mut rng = self.step_rng();
+        let groups = self.batch(&mut rng)?;
+        let mut split = [start.elapsed().as_secs_f64(), 0.0, 0.0, 0.0];
+        let mtf = self.cfg.mtf && self.step as f64 >= self.cfg.mtf_from * self.cfg.steps as f64;
+        let zero = || Tensor::zeros([], (Kind::Float, Device::Cpu));
+        let (mut m_sum, mut m_n, mut v_sum, mut v_n) = (zero(), zero(), zero(), zero());
+        let (mut loads, mut tokens) = (Vec::new(), 0);
+        for batch in &groups {
+            let (masked, visible, ids) = self.multi_turn(batch, mtf, &mut rng)?;
+            let input = &batch.input;
+            let mut group_loads = Vec::new();
+            let logits = self.model.forward_masked(&ids, &input.positions, &input.allowed, Some(&mut group_loads))?.narrow(1, 0, input.noisy_len);
+            let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &batch.targets.unsqueeze(-1), false).squeeze_dim(-1);
+            let (mf, vf) = (masked.to_kind(Kind::Float), visible.to_kind(Kind::Float));
+            m_sum = m_sum - (&logp * &mf).sum(Kind::Float);
+            v_sum = v_sum - (&logp * &vf).sum(Kind::Float);
+            m_n = m_n + mf.sum(Kind::Float);
+            v_n = v_n + vf.sum(Kind::Float);
+            add_loads(&mut loads, group_loads);
+            tokens += batch.tokens;
+        }
+        let (m2t, t2t) = (m_sum / m_n.clamp_min(1.0), v_sum / v_n.clamp_min(1.0));
+        let loss = if self.cfg.t2t { &m2t + &t2t } else { m2t.shallow_clone() };
+        let loss_value = loss.double_value(&[]);
+        split[1] = start.elapsed().as_secs_f64() - split[0];
+        let lr = learning_rate(self.step, self.cfg.steps, self.cfg.warmup, self.cfg.lr, self.cfg.lr_floor);
+        let mut metrics = StepMetrics {
+            step: self.step + 1,
+            steps: self.cfg.steps,
+            loss: loss_value,
+            m2t_loss: m2t.double_value(&[]),
+            t2t_loss: t2t.double_value(&[]),
+            grad_norm: 0.0,
+            lr,
+            mtf,
+            tokens,
+            seconds: 0.0,
+            split,
+            skipped: !loss_value.is_finite(),
+        };
+        if !metrics.skipped {
+            self.opt.zero_grad();
+            loss.backward();
+            metrics.split[2] = start.elapsed().as_secs_f64() - split[0] - split[1];
+            metrics.grad_norm = self.opt.clip_grad_norm(self.cfg.clip);
+            self.opt.update(lr);
+            self.opt.zero_grad();
+            if self.cfg.balance_rate > 0.0 {
+                self.model.balance_experts(&loads, self.cfg.balance_rate);
+            }
+        }
+        self.step += 1;
+        metrics.seconds = start.elapsed().as_secs_f64();
+        metrics.split[3] = (metrics.seconds - split[0] - split[1] - metrics.split[2]).max(0.0);
+        Ok(metrics)
+    }
+
+    /// Multi-turn Forward on one group: for a `mtf_prob` share of the rows, a no-grad draft forward, and masked
+    /// positions whose draft confidence exceeds the row's u ~ U[0.3, 0.9] take the draft's argmax. Returns the
+    /// masked and visible positions and the input ids after it (unchanged when `on` is false).
+    fn multi_turn(&self, batch: &Batch, on: bool, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
+        let input = &batch.input;
+        if !on {
+            return Ok((batch.masked.shallow_clone(), batch.visible.shallow_clone(), input.ids.shallow_clone()));
+        }
+        let (b, nl) = (input.ids.size()[0], input.noisy_len);
+        let draft = tch::no_grad(|| self.model.forward_masked(&input.ids, &input.positions, &input.allowed, None))?.narrow(1, 0, nl);
+        let (conf, arg) = draft.softmax(-1, Kind::Float).max_dim(-1, false);
+        let rows: Vec<bool> = (0..b).map(|_| rng.uniform() < self.cfg.mtf_prob).collect();
+        let u: Vec<f32> = (0..b).map(|_| (0.3 + 0.6 * rng.uniform()) as f32).collect();
+        let fill = batch
+            .masked
+            .logical_and(&conf.gt_tensor(&Tensor::from_slice(&u).view([b, 1])))
+            .logical_and(&Tensor::from_slice(&rows).view([b, 1]));
+        let noisy = arg.where_self(&fill, &input.ids.narrow(1, 0, nl));
+        let ids = Tensor::cat(&[noisy, input.ids.narrow(1, nl, input.ids.size()[1] - nl)], 1);
+        Ok((batch.masked.logical_and(&fill.logical_not()), batch.visible.logical_or(&fill), ids))
+    }
+
+    /// Writes the model (config.json, model.safetensors in the official per-expert layout, tokenizer.json) to
+    /// `dir`, each file atomically.
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::presets::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })?;
+        checkpoint::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json.as_bytes())
+    }
+
+    /// A resumable checkpoint `out/train/step-NNNNNN` (model, optimiser state, state.json), written into a
+    /// temporary folder and renamed, so it is complete or absent; older ones are removed afterwards. The model
+    /// files in `out` itself are refreshed too, so `out` is a loadable checkpoint during the run.
+    pub fn checkpoint(&self, out: &Path, history: &[StepMetrics]) -> Result<PathBuf> {
+        let train = out.join("train");
+        let tmp = train.join(format!(".tmp-step-{:06}", self.step));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        self.save_model(&tmp)?;
+        let opt_path = tmp.join("optimizer.safetensors");
+        Tensor::write_safetensors(&self.opt.state_tensors(), &opt_path).map_err(|e| Error::io(&opt_path, std::io::Error::other(e.to_string())))?;
+        let state = serde_json::json!({ "step": self.step, "config": self.cfg, "history": history });
+        checkpoint::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?;
+        let done = train.join(format!("step-{:06}", self.step));
+        if done.exists() {
+            std::fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;
+        }
+        std::fs::rename(&tmp, &done).map_err(|e| Error::io(&done, e))?;
+        for entry in std::fs::read_dir(&train).map_err(|e| Error::io(&train, e))?.flatten() {
+            let p = entry.path();
+            if p != done && entry.file_name().to_string_lossy().starts_with("step-") {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+        self.save_model(out)?;
+        Ok(done)
+    }
+}
+
+/// Adds one forward's per-layer expert loads into `total`.
+fn add_loads(total: &mut Vec<Vec<i64>>, loads: Vec<Vec<i64>>) {
+    if total.is_empty() {
+        *total = loads;
+        return;
+    }
+    for (t, l) in total.iter_mut().zip(loads) {
+        for (a, b) in t.iter_mut().zip(l) {
+            *a += b;
+        }
+    }
+}
+
+/// The highest-numbered complete `step-N` folder under `out/train`.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let train = out.join("train");
+    if !train.is_dir() {
+        return Ok(None);
+    }
+    let mut best: Option<(i64, PathBuf)> = None;
+    for entry in std::fs::read_dir(&train).map_err(|e| Error::io(&train, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse::<i64>().ok()) {
+            if entry.path().join("state.json").is_file() && best.as_ref().is_none_or(|b| n > b.0) {
+                best = Some((n, entry.path()));
+            }
+        }
+    }
+    Ok(best.map(|b| b.1))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::invalid("training checkpoint", path.display().to_string(), e.to_string()))
+}
+
+/// Trains `cfg` into `out` (resuming from `out/train` when a checkpoint is there and `fresh` is false),
+/// calling `progress` after every step; `progress` returning false stops the run at once, as an interruption
+/// would (work since the last checkpoint is not saved). Returns the per-step metrics of this invocation.
+pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, mut progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
+    let mut trainer = match (fresh, Trainer::resume(out)?) {
+        (false, Some(t)) => {
+            if t.cfg != cfg {
+                return Err(Error::invalid(
+                    "training run",
+                    out.display().to_string(),
+                    format!("its checkpoint is from preset `{}` with other settings; use another --out or --fresh", t.cfg.preset),
+                ));
+            }
+            t
+        }
+        _ => {
+            let train = out.join("train");
+            if fresh && train.exists() {
+                std::fs::remove_dir_all(&train).map_err(|e| Error::io(&train, e))?;
+            }
+            Trainer::new(cfg)?
+        }
+    };
+    let mut history = Vec::new();
+    while !trainer.is_done() {
+        let m = trainer.train_step()?;
+        let go_on = progress(&trainer, &m);
+        history.push(m);
+        if !go_on {
+            return Ok(history);
+        }
+        if trainer.step % trainer.cfg.checkpoint_every == 0 || trainer.is_done() {
+            trainer.checkpoint(out, &history)?;
+        }
+    }
+    if history.is_empty() {
+        trainer.save_model(out)?;
+    }
+    Ok(history)
+}

@@ -1,0 +1,74 @@
+//! Training: a short run learns on both streams, and an interrupted run resumes to exactly the weights of
+//! an uninterrupted one.
+
+use dllm_engine::train::{self, TrainConfig};
+use tch::Kind;
+
+fn smoke(steps: i64) -> TrainConfig {
+    let mut cfg = TrainConfig::preset("smoke").unwrap();
+    cfg.steps = steps;
+    cfg
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+#[test]
+fn smoke_run_lowers_the_loss_on_both_streams() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke(TrainConfig::preset("smoke").unwrap().steps);
+    let h = train::run(cfg.clone(), dir.path(), false, |_, _| true).unwrap();
+    assert_eq!(h.len() as i64, cfg.steps);
+    let first = |f: fn(&train::StepMetrics) -> f64| mean(&h[..20].iter().map(f).collect::<Vec<_>>());
+    let last = |f: fn(&train::StepMetrics) -> f64| mean(&h[h.len() - 20..].iter().map(f).collect::<Vec<_>>());
+    let (m0, m1) = (first(|m| m.m2t_loss), last(|m| m.m2t_loss));
+    let (t0, t1) = (first(|m| m.t2t_loss), last(|m| m.t2t_loss));
+    assert!(m1 < 0.5 * m0, "M2T loss {m0:.3} -> {m1:.3}");
+    assert!(t1 < 0.2 * t0, "T2T loss {t0:.3} -> {t1:.3}");
+    assert!(h.iter().all(|m| !m.skipped && m.grad_norm.is_finite()));
+    assert!(h.iter().any(|m| m.mtf) && !h[0].mtf, "multi-turn forward starts part-way");
+    // The output folder is a loadable checkpoint in the official layout.
+    let loaded = dllm_engine::load(dir.path(), tch::Device::Cpu, None).unwrap();
+    assert_eq!(loaded.model.config().vocab_size, 128);
+    assert!(dir.path().join("train").join(format!("step-{:06}", cfg.steps)).join("optimizer.safetensors").is_file());
+}
+
+#[test]
+fn an_interrupted_run_resumes_exactly() {
+    tch::set_num_threads(1);
+    let mut cfg = smoke(24);
+    cfg.checkpoint_every = 10;
+    cfg.mtf_from = 0.25;
+    let whole = tempfile::tempdir().unwrap();
+    train::run(cfg.clone(), whole.path(), false, |_, _| true).unwrap();
+
+    let cut = tempfile::tempdir().unwrap();
+    // Interrupted after step 15: steps 11..15 are lost, the checkpoint of step 10 survives.
+    let h = train::run(cfg.clone(), cut.path(), false, |t, _| t.step < 15).unwrap();
+    assert_eq!(h.len(), 15);
+    assert_eq!(train::latest_checkpoint(cut.path()).unwrap().unwrap().file_name().unwrap(), "step-000010");
+    let h = train::run(cfg.clone(), cut.path(), false, |_, _| true).unwrap();
+    assert_eq!(h.first().unwrap().step, 11, "resumed after the last checkpoint");
+
+    let a = dllm_engine::load(whole.path(), tch::Device::Cpu, None).unwrap();
+    let b = dllm_engine::load(cut.path(), tch::Device::Cpu, None).unwrap();
+    let (va, vb) = (a.model.var_store().variables(), b.model.var_store().variables());
+    assert_eq!(va.len(), vb.len());
+    for (name, t) in &va {
+        let diff = (t - &vb[name]).abs().max().to_kind(Kind::Double).double_value(&[]);
+        assert!(diff == 0.0, "{name} differs by {diff}");
+    }
+    // Another preset in the same folder is refused rather than mixed.
+    let mut other = cfg.clone();
+    other.lr *= 2.0;
+    let e = train::run(other, cut.path(), false, |_, _| true).unwrap_err().to_string();
+    assert!(e.contains("--fresh"), "{e}");
+}
+
+#[test]
+fn unknown_preset_lists_the_known_ones() {
+    let e = TrainConfig::preset("huge").unwrap_err().to_string();
+    assert!(e.contains("tiny, m2t, smoke"), "{e}");
+}
