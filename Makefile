@@ -1,12 +1,13 @@
 # dllm: the two commands of the README do all set-up on a fresh machine.
 #   make run    sets up libtorch, builds, starts dllm on the embedded default model
 #   make test   sets up libtorch and the test Python environment, builds, runs every test
+#   make model  retrains the embedded model from scratch
 SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test libtorch venv build release bench gpu-check clean
+.PHONY: run test libtorch venv build release bench gpu-check model clean
 
 libtorch:
 	@./scripts/setup-libtorch.sh
@@ -29,6 +30,14 @@ run: libtorch
 
 test: libtorch venv
 	DLLM_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
+
+# Retrains the embedded model from scratch (about 45 minutes on one CPU thread; docs/training.md) into
+# target/model/tiny (an interrupted run resumes there) and installs it into engine/assets/tiny, which the
+# binary embeds. The shipped weights were trained with --threads 1 (other thread counts round differently).
+model: release
+	./target/release/dllm train --preset tiny --out target/model/tiny --threads 1
+	cp target/model/tiny/config.json target/model/tiny/model.safetensors target/model/tiny/tokenizer.json engine/assets/tiny/
+	$(CARGO) build --release
 
 bench: release
 	./scripts/bench.sh

@@ -20,6 +20,8 @@ pub enum BenchCommand {
     Decode(DecodeBench),
     /// The session: a `step` command's cost over the decoder step it wraps (embedded model, CPU).
     Session(SessionBench),
+    /// Training throughput of a preset and the time split of a step.
+    Train(crate::bench_train::TrainBench),
 }
 
 #[derive(Args)]
@@ -94,6 +96,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Load(a) => load(&a),
         BenchCommand::Decode(a) => decode(&a),
         BenchCommand::Session(a) => session(&a),
+        BenchCommand::Train(a) => crate::bench_train::train(&a),
     }
 }
 

@@ -55,10 +55,10 @@ pub struct InfoArgs {
 pub fn summary(l: &Loaded) -> serde_json::Value {
     let m = &l.model;
     let c = m.config();
-    let untrained = l.dir.to_str() == Some(dllm_engine::BUILTIN);
+    let embedded = l.dir.to_str() == Some(dllm_engine::BUILTIN);
     json!({
         "model": l.dir.display().to_string(),
-        "untrained": untrained,
+        "embedded": embedded,
         "parameters": m.num_parameters(),
         "device": format!("{:?}", m.device()).to_lowercase(),
         "dtype": m.dtype().to_string(),
@@ -84,7 +84,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     }
     let m = &l.model;
     let c = m.config();
-    let label = if s["untrained"] == true { " (UNTRAINED: random weights, for trying the tool, not for text)" } else { "" };
+    let label = if s["embedded"] == true { " (embedded: the tiny model trained on the task suite)" } else { "" };
     println!("model      {}{label}", l.dir.display());
     println!(
         "shape      {} layers ({} dense), hidden {}, {} heads / {} KV x {}, {} experts top-{} (+{} shared), vocab {}",

@@ -61,10 +61,10 @@ fn forward_json_matches_the_numpy_reference_top_k() {
 }
 
 #[test]
-fn default_model_summary_is_labelled_untrained() {
+fn default_model_summary_names_the_embedded_model() {
     let s: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", "--device", "cpu"])).unwrap();
-    assert_eq!(s["untrained"], true);
-    assert_eq!(s["model"], "builtin:tiny-random");
+    assert_eq!(s["embedded"], true);
+    assert_eq!(s["model"], "builtin:tiny");
     assert!(s["parameters"].as_i64().unwrap() > 1_000_000);
     assert_eq!(s["dtype"], "f32");
     // `dllm` alone reads REPL commands from stdin when it is not a terminal; `info` labels the model.
@@ -78,7 +78,7 @@ fn default_model_summary_is_labelled_untrained() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("UNTRAINED"), "{text}");
+    assert!(text.contains("builtin:tiny"), "{text}");
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn bad_input_is_a_clear_error_with_nonzero_exit() {
     assert!(fails(&["info", "--dtype", "int4"]).contains("expected f32, bf16 or f16"));
     assert!(fails(&["info", "--model", "/nonexistent/dir"]).contains("/nonexistent/dir"));
     assert!(fails(&["forward", "--ids", "1,2,x"]).contains("invalid value"));
-    assert!(fails(&["forward", "--ids", "1,2,64"]).contains("ids must be in 0..64"));
+    assert!(fails(&["forward", "--ids", "1,2,128"]).contains("ids must be in 0..128"));
     assert!(fails(&["forward", "--ids", "1,2", "--attention", "sideways"]).contains("block-causal or hf-additive"));
 }
 
@@ -134,4 +134,32 @@ fn decode_rejects_bad_settings_clearly() {
     assert!(fails(&["decode", "--prompt-ids", "5", "--set", "speed=2"]).contains("known settings"));
     assert!(fails(&["decode", "--prompt-ids", "5", "--gen-length", "9000"]).contains("positions"));
     assert!(fails(&["decode", "--gen-length", "4"]).contains("--prompt"));
+}
+
+#[test]
+fn eval_prints_one_json_report_with_accuracy_and_tpf_first() {
+    let out = ok(&["eval", "--tasks", "copy,order", "--n", "4", "--json", "--device", "cpu"]);
+    assert_eq!(out.trim().lines().count(), 1, "exactly one JSON object: {out}");
+    // Key order is checked on the text (serde_json::Value sorts keys).
+    let tpf_second = out.strip_prefix("{\"accuracy\":").and_then(|rest| rest.split_once(',')).is_some_and(|(_, rest)| rest.starts_with("\"tpf\":"));
+    assert!(tpf_second, "accuracy and tpf first: {out}");
+    assert!(out.find("\"tasks\":") > out.find("\"settings\":"), "tasks after the other fields: {out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tasks = r["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    for (t, name) in tasks.iter().zip(["copy", "order"]) {
+        assert_eq!((t["task"].as_str(), t["n"].as_u64()), (Some(name), Some(4)));
+        assert!(t["tpf"].as_f64().unwrap() > 0.0 && t["steps"].as_f64().unwrap() >= 1.0, "{t}");
+    }
+    assert_eq!(tasks[0]["correct"], 4, "the embedded model copies: {out}");
+    assert_eq!(r["settings"]["preset"], "Q");
+    assert_eq!(r["settings"]["eos_early_stop"], true);
+    assert!(r["accuracy"].as_f64().unwrap() <= 1.0);
+}
+
+#[test]
+fn eval_rejects_unknown_tasks_and_settings() {
+    assert!(fails(&["eval", "--tasks", "mul", "--n", "1"]).contains("known tasks"));
+    assert!(fails(&["eval", "--n", "1", "--set", "speed=2"]).contains("known settings"));
+    assert!(fails(&["eval", "--n", "0"]).contains("invalid n"));
 }

@@ -115,7 +115,7 @@ fn run_file_runs_a_script() {
     let script = dir.path().join("demo.dllm");
     std::fs::write(
         &script,
-        "# a demo script\nset gen_length 8\n\nset block_length \\\n  4\nprompt-ids 5,6,7   # ids\nrun\nstats\n",
+        "# a demo script\nset gen_length 16\n\nset block_length \\\n  8\nprompt-ids 5,6,7   # ids\nrun\nstats\n",
     )
     .unwrap();
     // `# ids` is not a comment (comments are whole lines), so prompt-ids fails: FILE:LINE in the error.
@@ -123,18 +123,18 @@ fn run_file_runs_a_script() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&format!("{}:6: `prompt-ids 5,6,7   # ids`", script.display())), "{stderr}");
-    assert!(text(&out.stdout).contains("block_length = 4"), "the continued line ran");
+    assert!(text(&out.stdout).contains("block_length = 8"), "the continued line ran");
 
-    std::fs::write(&script, "# a demo script\nset gen_length 8\n\nset block_length \\\n  4\nprompt-ids 5,6,7\nrun\nstats\n").unwrap();
+    std::fs::write(&script, "# a demo script\nset gen_length 16\n\nset block_length \\\n  8\nchat copy abc\nrun\nstats\n").unwrap();
     // Model options before the subcommand apply too.
     let out = Command::new(env!("CARGO_BIN_EXE_dllm")).args(["--device", "cpu", "run", script.to_str().unwrap(), "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines = json_lines(&out);
     let cmds: Vec<&str> = lines.iter().map(|l| l["command"].as_str().unwrap()).collect();
-    assert_eq!(cmds, ["set gen_length 8", "set block_length \n  4", "prompt-ids 5,6,7", "run", "stats"]);
+    assert_eq!(cmds, ["set gen_length 16", "set block_length \n  8", "chat copy abc", "run", "stats"]);
     let line_numbers: Vec<i64> = lines.iter().map(|l| l["line"].as_i64().unwrap()).collect();
     assert_eq!(line_numbers, [2, 4, 6, 7, 8]);
-    assert_eq!(value_of(&lines[4], "data")["data"]["tokens"], 8, "the whole canvas decoded");
+    assert_eq!(value_of(&lines[4], "data")["data"]["tokens"], 4, "the embedded model copies `abc` and stops: abc + EOS");
 
     let out = Command::new(env!("CARGO_BIN_EXE_dllm")).args(["run", "/nonexistent/script.dllm"]).output().unwrap();
     assert!(!out.status.success());
@@ -353,7 +353,7 @@ fn interactive_repl_in_a_pseudo_terminal() {
     let envs = [("DLLM_HISTORY", history.as_path())];
 
     let mut t = Pty::spawn(&["--device", "cpu"], &envs);
-    t.expect("UNTRAINED");
+    t.expect("builtin:tiny (the embedded model");
     t.expect("dllm> ");
     t.send("set gen_length 4000\r");
     t.expect("gen_length = 4000");

@@ -39,17 +39,26 @@ pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> 
 }
 
 /// The name the built-in default model goes by.
-pub const BUILTIN: &str = "builtin:tiny-random";
+pub const BUILTIN: &str = "builtin:tiny";
 
-/// The embedded default model: the `tiny` preset with seed 0, UNTRAINED (random weights), built in memory.
-/// It exercises every part of the architecture; it does not produce meaningful text.
+/// Bytes with the alignment of a mapped file, so the embedded safetensors can be read in place.
+#[repr(C, align(64))]
+struct Aligned<B: ?Sized>(B);
+
+static EMBEDDED_CONFIG: &str = include_str!("../assets/tiny/config.json");
+static EMBEDDED_TOKENIZER: &[u8] = include_bytes!("../assets/tiny/tokenizer.json");
+static EMBEDDED_WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/tiny/model.safetensors"));
+
+/// The embedded default model: the `tiny` shape trained on the task suite by `dllm train --preset tiny`
+/// (`make model` rebuilds engine/assets/tiny), compiled into the binary so it loads from any directory.
 pub fn load_builtin(device: Device, dtype: Option<DType>) -> Result<Loaded> {
     let start = Instant::now();
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
-    let config = crate::presets::preset("tiny")?;
-    let tok_json = serde_json::to_vec(&crate::presets::tokenizer_spec(config.vocab_size).to_json()).expect("json");
-    let tokenizer = Tokenizer::from_bytes(&tok_json, Path::new(BUILTIN), &config)?;
-    let model = crate::presets::random_model(&config, 0, device, dtype)?;
-    let checkpoint_bytes = model.weight_bytes();
+    let name = Path::new(BUILTIN);
+    let config = Config::from_json(EMBEDDED_CONFIG).map_err(|e| e.in_file(name))?;
+    let tokenizer = Tokenizer::from_bytes(EMBEDDED_TOKENIZER, name, &config)?;
+    let mut ckpt = Checkpoint::from_static(name, &EMBEDDED_WEIGHTS.0, device, dtype)?;
+    let checkpoint_bytes = ckpt.data_bytes();
+    let model = Model::build(&config, &mut ckpt, device, dtype)?;
     Ok(Loaded { model, tokenizer, dir: PathBuf::from(BUILTIN), checkpoint_bytes, load_time: start.elapsed() })
 }

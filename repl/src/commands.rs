@@ -152,9 +152,8 @@ fn load(s: &mut Session, a: &Args) -> CmdResult {
 fn info(s: &mut Session, _: &Args) -> CmdResult {
     let l = s.model()?;
     let (m, c) = (&l.model, l.model.config());
-    let untrained = l.dir.to_str() == Some(dllm_engine::BUILTIN);
     let rows: Vec<Vec<Cell>> = vec![
-        vec!["model".into(), format!("{}{}", l.dir.display(), if untrained { " (UNTRAINED random weights)" } else { "" }).into()],
+        vec!["model".into(), l.dir.display().to_string().into()],
         vec!["shape".into(), format!("{} layers, hidden {}, {} experts top-{}, vocab {}", c.num_hidden_layers, c.hidden_size, c.num_experts, c.num_experts_per_tok, c.vocab_size).into()],
         vec!["parameters".into(), m.num_parameters().into()],
         vec!["device".into(), format!("{:?}", m.device()).to_lowercase().into()],

@@ -123,7 +123,7 @@ fn print_error(message: &str) {
 /// What the startup line says about the model.
 pub fn describe_source(src: &ModelSource) -> String {
     let what = match &src.dir {
-        None => format!("{} (UNTRAINED random weights: its text is noise)", dllm_engine::BUILTIN),
+        None => format!("{} (the embedded model, trained on the task suite: try `chat sort 3142` then `run`)", dllm_engine::BUILTIN),
         Some(d) => d.display().to_string(),
     };
     let device = if src.device == "auto" { String::new() } else { format!(" on {}", src.device) };
@@ -478,6 +478,6 @@ mod tests {
         assert!(needs_model("s"));
         assert!(!needs_model("set gen_length 8"));
         assert!(!needs_model("frobnicate"));
-        assert!(banner(&ModelSource::default()).contains("UNTRAINED"));
+        assert!(banner(&ModelSource::default()).contains("builtin:tiny (the embedded model"));
     }
 }
