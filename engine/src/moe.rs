@@ -110,7 +110,14 @@ impl Moe {
     /// `expert_bias += rate * sign(mean(counts) - counts)`, in place (see `Model::balance_experts`).
     pub(crate) fn balance(&self, counts: &[i64], rate: f64) {
         let mean = counts.iter().sum::<i64>() as f64 / counts.len().max(1) as f64;
-        let step: Vec<f32> = counts.iter().map(|&n| (rate * (mean - n as f64).signum() * f64::from(u8::from(mean != n as f64))) as f32).collect();
+        let step: Vec<f32> = counts
+            .iter()
+            .map(|&n| match (n as f64).partial_cmp(&mean) {
+                Some(std::cmp::Ordering::Less) => rate as f32,
+                Some(std::cmp::Ordering::Greater) => -rate as f32,
+                _ => 0.0,
+            })
+            .collect();
         let step = Tensor::from_slice(&step).to_device(self.expert_bias.device());
         tch::no_grad(|| {
             let mut b = self.expert_bias.shallow_clone();

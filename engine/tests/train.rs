@@ -68,6 +68,20 @@ fn an_interrupted_run_resumes_exactly() {
 }
 
 #[test]
+fn load_balancing_moves_the_expert_bias_against_the_load() {
+    let config = dllm_engine::presets::preset("micro").unwrap();
+    let model = dllm_engine::presets::random_model(&config, 0, tch::Device::Cpu, dllm_engine::DType::F32).unwrap();
+    let moe_layers = (config.num_hidden_layers - config.first_k_dense_replace) as usize;
+    // 8 experts, mean load 4: expert 0 overloaded, experts 1 and 2 at the mean, the rest under.
+    let loads = vec![vec![18, 4, 4, 2, 2, 1, 1, 0]; moe_layers];
+    model.balance_experts(&loads, 0.5);
+    let bias = &model.var_store().variables()["model.layers.1.mlp.gate.expert_bias"];
+    let b = Vec::<f32>::try_from(bias).unwrap();
+    assert_eq!(b, vec![-0.5, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5]);
+    assert!(!bias.requires_grad(), "the bias is a buffer, not trained by gradient");
+}
+
+#[test]
 fn unknown_preset_lists_the_known_ones() {
     let e = TrainConfig::preset("huge").unwrap_err().to_string();
     assert!(e.contains("tiny, m2t, smoke"), "{e}");
