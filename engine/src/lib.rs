@@ -10,6 +10,7 @@ pub mod composite;
 mod config;
 pub mod decode;
 pub mod eval;
+pub mod likelihood;
 mod device;
 mod error;
 mod model;
