@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Session(SessionBench),
     /// Training throughput of a preset and the time split of a step.
     Train(crate::bench_train::TrainBench),
+    /// The vectorised ELBO against the per-block loop (same noise).
+    Likelihood(crate::bench_likelihood::LikelihoodBench),
 }
 
 #[derive(Args)]
@@ -97,6 +99,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Decode(a) => decode(&a),
         BenchCommand::Session(a) => session(&a),
         BenchCommand::Train(a) => crate::bench_train::train(&a),
+        BenchCommand::Likelihood(a) => crate::bench_likelihood::likelihood(&a),
     }
 }
 

@@ -6,6 +6,7 @@
 //! benchmark.
 
 mod bench;
+mod bench_likelihood;
 mod bench_train;
 mod decode_cmd;
 mod eval_cmd;

@@ -163,3 +163,13 @@ fn eval_rejects_unknown_tasks_and_settings() {
     assert!(fails(&["eval", "--n", "1", "--set", "speed=2"]).contains("known settings"));
     assert!(fails(&["eval", "--n", "0"]).contains("invalid n"));
 }
+
+#[test]
+fn bench_likelihood_compares_the_vectorised_elbo_with_the_loop() {
+    let out = ok(&["bench", "likelihood", "--preset", "micro", "--blocks", "2", "--levels", "2", "--iters", "1", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["vectorised_batched_ms", "vectorised_per_level_ms", "loop_ms", "speedup_batched"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {out}");
+    }
+    assert!(fails(&["bench", "likelihood", "--levels", "0"]).contains("must be positive"));
+}
