@@ -104,6 +104,63 @@ impl Default for Estimator {
 }
 
 impl Estimator {
+    /// `stratified:N[:anti]`, `midpoint:N[:anti]`, `mc:N[:anti]` (or `monte-carlo`), `mean-field[:P]` (P: the
+    /// prompt masking probability; `d1` = 0.3). N defaults to 4 (16 for mc); `anti` turns on antithetic pairs.
+    pub fn parse(spec: &str) -> Result<Estimator> {
+        let bad = |why: &str| {
+            Error::invalid("estimator", spec, format!("{why}; expected stratified:N[:anti], midpoint:N[:anti], mc:N[:anti] or mean-field[:P]"))
+        };
+        let mut parts = spec.trim().split(':');
+        let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+        let rest: Vec<&str> = parts.collect();
+        let count = |default: usize| -> Result<usize> {
+            match rest.first() {
+                None => Ok(default),
+                Some(n) => n.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| bad("the count is a positive integer")),
+            }
+        };
+        let anti = match rest.get(1) {
+            None => false,
+            Some(&"anti") | Some(&"antithetic") => true,
+            Some(_) => return Err(bad("the third part can only be `anti`")),
+        };
+        if rest.len() > 2 {
+            return Err(bad("too many parts"));
+        }
+        match kind.as_str() {
+            "stratified" | "vectorised" | "vectorized" => Ok(Estimator::Stratified { levels: count(4)?, antithetic: anti }),
+            "midpoint" => Ok(Estimator::midpoint(count(4)?, anti)),
+            "mc" | "monte-carlo" | "montecarlo" => Ok(Estimator::MonteCarlo { samples: count(16)?, antithetic: anti }),
+            "mean-field" | "meanfield" | "d1" => {
+                let p = match rest.first() {
+                    None if kind == "d1" => D1_PROMPT_MASK,
+                    None => 0.0,
+                    Some(p) => p.parse::<f64>().ok().filter(|p| (0.0..1.0).contains(p)).ok_or_else(|| bad("P is a probability in [0, 1)"))?,
+                };
+                if rest.len() > 1 {
+                    return Err(bad("mean-field takes only P"));
+                }
+                Ok(Estimator::MeanField { prompt_mask: p })
+            }
+            _ => Err(bad("unknown estimator")),
+        }
+    }
+
+    /// The spec [`Estimator::parse`] reads back (explicit levels are listed).
+    pub fn describe(&self) -> String {
+        let a = |on: bool| if on { ":anti" } else { "" };
+        match self {
+            Estimator::Stratified { levels, antithetic } => format!("stratified:{levels}{}", a(*antithetic)),
+            Estimator::MonteCarlo { samples, antithetic } => format!("mc:{samples}{}", a(*antithetic)),
+            Estimator::MeanField { prompt_mask } if *prompt_mask > 0.0 => format!("mean-field:{prompt_mask}"),
+            Estimator::MeanField { .. } => "mean-field".into(),
+            Estimator::Vectorised { levels, antithetic, .. } if *self == Estimator::midpoint(levels.len(), *antithetic) => {
+                format!("midpoint:{}{}", levels.len(), a(*antithetic))
+            }
+            Estimator::Vectorised { levels, antithetic, .. } => format!("levels {levels:?}{}", a(*antithetic)),
+        }
+    }
+
     /// Midpoint levels `t_n = (n - 1/2) / N` with `w_n = 1 / (N t_n)`.
     pub fn midpoint(n: usize, antithetic: bool) -> Estimator {
         let (levels, weights) = stratified_levels(n, 0.5);

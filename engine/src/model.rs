@@ -18,6 +18,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::config::Config;
 use crate::device::DType;
 use crate::error::{Error, Result};
+use crate::lora::{Adapters, FfnLora, LayerLora};
 use crate::moe::Moe;
 use crate::weights::{Role, WeightSource};
 
@@ -193,9 +194,13 @@ impl Attention {
     }
 
     /// `x`: `[B, L, H]`. Appends the K/V of the first `commit` positions to `cache` (a `(k, v)` slot).
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnBias, cache: &mut Option<(Tensor, Tensor)>, commit: i64) -> Tensor {
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &AttnBias, cache: &mut Option<(Tensor, Tensor)>, commit: i64, lora: Option<(&LayerLora, f64)>) -> Tensor {
         let (b, l) = (x.size()[0], x.size()[1]);
-        let qkv = x.linear(&self.qkv, self.qkv_bias.as_ref()).view([b, l, self.n_heads + 2 * self.n_kv, self.head_dim]);
+        let mut qkv = x.linear(&self.qkv, self.qkv_bias.as_ref());
+        if let Some((ad, s)) = lora {
+            qkv = qkv + ad.qkv.delta(x, s);
+        }
+        let qkv = qkv.view([b, l, self.n_heads + 2 * self.n_kv, self.head_dim]);
         let parts = qkv.split_with_sizes([self.n_heads, self.n_kv, self.n_kv], 2);
         let (mut q, mut k) = (parts[0].transpose(1, 2), parts[1].transpose(1, 2));
         let v = parts[2].transpose(1, 2);
@@ -220,7 +225,12 @@ impl Attention {
                 Tensor::scaled_dot_product_attention(&q, &keys, &values, Some(m), 0.0, false, scale, true)
             }
         };
-        out.transpose(1, 2).reshape([b, l, self.n_heads * self.head_dim]).linear(&self.dense, self.dense_bias.as_ref())
+        let out = out.transpose(1, 2).reshape([b, l, self.n_heads * self.head_dim]);
+        let y = out.linear(&self.dense, self.dense_bias.as_ref());
+        match lora {
+            Some((ad, s)) => y + ad.dense.delta(&out, s),
+            None => y,
+        }
     }
 }
 
@@ -235,9 +245,9 @@ enum AttnBias {
 /// SwiGLU: `down(silu(gate x) * up x)`. Used for dense layers and shared experts.
 #[derive(Debug)]
 pub(crate) struct Mlp {
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    pub(crate) gate: Tensor,
+    pub(crate) up: Tensor,
+    pub(crate) down: Tensor,
 }
 
 impl Mlp {
@@ -249,13 +259,21 @@ impl Mlp {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        swiglu(x, &self.gate, &self.up, &self.down)
+    pub(crate) fn forward(&self, x: &Tensor, lora: Option<(&FfnLora, f64)>) -> Tensor {
+        swiglu(x, &self.gate, &self.up, &self.down, lora)
     }
 }
 
-pub(crate) fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Tensor {
-    (x.linear(gate, None::<&Tensor>).silu() * x.linear(up, None::<&Tensor>)).linear(down, None::<&Tensor>)
+/// SwiGLU with optional LoRA adapters on its three projections.
+pub(crate) fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor, lora: Option<(&FfnLora, f64)>) -> Tensor {
+    let none = None::<&Tensor>;
+    match lora {
+        None => (x.linear(gate, none).silu() * x.linear(up, none)).linear(down, none),
+        Some((l, s)) => {
+            let h = (x.linear(gate, none) + l.gate.delta(x, s)).silu() * (x.linear(up, none) + l.up.delta(x, s));
+            h.linear(down, none) + l.down.delta(&h, s)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -282,13 +300,14 @@ impl Layer {
         slot: &mut Option<(Tensor, Tensor)>,
         commit: i64,
         loads: Option<&mut Vec<Vec<i64>>>,
+        lora: Option<(&LayerLora, f64)>,
     ) -> Tensor {
-        let h = x + self.attention.forward(&self.input_norm.forward(x), rope, bias, slot, commit);
+        let h = x + self.attention.forward(&self.input_norm.forward(x), rope, bias, slot, commit, lora);
         let y = self.post_norm.forward(&h);
         let f = match &self.ffn {
-            Ffn::Dense(m) => m.forward(&y),
+            Ffn::Dense(m) => m.forward(&y, lora.map(|(l, s)| (&l.ffn, s))),
             Ffn::Moe(m) => {
-                let (out, counts) = m.forward_counted(&y);
+                let (out, counts) = m.forward_counted(&y, lora);
                 if let Some(loads) = loads {
                     loads.push(counts);
                 }
@@ -336,6 +355,7 @@ pub struct Model {
     norm: RmsNorm,
     lm_head: Tensor,
     dtype: DType,
+    lora: Option<Adapters>,
 }
 
 impl std::fmt::Debug for Model {
@@ -372,7 +392,7 @@ impl Model {
             w.get("lm_head.weight", &[c.vocab_size, c.hidden_size], Role::Matrix)?
         };
         source.finish()?;
-        Ok(Model { config: c.clone(), vs, embed, layers, norm, lm_head, dtype })
+        Ok(Model { config: c.clone(), vs, embed, layers, norm, lm_head, dtype, lora: None })
     }
 
     pub fn config(&self) -> &Config {
@@ -460,8 +480,8 @@ impl Model {
         let bias = AttnBias::Bool(allowed.to_device(dev).view([1, 1, t, t]));
         let mut x = Tensor::embedding(&self.embed, &ids.to_device(dev), -1, false, false);
         let mut loads = loads;
-        for layer in &self.layers {
-            x = layer.forward(&x, &rope, &bias, &mut None, 0, loads.as_deref_mut());
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &rope, &bias, &mut None, 0, loads.as_deref_mut(), self.layer_lora(i));
         }
         Ok(self.norm.forward(&x).linear(&self.lm_head, None::<&Tensor>).to_kind(Kind::Float))
     }
@@ -477,6 +497,82 @@ impl Model {
         for (m, counts) in moes.zip(loads) {
             m.balance(counts, rate);
         }
+    }
+
+    fn layer_lora(&self, i: usize) -> Option<(&LayerLora, f64)> {
+        self.lora.as_ref().map(|a| (&a.layers[i], a.scale()))
+    }
+
+    /// The attached LoRA adapters, if any ([`crate::lora`]).
+    pub fn lora(&self) -> Option<&Adapters> {
+        self.lora.as_ref()
+    }
+
+    /// Attaches fresh LoRA adapters of `rank` (scale `alpha / rank`) to every attention and feed-forward
+    /// projection; the outputs do not change until they are trained (`B` = 0). Replaces adapters already there.
+    pub fn attach_lora(&mut self, rank: i64, alpha: f64, seed: u64) -> Result<()> {
+        let mut b = crate::lora::Builder::new(rank, alpha, seed, self.device())?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let at = &layer.attention;
+            let qkv = b.lora(&format!("{p}.attention.query_key_value"), &at.qkv.size());
+            let dense = b.lora(&format!("{p}.attention.dense"), &at.dense.size());
+            let mut mlp = |name: &str, gate: &Tensor, up: &Tensor, down: &Tensor| FfnLora {
+                gate: b.lora(&format!("{name}.gate_proj"), &gate.size()),
+                up: b.lora(&format!("{name}.up_proj"), &up.size()),
+                down: b.lora(&format!("{name}.down_proj"), &down.size()),
+            };
+            let (ffn, shared) = match &layer.ffn {
+                Ffn::Dense(m) => (mlp(&format!("{p}.mlp"), &m.gate, &m.up, &m.down), None),
+                Ffn::Moe(m) => {
+                    let (g, u, d) = m.expert_weights();
+                    let experts = mlp(&format!("{p}.mlp.experts"), g, u, d);
+                    let shared = m.shared().map(|s| mlp(&format!("{p}.mlp.shared_experts"), &s.gate, &s.up, &s.down));
+                    (experts, shared)
+                }
+            };
+            layers.push(LayerLora { qkv, dense, ffn, shared });
+        }
+        self.lora = Some(b.finish(alpha, layers));
+        Ok(())
+    }
+
+    /// Drops the adapters without merging them (the model is the base model again).
+    pub fn detach_lora(&mut self) -> Option<Adapters> {
+        self.lora.take()
+    }
+
+    /// Folds the adapters into the weights (`W += s B A`, in the weights' dtype) and drops them; the outputs
+    /// are those of the adapted model. Returns false when no adapters were attached.
+    pub fn merge_lora(&mut self) -> bool {
+        let Some(ad) = self.lora.take() else { return false };
+        let vars = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, delta) in lora_deltas(&ad) {
+                let mut w = vars[&name].shallow_clone();
+                let _ = w.g_add_(&delta.to_kind(w.kind()));
+            }
+        });
+        true
+    }
+
+    /// The weights by name as the model computes with them: with adapters attached, copies of the adapted
+    /// weights hold `W + s B A`; otherwise the VarStore's own tensors (shallow).
+    pub fn merged_variables(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        if let Some(ad) = &self.lora {
+            let deltas: std::collections::HashMap<String, Tensor> = lora_deltas(ad).into_iter().collect();
+            tch::no_grad(|| {
+                for (name, t) in vars.iter_mut() {
+                    if let Some(d) = deltas.get(name.as_str()) {
+                        *t = &*t + d.to_kind(t.kind());
+                    }
+                }
+            });
+        }
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
     }
 
     fn check_forward(&self, b: i64, l: i64, start: i64, commit: i64, mask: BlockMask, cache: &KvCache) -> Result<()> {
@@ -548,8 +644,8 @@ impl Model {
         } else {
             cache.layers.drain(..).map(Some).collect()
         };
-        for (layer, slot) in self.layers.iter().zip(slots.iter_mut()) {
-            x = layer.forward(&x, &rope, &bias, slot, commit, None);
+        for (i, (layer, slot)) in self.layers.iter().zip(slots.iter_mut()).enumerate() {
+            x = layer.forward(&x, &rope, &bias, slot, commit, None, self.layer_lora(i));
         }
         if slots.iter().all(Option::is_some) {
             cache.layers = slots.into_iter().flatten().collect();
@@ -558,6 +654,30 @@ impl Model {
         let x = if commit > 0 { x.narrow(1, commit, l - commit) } else { x };
         self.norm.forward(&x).linear(&self.lm_head, None::<&Tensor>).to_kind(Kind::Float)
     }
+}
+
+/// `(weight name, s B A)` for every adapted weight (fused experts under `...mlp.experts.gate_proj`).
+fn lora_deltas(ad: &Adapters) -> Vec<(String, Tensor)> {
+    let s = ad.scale();
+    let mut out = Vec::new();
+    tch::no_grad(|| {
+        for (i, l) in ad.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.attention.query_key_value.weight"), l.qkv.weight_delta(s)));
+            out.push((format!("{p}.attention.dense.weight"), l.dense.weight_delta(s)));
+            let fused = l.ffn.gate.a.dim() == 3;
+            let (ffn, leaf) = if fused { (format!("{p}.mlp.experts"), "") } else { (format!("{p}.mlp"), ".weight") };
+            for (proj, lo) in [("gate_proj", &l.ffn.gate), ("up_proj", &l.ffn.up), ("down_proj", &l.ffn.down)] {
+                out.push((format!("{ffn}.{proj}{leaf}"), lo.weight_delta(s)));
+            }
+            if let Some(sh) = &l.shared {
+                for (proj, lo) in [("gate_proj", &sh.gate), ("up_proj", &sh.up), ("down_proj", &sh.down)] {
+                    out.push((format!("{p}.mlp.shared_experts.{proj}.weight"), lo.weight_delta(s)));
+                }
+            }
+        }
+    });
+    out
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::lora::{FfnLora, LayerLora};
 use crate::model::{swiglu, Mlp, Weights};
 use crate::weights::Role;
 
@@ -91,17 +92,27 @@ impl Moe {
         Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c) })
     }
 
-    /// `x`: `[B, L, H]` -> `[B, L, H]`, and the number of tokens routed to each expert.
-    pub(crate) fn forward_counted(&self, x: &Tensor) -> (Tensor, Vec<i64>) {
+    /// The fused routed experts' gate, up and down weights.
+    pub(crate) fn expert_weights(&self) -> (&Tensor, &Tensor, &Tensor) {
+        (&self.gate_proj, &self.up_proj, &self.down_proj)
+    }
+
+    pub(crate) fn shared(&self) -> Option<&Mlp> {
+        self.shared.as_ref()
+    }
+
+    /// `x`: `[B, L, H]` -> `[B, L, H]`, and the number of tokens routed to each expert. `lora`: the layer's
+    /// adapters, if any.
+    pub(crate) fn forward_counted(&self, x: &Tensor, lora: Option<(&LayerLora, f64)>) -> (Tensor, Vec<i64>) {
         let size = x.size();
         let h = size[2];
         let flat = x.reshape([-1, h]);
         let logits = flat.to_kind(Kind::Float).linear(&self.gate.to_kind(Kind::Float), None::<&Tensor>);
         let (idx, w) = self.router.route(&logits.sigmoid(), &self.expert_bias);
-        let (routed, counts) = self.dispatch(&flat, &idx, &w);
+        let (routed, counts) = self.dispatch(&flat, &idx, &w, lora.map(|(l, s)| (&l.ffn, s)));
         let routed = routed.to_kind(x.kind());
         let out = match &self.shared {
-            Some(m) => routed + m.forward(&flat),
+            Some(m) => routed + m.forward(&flat, lora.and_then(|(l, s)| l.shared.as_ref().map(|sh| (sh, s)))),
             None => routed,
         };
         (out.view(size.as_slice()), counts)
@@ -127,7 +138,7 @@ impl Moe {
 
     /// Sum over chosen experts of `w * expert(x)`, in fp32. Assignments are sorted by expert so each active
     /// expert runs once on all its tokens.
-    fn dispatch(&self, x: &Tensor, idx: &Tensor, w: &Tensor) -> (Tensor, Vec<i64>) {
+    fn dispatch(&self, x: &Tensor, idx: &Tensor, w: &Tensor, lora: Option<(&FfnLora, f64)>) -> (Tensor, Vec<i64>) {
         let (t, k) = (idx.size()[0], idx.size()[1]);
         let flat_idx = idx.reshape([-1]);
         let order = flat_idx.argsort_stable(true, 0, false);
@@ -143,7 +154,8 @@ impl Moe {
             let tok = tokens.narrow(0, start, n);
             let xe = x.index_select(0, &tok);
             let e = e as i64;
-            let ye = swiglu(&xe, &self.gate_proj.get(e), &self.up_proj.get(e), &self.down_proj.get(e));
+            let ad = lora.map(|(l, s)| (l.expert(e), s));
+            let ye = swiglu(&xe, &self.gate_proj.get(e), &self.up_proj.get(e), &self.down_proj.get(e), ad.as_ref().map(|(l, s)| (l, *s)));
             out = out.index_add(0, &tok, &(ye.to_kind(Kind::Float) * weights.narrow(0, start, n).unsqueeze(1)));
             start += n;
         }

@@ -93,10 +93,10 @@ pub fn write_random_checkpoint(config: &Config, init: RandomInit, dir: &Path, op
     checkpoint::write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())
 }
 
-/// Writes `model`'s weights and config.json into `dir` (the tokenizer is the caller's).
+/// Writes `model`'s weights and config.json into `dir` (the tokenizer is the caller's). LoRA adapters, if
+/// attached, are written merged into their weights.
 pub fn write_checkpoint(model: &Model, dir: &Path, opts: SaveOptions) -> Result<()> {
-    let mut tensors: Vec<(String, tch::Tensor)> = model.var_store().variables().into_iter().collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors = model.merged_variables();
     checkpoint::save(&tensors, dir, opts)?;
     let mut cfg = model.config().to_hf_json();
     cfg["torch_dtype"] = serde_json::Value::from(match opts.dtype {

@@ -95,6 +95,18 @@ impl Task {
         list.split(',').map(Task::from_name).collect()
     }
 
+    /// Whether `text` is a user text of this task (`sort 3814`, `12+7=`).
+    pub fn recognises(self, text: &str) -> bool {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        match self {
+            Task::Copy | Task::Reverse => {
+                text.strip_prefix(self.name()).and_then(|r| r.strip_prefix(' ')).is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()))
+            }
+            Task::Sort | Task::Order => text.strip_prefix(self.name()).and_then(|r| r.strip_prefix(' ')).is_some_and(digits),
+            Task::Add => text.strip_suffix('=').and_then(|t| t.split_once('+')).is_some_and(|(a, b)| digits(a) && digits(b)),
+        }
+    }
+
     /// Whether the task has several correct answers.
     pub fn is_ambiguous(self) -> bool {
         self == Task::Order

@@ -41,6 +41,20 @@ impl BatchDecoder {
         Ok(BatchDecoder { rows, cache: KvCache::new(), committed: 0 })
     }
 
+    /// Like [`BatchDecoder::new`], with row i sampling from its own generator seeded `seeds[i]` (rollouts of one
+    /// prompt that must differ); each row decodes exactly as alone with `settings.seed = seeds[i]`.
+    pub fn with_seeds(prompts: &[Vec<i64>], seeds: &[u64], settings: DecodeSettings, mask_id: i64, eos_id: i64, model: &dyn Denoiser) -> Result<BatchDecoder> {
+        if seeds.len() != prompts.len() {
+            return Err(Error::invalid("seeds", seeds.len(), format!("needs one seed per prompt ({})", prompts.len())));
+        }
+        let mut b = BatchDecoder::new(prompts, settings.clone(), mask_id, eos_id, model)?;
+        for (row, (p, &seed)) in b.rows.iter_mut().zip(prompts.iter().zip(seeds)) {
+            let s = DecodeSettings { seed, ..settings.clone() };
+            *row = Decoder::new(p, s, mask_id, eos_id, model)?;
+        }
+        Ok(b)
+    }
+
     pub fn rows(&self) -> &[Decoder] {
         &self.rows
     }

@@ -40,6 +40,16 @@ impl AdamW {
         AdamW { betas, eps: 1e-8, weight_decay, step: 0, params }
     }
 
+    /// Over the given named parameters (for a subset of a model: RL's trainable set).
+    pub fn over(mut vars: Vec<(String, Tensor)>, betas: (f64, f64), weight_decay: f64) -> AdamW {
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars
+            .into_iter()
+            .map(|(name, value)| Param { decay: value.dim() >= 2, m: value.zeros_like(), v: value.zeros_like(), name, value })
+            .collect();
+        AdamW { betas, eps: 1e-8, weight_decay, step: 0, params }
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.value.zero_grad();
