@@ -95,6 +95,11 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The tokenizer as tokenizer.json text (what [`Tokenizer::from_bytes`] reads back).
+    pub fn to_json_text(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(|e| Error::Tokenizer { file: self.file.clone(), message: format!("cannot serialise: {e}") })
+    }
+
     /// Token ids of `text` (no BOS/EOS added, as the official tokenizer).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let enc = self

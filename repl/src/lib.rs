@@ -4,6 +4,7 @@
 mod commands;
 mod parse;
 mod persist;
+mod research;
 pub mod render;
 mod session;
 pub mod terminal;

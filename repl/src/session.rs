@@ -16,6 +16,7 @@ use dllm_engine::{DType, Loaded};
 
 use crate::commands::{self, Command};
 use crate::parse;
+use crate::research::RlState;
 use crate::value::{Canvas, CanvasCell, CellKind, Value};
 
 /// Why a command failed. The session is unchanged.
@@ -101,6 +102,8 @@ pub struct Session {
     pub(crate) breakpoints: Vec<Breakpoint>,
     pub(crate) next_break_id: usize,
     pub(crate) watches: Vec<i64>,
+    /// RL configuration, run and snapshots (`rl ...`).
+    pub(crate) rl: RlState,
     interrupt: Arc<AtomicBool>,
     /// Nesting of `execute` (a `source` script runs commands inside a command).
     depth: usize,
@@ -123,6 +126,7 @@ impl Session {
             breakpoints: Vec::new(),
             next_break_id: 1,
             watches: Vec::new(),
+            rl: RlState::default(),
             interrupt: Arc::new(AtomicBool::new(false)),
             depth: 0,
         }
@@ -167,12 +171,30 @@ impl Session {
         }
     }
 
+    /// The resident model, mutable (LoRA adapters are attached and merged in place).
+    pub(crate) fn model_mut(&mut self) -> Result<&mut Loaded, CommandError> {
+        self.model()?;
+        match &mut self.model {
+            ModelSlot::Ready(l) => Ok(l),
+            _ => unreachable!("model() succeeded"),
+        }
+    }
+
+    /// The model and the RL run together (an update reads one and changes the other).
+    pub(crate) fn model_and_rl(&mut self) -> Result<(&Loaded, &mut dllm_engine::rl::Rl), CommandError> {
+        self.model()?;
+        let ModelSlot::Ready(l) = &self.model else { unreachable!("model() succeeded") };
+        let run = self.rl.run.as_mut().ok_or_else(|| CommandError::Failed("no RL run: `rl update` starts one".into()))?;
+        Ok((l, run))
+    }
+
     /// Replaces the model (loaded in the foreground); the old one stays if this fails. Branches are dropped
     /// because their tokens belong to the old vocabulary.
     pub(crate) fn replace_model(&mut self, source: ModelSource) -> Result<&Loaded, CommandError> {
         let loaded = source.load().map_err(CommandError::Failed)?;
         self.model = ModelSlot::Ready(Box::new(loaded));
         self.source = source;
+        self.rl.reset();
         self.branches.clear();
         self.prompt = None;
         self.current = "main".into();

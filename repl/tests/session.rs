@@ -277,3 +277,123 @@ fn long_commands_report_progress_after_every_step() {
     s.execute_with_progress("settings", &mut |_| n += 1).unwrap();
     assert_eq!(n, 0, "commands that do not step report nothing");
 }
+
+#[test]
+fn likelihood_of_the_canvas_and_of_a_pair_with_several_estimators() {
+    let mut s = session();
+    ok(&mut s, "set block_length 8");
+    ok(&mut s, "chat sort 3814");
+    let e = err(&mut s, "likelihood");
+    assert!(e.contains("run") && e.contains("masks"), "{e}");
+    ok(&mut s, "run");
+    let v = ok(&mut s, "likelihood");
+    assert_eq!(v[0]["rows"].as_array().unwrap().len(), 1);
+    assert!(v[0]["rows"][0][1].as_f64().unwrap() < 0.0, "{v:?}");
+    let v = ok(&mut s, "elbo stratified:4 mc:4:anti mean-field repeat=3 seed=5 -- sort 3814 => 1348");
+    let rows = v[0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2][2].as_f64(), Some(0.0), "mean-field has no noise: no spread over seeds");
+    assert!(v[0]["title"].as_str().unwrap().contains("3 seeds"));
+    // The trained model finds the right answer far likelier than a wrong one.
+    let good = ok(&mut s, "likelihood midpoint:8 -- sort 3814 => 1348")[0]["rows"][0][1].as_f64().unwrap();
+    let bad = ok(&mut s, "likelihood midpoint:8 -- sort 3814 => 8431")[0]["rows"][0][1].as_f64().unwrap();
+    assert!(good > bad + 3.0, "{good} vs {bad}");
+    let before = state(&mut s);
+    for (line, says) in [
+        ("likelihood magic", "unknown estimator"),
+        ("likelihood repeat=0", "repeat"),
+        ("likelihood -- sort 3814", "=>"),
+        ("likelihood stratified:0", "positive"),
+    ] {
+        let e = err(&mut s, line);
+        assert!(e.contains(says), "{line}: {e}");
+    }
+    assert_eq!(before, state(&mut s));
+}
+
+#[test]
+fn rl_updates_snapshot_restore_redecode_and_save() {
+    let mut s = session();
+    ok(&mut s, "set block_length 8");
+    ok(&mut s, "rl set tasks order");
+    ok(&mut s, "rl set reward exact");
+    ok(&mut s, "rl set batch 2");
+    ok(&mut s, "rl set group 4");
+    assert!(text(&ok(&mut s, "rl show")).contains("not started"));
+    ok(&mut s, "chat order 3814");
+    ok(&mut s, "run");
+    ok(&mut s, "rl snapshot");
+    let mut seen = Vec::new();
+    let v = s.execute_with_progress("rl update 2", &mut |values| seen.push(serde_json::to_value(values).unwrap())).unwrap();
+    assert_eq!(seen.len(), 2, "one progress line per update");
+    assert!(seen[1][0]["text"].as_str().unwrap().starts_with("update 2: reward"));
+    let table = serde_json::to_value(&v[0]).unwrap();
+    assert_eq!(table["rows"].as_array().unwrap().len(), 2);
+    let stats = ok(&mut s, "rl stats");
+    assert_eq!(stats[1]["type"], "chart");
+    ok(&mut s, "redecode after");
+    assert!(s.branch_names().contains(&"after".to_string()));
+    ok(&mut s, "diff main after");
+    let e = err(&mut s, "redecode after");
+    assert!(e.contains("exists"), "{e}");
+    // Restore, and the fresh decode is the one from before the updates again.
+    ok(&mut s, "switch main");
+    ok(&mut s, "rl restore");
+    ok(&mut s, "redecode again");
+    let out = |s: &mut Session, b: &str| {
+        ok(s, &format!("switch {b}"));
+        text(&ok(s, "canvas"))
+    };
+    assert_eq!(out(&mut s, "main"), out(&mut s, "again"));
+    let e = err(&mut s, "rl restore nope");
+    assert!(e.contains("no snapshot `nope`"), "{e}");
+    // A failing reward command: an error, and the policy (so the next fresh decode) is unchanged.
+    ok(&mut s, "rl set reward command exit 4");
+    let e = err(&mut s, "rl update");
+    assert!(e.contains("exit") && e.contains("not applied"), "{e}");
+    ok(&mut s, "rl set reward exact");
+    let ev = ok(&mut s, "rl eval 10");
+    assert!(ev[0]["text"].as_str().unwrap().contains("held-out reward"));
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("policy");
+    ok(&mut s, &format!("rl save {}", saved.display()));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(saved.join(f).exists(), "{f}");
+    }
+    ok(&mut s, &format!("load {}", saved.display()));
+    assert!(text(&ok(&mut s, "rl show")).contains("not started"), "a new model ends the RL run");
+    let before = state(&mut s);
+    for (line, says) in [
+        ("rl set group 1", "at least 2"),
+        ("rl set nope 1", "known settings"),
+        ("rl frobnicate", "unknown rl subcommand"),
+        ("rl update x", "positive integer"),
+        ("rl merge", "no LoRA"),
+        ("rl save /nonexistent/dir/x", "does not exist"),
+        ("rl set reward_timeout 3", "command"),
+    ] {
+        let e = err(&mut s, line);
+        assert!(e.contains(says), "{line}: {e}");
+    }
+    assert_eq!(before, state(&mut s));
+}
+
+#[test]
+fn rl_with_lora_on_given_prompts_then_merge() {
+    let mut s = session();
+    ok(&mut s, "set block_length 8");
+    ok(&mut s, "rl prompt order 3814 => 1348");
+    ok(&mut s, "rl prompt order 5521 => 1255");
+    assert_eq!(ok(&mut s, "rl prompts")[0]["rows"].as_array().unwrap().len(), 2);
+    for cmd in ["rl set reward exact", "rl set batch 2", "rl set group 4", "rl set trainable lora:2", "rl set lr 0.001"] {
+        ok(&mut s, cmd);
+    }
+    ok(&mut s, "rl update 1");
+    assert!(text(&ok(&mut s, "rl show")).contains("1 updates"));
+    ok(&mut s, "rl merge");
+    assert!(text(&ok(&mut s, "rl show")).contains("\"all\""));
+    ok(&mut s, "rl prompts clear");
+    ok(&mut s, "rl reset");
+    let e = err(&mut s, "rl prompt");
+    assert!(e.contains("missing TEXT"), "{e}");
+}

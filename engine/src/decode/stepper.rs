@@ -654,6 +654,13 @@ impl Decoder {
         Ok(())
     }
 
+    /// Forgets the cached keys and values (the weights changed: an RL update); the next forward recomputes the
+    /// finished blocks under the current weights. The canvas and the journal stay.
+    pub fn clear_cache(&mut self) {
+        self.cache.truncate(0);
+        self.committed = 0;
+    }
+
     /// An independent copy (settings, canvas, cache, journal) to try other settings from here.
     pub fn fork(&self) -> Decoder {
         Decoder {

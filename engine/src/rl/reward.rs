@@ -122,7 +122,7 @@ impl RlPrompt {
 }
 
 fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -> Result<f64> {
-    let fail = |why: String| Error::invalid("reward command", command, why);
+    let fail = |why: String| Error::invalid("reward command", command, format!("{why}; the update was not applied (nothing changed)"));
     let input = serde_json::json!({
         "prompt": p.text, "response": response, "task": p.task.map(Task::name), "answers": p.answers,
     })
@@ -158,7 +158,7 @@ fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -
             None if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(fail(format!("no answer within {:.1} s (timeout); the update was not applied", timeout.as_secs_f64())));
+                return Err(fail(format!("no answer within {:.1} s (timeout; `rl set reward_timeout S` allows more)", timeout.as_secs_f64())));
             }
             None => std::thread::sleep(Duration::from_millis(2)),
         }
@@ -168,7 +168,8 @@ fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -
     let err = err_reader.join().unwrap_or_default();
     if !status.success() {
         let tail: String = err.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(fail(format!("exited with {status}: {tail}")));
+        let said = if tail.is_empty() { String::new() } else { format!(", stderr: {tail}") };
+        return Err(fail(format!("exited with {status}{said}")));
     }
     let v: f64 = out.trim().parse().map_err(|_| fail(format!("printed {:?}, expected one number", out.trim())))?;
     if !v.is_finite() {
