@@ -60,4 +60,7 @@ if [ -n "${smi:-}" ]; then
   kill "$smi" 2>/dev/null || true
   echo "peak GPU memory used (nvidia-smi): $(sort -n "$OUT/gpu-mem.csv" | tail -1) MiB"
 fi
+echo "== EBPO: update time by phase on the embedded model; memory of an update (all vs LoRA) on a random model"
+if [ -n "${DRY_RUN:-}" ]; then rl_updates=1; rl_preset=micro; else rl_updates=3; rl_preset=mid; fi
+"$BIN" bench rl --device "$device" --updates "$rl_updates" --memory "$rl_preset" --json | tee "$OUT/bench-rl.json"
 echo "== gpu-check passed; outputs in $OUT"

@@ -24,6 +24,8 @@ pub enum BenchCommand {
     Train(crate::bench_train::TrainBench),
     /// The vectorised ELBO against the per-block loop (same noise).
     Likelihood(crate::bench_likelihood::LikelihoodBench),
+    /// An EBPO update's time by phase (embedded model) and its memory by trainable set (random model).
+    Rl(crate::bench_rl::RlBench),
 }
 
 #[derive(Args)]
@@ -100,6 +102,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Session(a) => session(&a),
         BenchCommand::Train(a) => crate::bench_train::train(&a),
         BenchCommand::Likelihood(a) => crate::bench_likelihood::likelihood(&a),
+        BenchCommand::Rl(a) => crate::bench_rl::rl(&a),
     }
 }
 
@@ -223,7 +226,7 @@ fn load(a: &LoadBench) -> Result<()> {
     Ok(())
 }
 
-fn proc_status_kib(field: &str) -> Result<u64> {
+pub(crate) fn proc_status_kib(field: &str) -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     for line in status.lines() {
         if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
@@ -234,7 +237,7 @@ fn proc_status_kib(field: &str) -> Result<u64> {
 }
 
 /// Device memory in use (total - free, as cudaMemGetInfo reports it), or None off CUDA.
-fn gpu_memory_used(device: Device) -> Option<u64> {
+pub(crate) fn gpu_memory_used(device: Device) -> Option<u64> {
     let Device::Cuda(_) = device else { return None };
     type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
     let name = std::ffi::CString::new("cudaMemGetInfo").expect("no NUL");

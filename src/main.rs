@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_likelihood;
+mod bench_rl;
 mod bench_train;
 mod decode_cmd;
 mod eval_cmd;

@@ -63,22 +63,21 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
     if estimators.is_empty() {
         estimators.push(Estimator::default());
     }
-    let block = s.settings.block_length;
     let l = s.ready()?;
-    let (prompt, response, what) = match pair {
+    let (prompt, response, what, block) = match pair {
         Some(p) => {
             let (x, y) = p.split_once("=>").ok_or_else(|| usage("give the pair as `-- PROMPT => RESPONSE`", LIKELIHOOD_USAGE))?;
             let (x, y) = (x.trim(), y.trim());
             let prompt = l.tokenizer.encode(&Tokenizer::chat_prompt(&[(Role::Human, x)], true))?;
             let mut response = l.tokenizer.encode(y)?;
             response.push(l.tokenizer.eos_id);
-            (prompt, response, format!("log p({y:?} | {x:?})"))
+            (prompt, response, format!("log p({y:?} | {x:?})"), s.settings.block_length)
         }
         None => {
             let d = s.decoder()?;
             let (prompt, response) = decoded_pair(d, &l.tokenizer)?;
             let text = l.tokenizer.decode(&response[..response.len() - usize::from(response.last() == Some(&l.tokenizer.eos_id))]);
-            (prompt, response, format!("log p({text:?} | branch `{}`)", s.current))
+            (prompt, response, format!("log p({text:?} | branch `{}`)", s.current), d.settings.block_length)
         }
     };
     let mut rows = Vec::new();
