@@ -5,6 +5,12 @@
 use std::borrow::Cow;
 
 use dllm_engine::decode::{PRESETS, SETTINGS};
+use dllm_engine::rl::RL_SETTINGS;
+
+/// `rl`'s subcommands, for completion.
+const RL_SUBCOMMANDS: &[&str] = &["show", "set", "prompt", "prompts", "snapshot", "update", "stats", "eval", "restore", "save", "merge", "reset"];
+/// Estimator specs `likelihood` completes.
+const ESTIMATORS: &[&str] = &["stratified:4", "stratified:4:anti", "midpoint:4", "mc:16", "mean-field", "mean-field:0.3", "repeat=", "seed="];
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::highlight::{CmdKind, Highlighter};
 use rustyline::hint::{Hint, Hinter};
@@ -101,6 +107,9 @@ impl ReplHelper {
                 pairs(p.word, values.iter().map(String::as_str), false)
             }
             ("preset", 0) => pairs(p.word, PRESETS.iter().map(|s| s.0), false),
+            ("rl", 0) => pairs(p.word, RL_SUBCOMMANDS.iter().copied(), true),
+            ("rl", 1) if p.done[0] == "set" => pairs(p.word, RL_SETTINGS.iter().map(|s| s.0), true),
+            ("likelihood", _) => pairs(p.word, ESTIMATORS.iter().copied(), true),
             ("help", 0) => pairs(p.word, command_words(), false),
             ("switch", 0) | ("diff", 0 | 1) | ("fork", 0) => pairs(p.word, self.branches.iter().map(String::as_str), true),
             ("load", _) => pairs(p.word, LOAD_WORDS.iter().copied(), false),
@@ -215,6 +224,11 @@ impl ReplHelper {
                 format!("VALUE  — {help}")
             }
             ("preset", 0) => PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(" | "),
+            ("rl", 2) if p.done[0] == "set" => {
+                let (_, help) = RL_SETTINGS.iter().find(|(n, _)| *n == p.done[1])?;
+                format!("VALUE  — {help}")
+            }
+            ("rl", _) => return None,
             _ => usage_args(c).get(i..)?.join(" "),
         };
         (!display.is_empty()).then_some(ReplHint { display, complete: None })
@@ -278,6 +292,9 @@ mod tests {
         assert_eq!(complete("checkout m").1, vec!["main "]);
         assert_eq!(complete("diff main q").1, vec!["q-mode "]);
         assert!(complete("step 3").1.is_empty());
+        assert_eq!(complete("rl upd").1, vec!["update "]);
+        assert_eq!(complete("rl set eps_h").1, vec!["eps_high "]);
+        assert!(complete("likelihood mid").1.contains(&"midpoint:4 ".to_string()));
     }
 
     #[test]
