@@ -173,3 +173,20 @@ fn bench_likelihood_compares_the_vectorised_elbo_with_the_loop() {
     }
     assert!(fails(&["bench", "likelihood", "--levels", "0"]).contains("must be positive"));
 }
+
+#[test]
+fn bench_rl_times_the_phases_and_measures_memory_per_trainable_set() {
+    let out = ok(&["bench", "rl", "--updates", "1", "--trainable", "lm-head,lora:2", "--memory", "micro", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let timing = r["timing"].as_array().unwrap();
+    assert_eq!(timing.len(), 2);
+    for t in timing {
+        let total = t["total_s"].as_f64().unwrap();
+        let parts: f64 = ["rollout_s", "reward_s", "likelihood_s", "backward_s"].iter().map(|k| t[k].as_f64().unwrap()).sum();
+        assert!(total > 0.0 && parts <= total * 1.001, "{t}");
+    }
+    let sets = r["memory"]["sets"].as_array().unwrap();
+    assert_eq!(sets[1]["trainable"], "lora:2:4");
+    assert!(sets[0]["update_peak_mb"].as_f64().unwrap() >= 0.0);
+    assert!(fails(&["bench", "rl", "--trainable", "most"]).contains("unknown subset"));
+}
