@@ -379,6 +379,10 @@ fn rl_table(s: &Session) -> Value {
         Some(r) => format!("{} updates, {} trainable parameters", r.history.len(), r.num_parameters()),
     };
     rows.push(vec!["run".into(), state.into(), "".into()]);
+    if let Some(ad) = s.ready().ok().and_then(|l| l.model.lora()) {
+        let what = format!("rank {}, alpha {}, {} parameters", ad.rank, ad.alpha, ad.num_parameters());
+        rows.push(vec!["lora adapters".into(), what.into(), "attached to the model (`rl merge` folds them in)".into()]);
+    }
     let snaps: Vec<&String> = s.rl.snapshots.keys().collect();
     rows.push(vec!["snapshots".into(), format!("{snaps:?}").into(), "".into()]);
     rows.push(vec!["prompts".into(), format!("{} given", c.prompts.len()).into(), "`rl prompt TEXT [=> ANSWER]` adds one".into()]);
