@@ -31,13 +31,8 @@ struct Param {
 impl AdamW {
     /// Over every trainable variable of `vs` (sorted by name).
     pub fn new(vs: &VarStore, betas: (f64, f64), weight_decay: f64) -> AdamW {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = vars
-            .into_iter()
-            .map(|(name, value)| Param { decay: value.dim() >= 2, m: value.zeros_like(), v: value.zeros_like(), name, value })
-            .collect();
-        AdamW { betas, eps: 1e-8, weight_decay, step: 0, params }
+        let vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        AdamW::over(vars, betas, weight_decay)
     }
 
     /// Over the given named parameters (for a subset of a model: RL's trainable set).
