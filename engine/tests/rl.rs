@@ -122,6 +122,16 @@ fn lora_updates_train_the_adapters_and_leave_the_base_weights() {
     rl.update(&l.model, &l.tokenizer).unwrap();
     assert_eq!(before, bytes(&base), "base weights untouched");
     assert_ne!(adapters, bytes(rl.params()));
+    // Back to full training with the adapters still attached: they are frozen, the base weights train.
+    let mut c = order_config("all");
+    c.lr = 1e-3;
+    let mut full = Rl::new(&mut l.model, c).unwrap();
+    let trained_adapters = l.model.lora().unwrap().variables();
+    assert!(trained_adapters.iter().all(|(_, t)| !t.requires_grad()));
+    let kept = bytes(&trained_adapters);
+    full.update(&l.model, &l.tokenizer).unwrap();
+    assert_eq!(kept, bytes(&trained_adapters));
+    assert_ne!(before, bytes(&base));
 }
 
 #[test]

@@ -726,10 +726,11 @@ fn select(model: &mut Model, t: &Trainable) -> Result<Vec<(String, Tensor)>> {
     Ok(chosen)
 }
 
-/// Gradients only for `params`: every other model parameter stops requiring them.
+/// Gradients only for `params`: every other model parameter (LoRA adapters included) stops requiring them.
 fn freeze_except(model: &Model, params: &[(String, Tensor)]) {
     let keep: std::collections::HashSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    for (name, t) in model.var_store().variables() {
+    let adapters = model.lora().map(|a| a.variables()).unwrap_or_default();
+    for (name, t) in model.var_store().variables().into_iter().chain(adapters) {
         if !name.ends_with("expert_bias") {
             let _ = t.set_requires_grad(keep.contains(name.as_str()));
         }
