@@ -222,20 +222,17 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             Ok(vec![msg(format!("saved the policy to {}{lora}; `load {}` loads it", dir.display(), dir.display()))])
         }
         "merge" => {
-            let l = s.model_mut()?;
-            if l.model.lora().is_none() {
+            if s.model_mut()?.model.lora().is_none() {
                 return Err(CommandError::Failed("no LoRA adapters to merge (`rl set trainable lora:R` attaches them)".into()));
             }
-            if let Some(run) = s.rl.run.take() {
-                drop(run);
-            }
+            s.rl.run = None;
             let l = s.model_mut()?;
             l.model.merge_lora();
             Rl::release(&l.model);
-            let mut c = s.rl.config.clone();
-            c.trainable = dllm_engine::rl::Trainable::All;
-            s.rl.config = c;
+            s.rl.config.trainable = dllm_engine::rl::Trainable::All;
             s.rl.snapshots.clear();
+            // The outputs are the same up to rounding; recompute the cached blocks with the merged weights anyway.
+            clear_caches(s);
             Ok(vec![msg("merged the LoRA adapters into the weights; trainable is now `all` (snapshots of the adapters were dropped)")])
         }
         "reset" => {
