@@ -574,7 +574,9 @@ impl Rl {
         let n = rollouts.len() as f64;
         let (mut loss, mut grad_norm, mut clipped, mut kl_old, mut kl_ref) = (0.0, 0.0, 0usize, 0.0, 0.0);
         let result = (|| -> Result<()> {
-            for epoch in 0..c.epochs {
+            // Nothing to learn from (every group agreed with itself): no optimizer step at all.
+            let epochs = if active.is_empty() { 0 } else { c.epochs };
+            for epoch in 0..epochs {
                 self.opt.zero_grad();
                 let (mut l_sum, mut k_sum, mut r_sum) = (0.0, 0.0, 0.0);
                 clipped = 0;
