@@ -149,8 +149,8 @@ pub fn evaluate(model: &dyn Denoiser, tok: &Tokenizer, opts: &EvalOptions) -> Re
 
 /// One decoded instance.
 #[derive(Debug, Clone)]
-struct Row {
-    output: Vec<i64>,
+pub(crate) struct Row {
+    pub(crate) output: Vec<i64>,
     stats: Stats,
     /// Blocks the decoder ran at least one forward on.
     blocks: i64,
@@ -301,7 +301,7 @@ fn decode_alone(model: &dyn Denoiser, tok: &Tokenizer, prompt: &[i64], settings:
 
 /// Decodes `prompts` `batch` rows at a time; rows of similar prompt length share a batch (they start on the
 /// same block, so fewer rows wait). Results are in the order of `prompts`.
-fn decode_batched(model: &dyn Denoiser, tok: &Tokenizer, prompts: &[Vec<i64>], settings: &DecodeSettings, batch: usize) -> Result<Vec<Row>> {
+pub(crate) fn decode_batched(model: &dyn Denoiser, tok: &Tokenizer, prompts: &[Vec<i64>], settings: &DecodeSettings, batch: usize) -> Result<Vec<Row>> {
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
     let mut rows: Vec<Option<Row>> = vec![None; prompts.len()];

@@ -753,12 +753,8 @@ pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usi
         .iter()
         .map(|p| tok.encode(&Tokenizer::chat_prompt(&[(crate::tokenizer::Role::Human, &p.text)], true)))
         .collect::<Result<Vec<_>>>()?;
-    let mut texts = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(crate::eval::DEFAULT_BATCH) {
-        let mut dec = BatchDecoder::new(chunk, settings.clone(), tok.mask_id, tok.eos_id, model)?;
-        dec.run(model)?;
-        texts.extend(dec.rows().iter().map(|r| response_text(tok, &r.output())));
-    }
+    let rows = crate::eval::decode_batched(model, tok, &ids, &settings, crate::eval::DEFAULT_BATCH)?;
+    let texts: Vec<String> = rows.iter().map(|r| response_text(tok, &r.output)).collect();
     let refs: Vec<&RlPrompt> = prompts.iter().collect();
     let rewards = config.reward.score(&refs, &texts)?;
     let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
