@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::likelihood::{self, Estimator, NoisePlan};
 use crate::model::Model;
 use crate::tasks::{below, response_text, Task, BLOCK_LENGTH, GEN_LENGTH, TASKS};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Role, Tokenizer};
 use crate::train::AdamW;
 
 /// Which parameters an update trains.
@@ -336,12 +336,11 @@ impl RlConfig {
 #[derive(Debug)]
 pub struct Snapshot {
     tensors: Vec<(String, Tensor)>,
-    opt: Option<(Vec<(String, Tensor)>, i64)>,
 }
 
 impl Snapshot {
     pub fn take(params: &[(String, Tensor)]) -> Snapshot {
-        Snapshot { tensors: params.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect(), opt: None }
+        Snapshot { tensors: params.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect() }
     }
 
     pub fn names(&self) -> Vec<&str> {
@@ -500,7 +499,7 @@ impl Rl {
         let mut ids = Vec::new();
         let mut seeds = Vec::new();
         for (i, p) in prompts.iter().enumerate() {
-            let enc = tok.encode(&crate::tokenizer::Tokenizer::chat_prompt(&[(crate::tokenizer::Role::Human, &p.text)], true))?;
+            let enc = tok.encode(&Tokenizer::chat_prompt(&[(Role::Human, &p.text)], true))?;
             for g in 0..c.group {
                 ids.push(enc.clone());
                 seeds.push(c.seed.wrapping_mul(1_000_003).wrapping_add((u * c.batch * c.group + i * c.group + g) as u64));
@@ -559,18 +558,13 @@ impl Rl {
         let tl = Instant::now();
         let old = tch::no_grad(|| self.values(model, tok, &rollouts, &active, &plans))?;
         let reference = match &self.reference {
-            Some(snap) if c.kl > 0.0 => {
-                let current = Snapshot::take(&self.params);
-                snap.load_into(&self.params)?;
-                let v = tch::no_grad(|| self.values(model, tok, &rollouts, &active, &plans));
-                current.load_into(&self.params)?;
-                Some(v?)
-            }
+            Some(snap) if c.kl > 0.0 => Some(self.values_under(snap, model, tok, &rollouts, &active, &plans)?),
             _ => None,
         };
         t_like += tl.elapsed().as_secs_f64();
 
-        let before = Snapshot { tensors: Snapshot::take(&self.params).tensors, opt: Some((deep(&self.opt.state_tensors()), self.opt.step)) };
+        let before = Snapshot::take(&self.params);
+        let (opt_state, opt_step) = (deep(&self.opt.state_tensors()), self.opt.step);
         let n = rollouts.len() as f64;
         let (mut loss, mut grad_norm, mut clipped, mut kl_old, mut kl_ref) = (0.0, 0.0, 0usize, 0.0, 0.0);
         let result = (|| -> Result<()> {
@@ -627,9 +621,7 @@ impl Rl {
         })();
         if let Err(e) = result {
             before.load_into(&self.params)?;
-            if let Some((state, step)) = before.opt {
-                self.opt.load_state(state.into_iter().collect(), step)?;
-            }
+            self.opt.load_state(opt_state.into_iter().collect(), opt_step)?;
             self.opt.zero_grad();
             return Err(e);
         }
@@ -652,6 +644,15 @@ impl Rl {
         };
         self.history.push(metrics.clone());
         Ok(metrics)
+    }
+
+    /// [`Rl::values`] (without gradients) under the parameters of `snap`, swapped in and back out.
+    fn values_under(&self, snap: &Snapshot, model: &Model, tok: &Tokenizer, rollouts: &[Rollout], active: &[usize], plans: &[NoisePlan]) -> Result<Vec<Tensor>> {
+        let current = Snapshot::take(&self.params);
+        snap.load_into(&self.params)?;
+        let v = tch::no_grad(|| self.values(model, tok, rollouts, active, plans));
+        current.load_into(&self.params)?;
+        v
     }
 
     /// The ELBO estimate of each active rollout under the current parameters (combined plan terms).
@@ -751,7 +752,7 @@ pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usi
     settings.temperature = 0.0;
     let ids = prompts
         .iter()
-        .map(|p| tok.encode(&Tokenizer::chat_prompt(&[(crate::tokenizer::Role::Human, &p.text)], true)))
+        .map(|p| tok.encode(&Tokenizer::chat_prompt(&[(Role::Human, &p.text)], true)))
         .collect::<Result<Vec<_>>>()?;
     let rows = crate::eval::decode_batched(model, tok, &ids, &settings, crate::eval::DEFAULT_BATCH)?;
     let texts: Vec<String> = rows.iter().map(|r| response_text(tok, &r.output)).collect();
@@ -772,11 +773,7 @@ pub fn log_ratios(rl: &Rl, model: &Model, tok: &Tokenizer, rollouts: &[Rollout],
         .map(|(i, r)| likelihood::plan(&c.estimator, r.prompt_ids.len(), r.response_ids.len(), seed ^ i as u64))
         .collect::<Result<_>>()?;
     let new = tch::no_grad(|| rl.values(model, tok, rollouts, &active, &plans))?;
-    let current = Snapshot::take(rl.params());
-    snap.load_into(rl.params())?;
-    let old = tch::no_grad(|| rl.values(model, tok, rollouts, &active, &plans));
-    current.load_into(rl.params())?;
-    let old = old?;
+    let old = rl.values_under(snap, model, tok, rollouts, &active, &plans)?;
     Ok(new
         .iter()
         .zip(&old)
