@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub pad_token_id: Option<i64>,
     pub eos_token_id: Option<serde_json::Value>,
     pub mask_token_id: Option<i64>,
+    pub delete_token_id: Option<i64>,
+    pub split_token_id: Option<i64>,
 }
 
 /// The resolved model configuration. Field names follow config.json.
@@ -84,6 +86,10 @@ pub struct Config {
     pub pad_token_id: Option<i64>,
     pub eos_token_id: Option<i64>,
     pub mask_token_id: Option<i64>,
+    /// LLaDA2.2 Levenshtein edit tokens: DELETE removes a slot, SPLIT (the report's INSERT) opens a mask
+    /// before it. `None` for models without Levenshtein editing (LLaDA2.0/2.1).
+    pub delete_token_id: Option<i64>,
+    pub split_token_id: Option<i64>,
 }
 
 impl Config {
@@ -184,6 +190,8 @@ impl Config {
             pad_token_id: raw.pad_token_id,
             eos_token_id,
             mask_token_id: raw.mask_token_id,
+            delete_token_id: raw.delete_token_id,
+            split_token_id: raw.split_token_id,
         };
         cfg.validate()?;
         Ok(cfg)
