@@ -71,7 +71,7 @@ impl BatchDecoder {
         {
             let mut plans = Vec::new();
             for (i, row) in self.rows.iter_mut().enumerate() {
-                match row.plan() {
+                match row.plan()? {
                     None => {}
                     Some(Next::Finish { before, cursor, ended }) => row.finish(before, cursor, ended),
                     Some(Next::Forward(plan)) => plans.push((i, plan)),

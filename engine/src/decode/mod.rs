@@ -3,6 +3,7 @@
 
 mod batch;
 mod events;
+mod levenshtein;
 mod sampler;
 mod settings;
 mod stepper;
@@ -10,5 +11,6 @@ mod stepper;
 pub use batch::BatchDecoder;
 pub use events::Event;
 pub use sampler::Rng;
-pub use settings::{DecodeSettings, EditTiming, Editing, PRESETS, SETTINGS};
-pub use stepper::{Cursor, Decoder, DecoderState, Denoiser, Edit, Entry, EntryKind, Stats, StepReport, Unmask};
+pub use levenshtein::{apply_edits, Applied, LevStep, LoopMemory, Redraw};
+pub use settings::{AntiLoop, CapAction, DecodeSettings, EditOps, EditTiming, Editing, FinalForbid, FinalTrigger, PostCounter, PRESETS, SETTINGS};
+pub use stepper::{Cursor, Decoder, DecoderState, Denoiser, Edit, Entry, EntryKind, Stats, StepReport, Unmask, WriteKind};

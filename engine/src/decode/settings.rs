@@ -9,6 +9,14 @@
 //!   penalty_lambda 0. (The same numbers as S mode, from a different code base.)
 //! - `diffusers`: diffusers `LLaDA2Pipeline` defaults: 0.7 / 0.5 / 16, eos_early_stop on, and its semantics:
 //!   edits only once every mask of the block is resolved.
+//! - `llada2.2`: the LLaDA2.2 reference `generate` (Levenshtein editing, shared/reference/llada2.2.md
+//!   sections 3.3 and 3.6): threshold 0.5, edit threshold 0.0, 16 post steps, the minimum-transfer schedule
+//!   over 32 steps, a post counter that resets while an original mask is unresolved, the final round without
+//!   DELETE / SPLIT, the random anti-loop redraw, at most 1000 steps a block (then an error), EOS early stop.
+//! - `sglang-indel`: SGLang's revised `JointThresholdInDel` (PR #31773 at 0fbe7e46, llada2.2.md section 3.4):
+//!   need = 1 + introduced masks, a cumulative post counter, a final round that also forbids MASK and also
+//!   triggers with 0 post steps once no original mask is left, the MASK-argmax fallback at original masks,
+//!   the deterministic lowest-confidence anti-loop, a cap of block + post steps + 1 that forces the final round.
 //! With no preset, settings start from the official `generate` defaults: greedy, threshold 0.95,
 //! editing 0.9... see [`DecodeSettings::official`].
 
@@ -34,6 +42,76 @@ pub enum EditTiming {
     Always,
     /// Only in steps that start with no mask left in the block (diffusers `LLaDA2Pipeline`).
     AfterMasks,
+}
+
+/// What DELETE / SPLIT predictions of a LLaDA2.2 model do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EditOps {
+    /// Substitution only (LLaDA2.0 / 2.1): DELETE and SPLIT are never written.
+    #[default]
+    Substitute,
+    /// Levenshtein editing (LLaDA2.2): DELETE removes a slot and shifts the block left, SPLIT opens a mask
+    /// before the slot's token; the block is padded with masks or cut at the tail.
+    Levenshtein,
+}
+
+/// The post-step counter of a Levenshtein block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostCounter {
+    /// Back to 0 whenever an original mask is unresolved at a step start (HF reference).
+    #[default]
+    Reset,
+    /// Counts every step without an original mask, never reset (SGLang).
+    Cumulative,
+}
+
+/// When a Levenshtein block's final round happens, besides `post >= max_post_steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalTrigger {
+    /// With max_post_steps 0: the step that resolves the last original masks (HF reference).
+    #[default]
+    Reference,
+    /// Also with max_post_steps 0 once no original mask is left at the step start (SGLang revised).
+    Sglang,
+}
+
+/// Tokens the final round may not write (they are redrawn without them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalForbid {
+    /// DELETE and SPLIT (HF reference).
+    #[default]
+    Edits,
+    /// DELETE, SPLIT and MASK (SGLang revised).
+    EditsAndMask,
+}
+
+/// What a Levenshtein step does when its block comes back to a state it has been in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AntiLoop {
+    Off,
+    /// The written block was seen before: up to 5 times, a random written slot (the decoder's generator) is
+    /// redrawn without its current token, until the block is new (HF reference).
+    #[default]
+    Random,
+    /// The input block was seen before: the least confident written slot takes the best token never written
+    /// there before (and not MASK at an original mask); deterministic (SGLang revised).
+    Lowest,
+}
+
+/// What happens when a Levenshtein block reaches `max_steps_per_block`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapAction {
+    /// The step fails with an error naming the block (HF reference: "did not converge").
+    #[default]
+    Error,
+    /// The step is a final round (SGLang).
+    Final,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,8 +144,37 @@ pub struct DecodeSettings {
     /// Multi-block editing: the number of finished blocks before the current one that Delta may still revise
     /// (0 = off). See docs/decoding.md for the design.
     pub mbe_window: i64,
-    /// Seed of the decoder's own generator (used when temperature > 0).
+    /// Seed of the decoder's own generator (used when temperature > 0, and by the random anti-loop).
     pub seed: u64,
+    /// Substitution only, or Levenshtein editing with DELETE / SPLIT (LLaDA2.2 models). The fields below apply
+    /// to Levenshtein decoding only (docs/decoding.md).
+    #[serde(default)]
+    pub edit_ops: EditOps,
+    /// The LLaDA2.2 minimum-transfer schedule: the block's generated slots spread over this many steps (entries
+    /// may be 0), plus the masks edits introduced; from this step on every mask is unmasked. `None`: the
+    /// minimum is `num_to_transfer` + introduced masks.
+    #[serde(default)]
+    pub schedule_steps: Option<i64>,
+    #[serde(default)]
+    pub post_counter: PostCounter,
+    #[serde(default)]
+    pub final_trigger: FinalTrigger,
+    #[serde(default)]
+    pub final_forbid: FinalForbid,
+    /// At an unresolved original mask whose best token is MASK, take the best other token and its probability.
+    #[serde(default)]
+    pub mask_fallback: bool,
+    #[serde(default)]
+    pub antiloop: AntiLoop,
+    /// Steps a Levenshtein block may take; `None`: block_length + max_post_steps + 1 (SGLang).
+    #[serde(default = "default_max_steps")]
+    pub max_steps_per_block: Option<i64>,
+    #[serde(default)]
+    pub cap_action: CapAction,
+}
+
+fn default_max_steps() -> Option<i64> {
+    Some(1000)
 }
 
 /// (name, what it is).
@@ -77,6 +184,8 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("llada2.0", "LLaDA2.0 generate: threshold 0.95, editing off, fallback schedule over 32 steps, stop at EOS"),
     ("sglang", "SGLang JointThreshold defaults: threshold 0.5, edit threshold 0, 16 post steps, penalty 0"),
     ("diffusers", "diffusers LLaDA2Pipeline: 0.7 / 0.5 / 16, edits only after the block's masks are resolved"),
+    ("llada2.2", "LLaDA2.2 generate: Levenshtein editing (DELETE / SPLIT), 0.5 / 0.0 / 16, schedule over 32 steps"),
+    ("sglang-indel", "SGLang JointThresholdInDel (revised): 0.5 / 0.0 / 16, 1 + introduced masks, cumulative post steps"),
 ];
 
 /// Setting names accepted by [`DecodeSettings::set`], with one-line help.
@@ -97,6 +206,15 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("attention", "block-causal | hf-additive (HF remote code's additive 0/1 mask; no KV cache)"),
     ("mbe_window", "multi-block editing: finished blocks Delta may still revise (0 = off)"),
     ("seed", "seed of the decoder's sampling generator"),
+    ("edit_ops", "substitute | levenshtein (LLaDA2.2: DELETE / SPLIT shift positions)"),
+    ("schedule_steps", "Levenshtein: minimum-transfer schedule over N steps (LLaDA2.2: 32), or `off`"),
+    ("post_counter", "Levenshtein: reset (while an original mask is open) | cumulative (SGLang)"),
+    ("final_trigger", "Levenshtein: reference | sglang (also final with 0 post steps once no original mask is left)"),
+    ("final_forbid", "Levenshtein: tokens the final round redraws: edits (DELETE, SPLIT) | edits+mask"),
+    ("mask_fallback", "Levenshtein: true | false: at an original mask whose argmax is MASK take the best other token"),
+    ("antiloop", "Levenshtein: random (reference) | lowest (SGLang) | off: redraw when a block repeats"),
+    ("max_steps_per_block", "Levenshtein: step cap of a block, or `auto` (block + post steps + 1)"),
+    ("cap_action", "Levenshtein: at the step cap: error | final (a final round)"),
 ];
 
 impl DecodeSettings {
@@ -120,6 +238,15 @@ impl DecodeSettings {
             attention: MaskKind::BlockCausal,
             mbe_window: 0,
             seed: 0,
+            edit_ops: EditOps::Substitute,
+            schedule_steps: None,
+            post_counter: PostCounter::Reset,
+            final_trigger: FinalTrigger::Reference,
+            final_forbid: FinalForbid::Edits,
+            mask_fallback: false,
+            antiloop: AntiLoop::Random,
+            max_steps_per_block: Some(1000),
+            cap_action: CapAction::Error,
         }
     }
 
@@ -131,6 +258,7 @@ impl DecodeSettings {
             "sglang" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
             "diffusers" => (0.7, Editing::Threshold(0.5), 16, EditTiming::AfterMasks),
             "llada2.0" | "llada2" => (0.95, Editing::Off, 0, EditTiming::Always),
+            "llada2.2" | "sglang-indel" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
             _ => {
                 let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
                 return Err(Error::invalid("preset", name, format!("known presets: {}", names.join(", "))));
@@ -144,12 +272,38 @@ impl DecodeSettings {
         self.penalty_lambda = 0.0;
         self.fallback_steps = None;
         self.eos_early_stop = false;
+        let official = DecodeSettings::official(self.gen_length);
+        self.edit_ops = EditOps::Substitute;
+        self.schedule_steps = None;
+        self.post_counter = official.post_counter;
+        self.final_trigger = official.final_trigger;
+        self.final_forbid = official.final_forbid;
+        self.mask_fallback = false;
+        self.antiloop = official.antiloop;
+        self.max_steps_per_block = official.max_steps_per_block;
+        self.cap_action = official.cap_action;
         match name.to_ascii_lowercase().as_str() {
             "llada2.0" | "llada2" => {
                 self.fallback_steps = Some(32);
                 self.eos_early_stop = true;
             }
             "diffusers" => self.eos_early_stop = true,
+            "llada2.2" => {
+                self.edit_ops = EditOps::Levenshtein;
+                self.schedule_steps = Some(32);
+                self.eos_early_stop = true;
+            }
+            "sglang-indel" => {
+                self.edit_ops = EditOps::Levenshtein;
+                self.post_counter = PostCounter::Cumulative;
+                self.final_trigger = FinalTrigger::Sglang;
+                self.final_forbid = FinalForbid::EditsAndMask;
+                self.mask_fallback = true;
+                self.antiloop = AntiLoop::Lowest;
+                self.max_steps_per_block = None;
+                self.cap_action = CapAction::Final;
+                self.eos_early_stop = true;
+            }
             _ => {}
         }
         Ok(())
@@ -205,6 +359,19 @@ impl DecodeSettings {
         if self.mbe_window > 0 && self.attention == MaskKind::HfAdditive {
             return bad("mbe_window", self.mbe_window.to_string(), "multi-block editing needs attention block-causal");
         }
+        if self.mbe_window > 0 && self.edit_ops == EditOps::Levenshtein {
+            return bad("mbe_window", self.mbe_window.to_string(), "multi-block editing is not defined for Levenshtein edits (edit_ops levenshtein): set it to 0");
+        }
+        if let Some(s) = self.schedule_steps {
+            if s < 1 {
+                return bad("schedule_steps", s.to_string(), "must be at least 1 (or `off`)");
+            }
+        }
+        if let Some(s) = self.max_steps_per_block {
+            if s < 1 {
+                return bad("max_steps_per_block", s.to_string(), "must be at least 1 (or `auto`)");
+            }
+        }
         Ok(())
     }
 
@@ -217,6 +384,19 @@ impl DecodeSettings {
             }
             _ => self.num_to_transfer,
         }
+    }
+
+    /// The LLaDA2.2 schedule's minimum for step `t` of a block with `n0` generated slots: `n0` spread over
+    /// `schedule_steps` entries, the first `n0 % steps` one larger (entries may be 0). `None` past the schedule
+    /// (every mask is unmasked) or without one.
+    pub fn schedule_count(&self, t: i64, n0: i64) -> Option<i64> {
+        let steps = self.schedule_steps?;
+        (t < steps).then(|| n0 / steps + i64::from(t < n0 % steps))
+    }
+
+    /// The step cap of a Levenshtein block.
+    pub fn step_cap(&self) -> i64 {
+        self.max_steps_per_block.unwrap_or(self.block_length + self.max_post_steps + 1)
     }
 
     pub fn edit_threshold(&self) -> Option<f64> {
@@ -268,6 +448,17 @@ impl DecodeSettings {
             }
             "mbe_window" => next.mbe_window = int("mbe_window")?,
             "seed" => next.seed = v.parse::<u64>().map_err(|_| Error::invalid("seed", v, "expected a non-negative integer"))?,
+            "edit_ops" => next.edit_ops = choice("edit_ops", v, &[("substitute", EditOps::Substitute), ("levenshtein", EditOps::Levenshtein)])?,
+            "schedule_steps" => next.schedule_steps = if off { None } else { Some(int("schedule_steps")?) },
+            "post_counter" => next.post_counter = choice("post_counter", v, &[("reset", PostCounter::Reset), ("cumulative", PostCounter::Cumulative)])?,
+            "final_trigger" => next.final_trigger = choice("final_trigger", v, &[("reference", FinalTrigger::Reference), ("sglang", FinalTrigger::Sglang)])?,
+            "final_forbid" => next.final_forbid = choice("final_forbid", v, &[("edits", FinalForbid::Edits), ("edits+mask", FinalForbid::EditsAndMask)])?,
+            "mask_fallback" => next.mask_fallback = choice("mask_fallback", v, &[("true", true), ("on", true), ("false", false), ("off", false)])?,
+            "antiloop" => next.antiloop = choice("antiloop", v, &[("random", AntiLoop::Random), ("lowest", AntiLoop::Lowest), ("off", AntiLoop::Off)])?,
+            "max_steps_per_block" => {
+                next.max_steps_per_block = if v == "auto" { None } else { Some(int("max_steps_per_block")?) }
+            }
+            "cap_action" => next.cap_action = choice("cap_action", v, &[("error", CapAction::Error), ("final", CapAction::Final)])?,
             _ => {
                 let names: Vec<&str> = SETTINGS.iter().map(|s| s.0).collect();
                 return Err(Error::invalid("setting", name, format!("known settings: {}", names.join(", "))));
@@ -304,9 +495,45 @@ impl DecodeSettings {
             },
             "mbe_window" => self.mbe_window.to_string(),
             "seed" => self.seed.to_string(),
+            "edit_ops" => match self.edit_ops {
+                EditOps::Substitute => "substitute".into(),
+                EditOps::Levenshtein => "levenshtein".into(),
+            },
+            "schedule_steps" => opt(self.schedule_steps.map(|s| s.to_string())),
+            "post_counter" => match self.post_counter {
+                PostCounter::Reset => "reset".into(),
+                PostCounter::Cumulative => "cumulative".into(),
+            },
+            "final_trigger" => match self.final_trigger {
+                FinalTrigger::Reference => "reference".into(),
+                FinalTrigger::Sglang => "sglang".into(),
+            },
+            "final_forbid" => match self.final_forbid {
+                FinalForbid::Edits => "edits".into(),
+                FinalForbid::EditsAndMask => "edits+mask".into(),
+            },
+            "mask_fallback" => self.mask_fallback.to_string(),
+            "antiloop" => match self.antiloop {
+                AntiLoop::Off => "off".into(),
+                AntiLoop::Random => "random".into(),
+                AntiLoop::Lowest => "lowest".into(),
+            },
+            "max_steps_per_block" => self.max_steps_per_block.map_or_else(|| "auto".into(), |s| s.to_string()),
+            "cap_action" => match self.cap_action {
+                CapAction::Error => "error".into(),
+                CapAction::Final => "final".into(),
+            },
             _ => return None,
         })
     }
+}
+
+/// One of the named values of a setting; the error lists them.
+fn choice<T: Copy>(setting: &'static str, v: &str, options: &[(&str, T)]) -> Result<T> {
+    options.iter().find(|(name, _)| *name == v).map(|(_, t)| *t).ok_or_else(|| {
+        let names: Vec<&str> = options.iter().map(|o| o.0).collect();
+        Error::invalid(setting, v, format!("expected {}", names.join(" or ")))
+    })
 }
 
 #[cfg(test)]
@@ -326,6 +553,30 @@ mod tests {
         assert_eq!(s.edit_timing, EditTiming::AfterMasks);
         assert!(s.eos_early_stop && s.fallback_steps.is_none());
         assert!(s.apply_preset("fast").unwrap_err().to_string().contains("known presets: Q, S, llada2.0"));
+        s.apply_preset("llada2.2").unwrap();
+        assert_eq!((s.threshold, s.editing, s.max_post_steps), (0.5, Editing::Threshold(0.0), 16));
+        assert_eq!((s.edit_ops, s.schedule_steps, s.max_steps_per_block), (EditOps::Levenshtein, Some(32), Some(1000)));
+        assert_eq!((s.post_counter, s.antiloop, s.final_forbid, s.cap_action), (PostCounter::Reset, AntiLoop::Random, FinalForbid::Edits, CapAction::Error));
+        assert!(s.eos_early_stop && !s.mask_fallback);
+        s.apply_preset("sglang-indel").unwrap();
+        assert_eq!((s.edit_ops, s.schedule_steps, s.num_to_transfer), (EditOps::Levenshtein, None, 1));
+        assert_eq!((s.post_counter, s.final_trigger, s.final_forbid), (PostCounter::Cumulative, FinalTrigger::Sglang, FinalForbid::EditsAndMask));
+        assert_eq!((s.antiloop, s.max_steps_per_block, s.cap_action), (AntiLoop::Lowest, None, CapAction::Final));
+        assert!(s.mask_fallback);
+        assert_eq!(s.step_cap(), 32 + 16 + 1);
+        // Every 2.1 preset turns Levenshtein editing back off.
+        s.apply_preset("S").unwrap();
+        assert_eq!((s.edit_ops, s.schedule_steps, s.antiloop), (EditOps::Substitute, None, AntiLoop::Random));
+    }
+
+    #[test]
+    fn the_llada2_2_schedule_spreads_the_generated_slots_and_may_give_zero() {
+        let mut s = DecodeSettings::official(8);
+        s.schedule_steps = Some(4);
+        assert_eq!((0..5).map(|t| s.schedule_count(t, 10)).collect::<Vec<_>>(), vec![Some(3), Some(3), Some(2), Some(2), None]);
+        assert_eq!((0..4).map(|t| s.schedule_count(t, 2)).collect::<Vec<_>>(), vec![Some(1), Some(1), Some(0), Some(0)]);
+        s.schedule_steps = None;
+        assert_eq!(s.schedule_count(0, 10), None);
     }
 
     #[test]
@@ -348,6 +599,9 @@ mod tests {
             ("gen_length", "0", "at least 1"),
             ("top_p", "0", "(0, 1]"),
             ("attention", "full", "block-causal or hf-additive"),
+            ("edit_ops", "indel", "substitute or levenshtein"),
+            ("antiloop", "sometimes", "random or lowest or off"),
+            ("max_steps_per_block", "0", "at least 1"),
             ("speed", "1", "known settings"),
         ] {
             let e = s.set(name, value).unwrap_err().to_string();

@@ -20,14 +20,18 @@
 //! 4. Multi-block editing (`mbe_window` W > 0) is this project's design (docs/decoding.md): the forward covers
 //!    the current block and the W finished blocks before it as one bidirectional window, and Delta may revise
 //!    generated positions anywhere in that window. Blocks enter the cache only once they leave the window.
+//!
+//! With `edit_ops levenshtein` (LLaDA2.2) the block rules are those of `levenshtein.rs` instead; the forward,
+//! the cache, the journal and rewind are shared.
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::levenshtein::{LevStep, LevUndo, LoopMemory};
 use super::sampler::{select, Rng};
-use super::settings::{DecodeSettings, EditTiming};
+use super::settings::{DecodeSettings, EditOps, EditTiming};
 use crate::error::{Error, Result};
 use crate::model::{BlockMask, KvCache, MaskKind, Model};
 
@@ -39,6 +43,14 @@ pub trait Denoiser {
     /// Logits `[B, L - commit, V]` (f32) for `ids` `[B, L]` placed at canvas positions `start..start+L`,
     /// where `start` positions are already in `cache`; the first `commit` positions join the cache.
     fn forward(&self, ids: &Tensor, start: i64, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor>;
+    /// The (DELETE, SPLIT) token ids of a model with Levenshtein editing (LLaDA2.2); `None` before 2.2.
+    fn edit_tokens(&self) -> Option<(i64, i64)> {
+        None
+    }
+    /// The routing block of a block-routed MoE (LLaDA2.2 `block_size`): decoding blocks must be multiples of it.
+    fn routing_block(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl Denoiser for Model {
@@ -54,6 +66,28 @@ impl Denoiser for Model {
         debug_assert_eq!(start, cache.len(), "the decoder and the cache disagree on what is cached");
         Model::forward(self, ids, cache, commit, mask)
     }
+
+    fn edit_tokens(&self) -> Option<(i64, i64)> {
+        self.config().delete_token_id.zip(self.config().split_token_id)
+    }
+}
+
+/// What a write put at a slot: a token, or one of LLaDA2.2's edit operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteKind {
+    #[default]
+    Token,
+    /// DELETE: the slot is removed and the block shifts left.
+    Delete,
+    /// SPLIT (the report's INSERT): a new mask opens before the slot's token.
+    Split,
+}
+
+impl WriteKind {
+    pub fn is_token(&self) -> bool {
+        *self == WriteKind::Token
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +95,8 @@ pub struct Unmask {
     pub pos: i64,
     pub token: i64,
     pub p: f32,
+    #[serde(default, skip_serializing_if = "WriteKind::is_token")]
+    pub kind: WriteKind,
     /// The token's text, filled by [`StepReport::annotate`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
@@ -72,6 +108,8 @@ pub struct Edit {
     pub old: i64,
     pub new: i64,
     pub p: f32,
+    #[serde(default, skip_serializing_if = "WriteKind::is_token")]
+    pub kind: WriteKind,
     /// Texts of the old and new tokens, filled by [`StepReport::annotate`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub old_text: String,
@@ -89,6 +127,12 @@ impl StepReport {
             e.old_text = tok.token_text(e.old);
             e.new_text = tok.token_text(e.new);
         }
+        if let Some(lev) = &mut self.lev {
+            for r in &mut lev.antiloop {
+                r.from_text = tok.token_text(r.from);
+                r.to_text = tok.token_text(r.to);
+            }
+        }
     }
 }
 
@@ -103,6 +147,16 @@ pub struct Stats {
     pub tpf: f64,
     pub forward_ms: f64,
     pub total_ms: f64,
+    /// Levenshtein decoding: slots deleted, masks inserted by SPLIT, tokens cut off a block's tail, and
+    /// anti-loop redraws.
+    #[serde(default)]
+    pub deletions: i64,
+    #[serde(default)]
+    pub insertions: i64,
+    #[serde(default)]
+    pub truncated: i64,
+    #[serde(default)]
+    pub antiloop: i64,
 }
 
 /// What one forward pass did.
@@ -136,6 +190,13 @@ pub struct StepReport {
     pub total_ms: f64,
     /// Tokens decoded (non-mask generated tokens up to the first EOS) per forward, so far.
     pub tpf: f64,
+    /// The current block's tokens after the step, edits applied.
+    #[serde(default)]
+    pub tokens: Vec<i64>,
+    /// What a Levenshtein step did besides Gamma and Delta (slot map, insertions, truncation, flags, counters);
+    /// `None` for substitution-only steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lev: Option<LevStep>,
 }
 
 /// The scalar state a step changes besides the canvas; journalled so rewind restores it exactly.
@@ -165,6 +226,9 @@ pub struct Entry {
     pub before: Cursor,
     pub writes: Vec<(i64, i64, i64)>,
     pub kind: EntryKind,
+    /// Levenshtein steps: what rewind needs besides the writes (the block's flags, the loop memory's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lev: Option<LevUndo>,
 }
 
 /// A decoder's state without its cache, as saved in session files.
@@ -177,16 +241,25 @@ pub struct DecoderState {
     pub canvas: Vec<i64>,
     pub cursor: Cursor,
     pub journal: Vec<Entry>,
+    /// (DELETE, SPLIT) ids of the model, when it has them.
+    #[serde(default)]
+    pub edit_ids: Option<(i64, i64)>,
+    /// Per canvas position: the slot descends from a mask of its block's initial layout (LLaDA2.2's
+    /// `is_orig_mask`; it travels with the slot through shifts). Empty in states saved before it existed.
+    #[serde(default)]
+    pub orig: Vec<bool>,
+    #[serde(default)]
+    pub memory: LoopMemory,
 }
 
 /// A row's next forward, decided by [`Decoder::plan`] without changing the decoder.
 pub(crate) struct Plan {
-    t0: Instant,
-    before: Cursor,
+    pub(super) t0: Instant,
+    pub(super) before: Cursor,
     /// The cursor to adopt: blocks that end before the forward ended, post_steps counted.
-    cursor: Cursor,
-    ended_before: Vec<i64>,
-    masks_at_start: i64,
+    pub(super) cursor: Cursor,
+    pub(super) ended_before: Vec<i64>,
+    pub(super) masks_at_start: i64,
     /// The forward window `[ws, be)` whose logits the rules read.
     pub(crate) ws: i64,
     pub(crate) be: i64,
@@ -199,25 +272,33 @@ pub(crate) enum Next {
 
 /// The last forward's distribution over its span, for top-k queries without another forward.
 #[derive(Debug)]
-struct LastForward {
-    from: i64,
-    dist: Tensor,
+pub(super) struct LastForward {
+    pub(super) from: i64,
+    pub(super) dist: Tensor,
 }
 
 pub struct Decoder {
     pub settings: DecodeSettings,
-    mask_id: i64,
-    eos_id: i64,
-    prompt_len: i64,
-    canvas: Vec<i64>,
-    cursor: Cursor,
+    pub(super) mask_id: i64,
+    pub(super) eos_id: i64,
+    pub(super) prompt_len: i64,
+    pub(super) canvas: Vec<i64>,
+    pub(super) cursor: Cursor,
     /// Canvas positions whose K/V are in `cache` (whole blocks, all finished).
     committed: i64,
     cache: KvCache,
-    journal: Vec<Entry>,
-    last: Option<LastForward>,
+    pub(super) journal: Vec<Entry>,
+    pub(super) last: Option<LastForward>,
     /// Off: every forward recomputes the whole prefix (the reference's cost), for benchmarks and checks.
     cache_enabled: bool,
+    /// (DELETE, SPLIT) ids when the model has Levenshtein editing.
+    pub(super) edit_ids: Option<(i64, i64)>,
+    /// The model's routing block (block-routed MoE), which block_length must be a multiple of.
+    routing_block: Option<i64>,
+    /// Original-mask flags per canvas position (see [`DecoderState::orig`]).
+    pub(super) orig: Vec<bool>,
+    /// What the anti-loop rule remembers (blocks seen, tokens written).
+    pub(super) memory: LoopMemory,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -240,6 +321,17 @@ impl Decoder {
         if prompt.contains(&mask_id) {
             return Err(Error::invalid("prompt", format!("{} tokens", prompt.len()), "contains the mask token; re-mask generated positions instead"));
         }
+        if let Some((del, split)) = model.edit_tokens() {
+            for (id, name) in [(del, "DELETE"), (split, "SPLIT")] {
+                if let Some(i) = prompt.iter().position(|&t| t == id) {
+                    return Err(Error::invalid(
+                        "prompt",
+                        format!("{} tokens", prompt.len()),
+                        format!("contains the {name} edit token (id {id}) at position {i}; edit tokens are decoder operations, not text"),
+                    ));
+                }
+            }
+        }
         let b = settings.block_length;
         let p = prompt.len() as i64;
         let num_blocks = (p + settings.gen_length + b - 1) / b;
@@ -254,12 +346,37 @@ impl Decoder {
         let mut canvas = vec![mask_id; len as usize];
         canvas[..prompt.len()].copy_from_slice(prompt);
         let cursor = Cursor { block: p / b, block_step: 0, post_steps: 0, forwards: 0, finished: false, rng: Rng::new(settings.seed) };
-        Ok(Decoder::from_state(DecoderState { settings, mask_id, eos_id, prompt_len: p, canvas, cursor, journal: Vec::new() }))
+        let orig = (0..len).map(|pos| pos >= p).collect();
+        let state = DecoderState {
+            settings,
+            mask_id,
+            eos_id,
+            prompt_len: p,
+            canvas,
+            cursor,
+            journal: Vec::new(),
+            edit_ids: model.edit_tokens(),
+            orig,
+            memory: LoopMemory::default(),
+        };
+        let mut d = Decoder::from_state(state);
+        d.routing_block = model.routing_block();
+        d.check_settings()?;
+        Ok(d)
     }
 
     /// A decoder in `state` with an empty cache (it refills on the next forward).
     fn from_state(state: DecoderState) -> Decoder {
+        let orig = if state.orig.len() == state.canvas.len() {
+            state.orig
+        } else {
+            (0..state.canvas.len() as i64).map(|pos| pos >= state.prompt_len).collect()
+        };
         Decoder {
+            edit_ids: state.edit_ids,
+            routing_block: None,
+            orig,
+            memory: state.memory,
             settings: state.settings,
             mask_id: state.mask_id,
             eos_id: state.eos_id,
@@ -284,6 +401,9 @@ impl Decoder {
             canvas: self.canvas.clone(),
             cursor: self.cursor,
             journal: self.journal.clone(),
+            edit_ids: self.edit_ids,
+            orig: self.orig.clone(),
+            memory: self.memory.clone(),
         }
     }
 
@@ -302,7 +422,14 @@ impl Decoder {
         if len > model.max_positions() {
             return Err(Error::invalid("saved decoder", len, "longer than the model's positions"));
         }
-        Ok(Decoder::from_state(state))
+        if state.edit_ids.is_some() && state.edit_ids != model.edit_tokens() {
+            return Err(Error::invalid("saved decoder", format!("{:?}", state.edit_ids), "its DELETE / SPLIT ids differ from this model's"));
+        }
+        let mut state = state;
+        state.edit_ids = model.edit_tokens();
+        let mut d = Decoder::from_state(state);
+        d.routing_block = model.routing_block();
+        Ok(d)
     }
 
     /// Turns the KV cache off (every forward recomputes the prefix) or back on. The results are the same.
@@ -388,6 +515,12 @@ impl Decoder {
             st.fallbacks += i64::from(r.fallback);
             st.forward_ms += r.forward_ms;
             st.total_ms += r.total_ms;
+            if let Some(lev) = &r.lev {
+                st.deletions += lev.deleted.len() as i64;
+                st.insertions += lev.inserted.len() as i64;
+                st.truncated += lev.truncated.len() as i64;
+                st.antiloop += lev.antiloop.len() as i64;
+            }
         }
         st
     }
@@ -403,12 +536,12 @@ impl Decoder {
         counts
     }
 
-    fn block_range(&self, block: i64) -> std::ops::Range<usize> {
+    pub(super) fn block_range(&self, block: i64) -> std::ops::Range<usize> {
         let b = self.settings.block_length;
         (block * b) as usize..((block + 1) * b) as usize
     }
 
-    fn masks_in(&self, block: i64) -> i64 {
+    pub(super) fn masks_in(&self, block: i64) -> i64 {
         self.canvas[self.block_range(block)].iter().filter(|&&t| t == self.mask_id).count() as i64
     }
 
@@ -429,12 +562,35 @@ impl Decoder {
                 "cannot change after the decode started (the canvas is laid out in blocks); start a new decode",
             ));
         }
+        if let Some(rb) = self.routing_block {
+            if self.settings.block_length % rb != 0 {
+                return Err(Error::invalid(
+                    "block_length",
+                    self.settings.block_length,
+                    format!("must be a multiple of the model's routing block_size {rb} (block-routed MoE)"),
+                ));
+            }
+        }
+        if self.settings.edit_ops == EditOps::Levenshtein && self.edit_ids.is_none() {
+            return Err(Error::invalid(
+                "edit_ops",
+                "levenshtein",
+                "this model has no DELETE / SPLIT tokens (LLaDA2.0 / 2.1): use edit_ops substitute or a 2.1 preset",
+            ));
+        }
         Ok(())
     }
 
     /// Decides the next forward without changing anything: blocks that end before it (the post-step limit,
     /// or no mask left with editing off) are ended on a copy of the cursor. `None` once finished.
-    pub(crate) fn plan(&self) -> Option<Next> {
+    pub(crate) fn plan(&self) -> Result<Option<Next>> {
+        if self.settings.edit_ops == EditOps::Levenshtein {
+            return self.plan_levenshtein();
+        }
+        Ok(self.plan_substitute())
+    }
+
+    fn plan_substitute(&self) -> Option<Next> {
         if self.cursor.finished {
             return None;
         }
@@ -467,14 +623,14 @@ impl Decoder {
     /// Adopts a decode end decided by `plan` (no forward).
     pub(crate) fn finish(&mut self, before: Cursor, cursor: Cursor, ended: Vec<i64>) {
         self.cursor = cursor;
-        self.journal.push(Entry { before, writes: Vec::new(), kind: EntryKind::Finish { ended } });
+        self.journal.push(Entry { before, writes: Vec::new(), kind: EntryKind::Finish { ended }, lev: None });
     }
 
     /// Runs one forward pass (after ending blocks that end before it). `None` once the decode is finished.
     /// A failed forward changes nothing.
     pub fn step(&mut self, model: &dyn Denoiser) -> Result<Option<StepReport>> {
         self.check_settings()?;
-        let plan = match self.plan() {
+        let plan = match self.plan()? {
             None => return Ok(None),
             Some(Next::Finish { before, cursor, ended }) => {
                 self.finish(before, cursor, ended);
@@ -511,6 +667,9 @@ impl Decoder {
 
     /// Applies the rules to a forward's logits (`[L, V]`, the last `be - ws` rows covering the window).
     pub(crate) fn apply(&mut self, plan: Plan, logits: &Tensor, forward_ms: f64) -> StepReport {
+        if self.settings.edit_ops == EditOps::Levenshtein {
+            return self.apply_levenshtein(plan, logits, forward_ms);
+        }
         let Plan { t0, before, cursor, ended_before, masks_at_start, ws, be } = plan;
         self.cursor = cursor;
         let b = self.settings.block_length;
@@ -518,7 +677,11 @@ impl Decoder {
         let bs = block * b;
         let block_step = self.cursor.block_step;
         let got = logits.size()[0];
-        let logits = logits.narrow(0, got - (be - ws), be - ws).to_kind(Kind::Float);
+        let mut logits = logits.narrow(0, got - (be - ws), be - ws).to_kind(Kind::Float);
+        if let Some((del, split)) = self.edit_ids {
+            // Substitution only: a LLaDA2.2 model's DELETE / SPLIT predictions are never written.
+            logits = logits.index_fill(1, &Tensor::from_slice(&[del, split]).to_device(logits.device()), f64::NEG_INFINITY);
+        }
         let prev: Vec<Option<i64>> =
             (ws..be).map(|pos| if pos == ws { None } else { Some(self.canvas[pos as usize - 1]) }).collect();
         let cand = select(&logits, &prev, &self.settings, &mut self.cursor.rng);
@@ -538,7 +701,10 @@ impl Decoder {
         } else {
             passing
         };
-        let gamma: Vec<Unmask> = chosen.iter().map(|&pos| Unmask { pos, token: cand.tokens[at(pos)], p: cand.probs[at(pos)], text: String::new() }).collect();
+        let gamma: Vec<Unmask> = chosen
+            .iter()
+            .map(|&pos| Unmask { pos, token: cand.tokens[at(pos)], p: cand.probs[at(pos)], kind: WriteKind::Token, text: String::new() })
+            .collect();
 
         // Delta_t over non-mask, non-prompt positions of the window.
         let mut delta = Vec::new();
@@ -548,7 +714,7 @@ impl Decoder {
                 let old = self.canvas[pos as usize];
                 let (v, p) = (cand.tokens[at(pos)], cand.probs[at(pos)]);
                 if allowed && old != self.mask_id && v != old && p as f64 > tau {
-                    delta.push(Edit { pos, old, new: v, p, old_text: String::new(), new_text: String::new() });
+                    delta.push(Edit { pos, old, new: v, p, kind: WriteKind::Token, old_text: String::new(), new_text: String::new() });
                 }
             }
         }
@@ -597,13 +763,15 @@ impl Decoder {
             forward_ms,
             total_ms: t0.elapsed().as_secs_f64() * 1e3,
             tpf: self.tpf(),
+            tokens: self.canvas[self.block_range(block)].to_vec(),
+            lev: None,
         };
-        self.journal.push(Entry { before, writes, kind: EntryKind::Step(report.clone()) });
+        self.journal.push(Entry { before, writes, kind: EntryKind::Step(report.clone()), lev: None });
         report
     }
 
     /// Ends the block `c` is on: the decode finishes (last block, or EOS early stop) or moves on.
-    fn end_block(&self, c: &mut Cursor) {
+    pub(super) fn end_block(&self, c: &mut Cursor) {
         let b = self.settings.block_length;
         let end = (c.block + 1) * b;
         if self.settings.eos_early_stop {
@@ -639,10 +807,14 @@ impl Decoder {
             return Err(Error::invalid("step", step, format!("no such step: this decode has run steps 0..{done}")));
         };
         let mut lowest = i64::MAX;
-        for e in self.journal.drain(idx..).rev() {
+        let undone: Vec<Entry> = self.journal.drain(idx..).collect();
+        for e in undone.into_iter().rev() {
             for &(pos, old, _) in e.writes.iter().rev() {
                 self.canvas[pos as usize] = old;
                 lowest = lowest.min(pos);
+            }
+            if let Some(u) = &e.lev {
+                self.undo_levenshtein(u);
             }
             self.cursor = e.before;
         }
@@ -679,6 +851,12 @@ impl Decoder {
             self.check_generated(pos)?;
             if tok < 0 || tok >= vocab_size {
                 return Err(Error::invalid("token", tok, format!("ids must be in 0..{vocab_size}")));
+            }
+            if let Some((del, split)) = self.edit_ids {
+                if tok == del || tok == split {
+                    let name = if tok == del { "DELETE" } else { "SPLIT" };
+                    return Err(Error::invalid("token", tok, format!("is the {name} edit operation, not a token: a decoder step applies it")));
+                }
             }
         }
         let what = format!("set {}", edits.iter().map(|(p, t)| format!("{p}={t}")).collect::<Vec<_>>().join(" "));
@@ -733,7 +911,7 @@ impl Decoder {
                 self.cache.truncate(self.committed);
             }
         }
-        self.journal.push(Entry { before, writes, kind: EntryKind::Manual { what } });
+        self.journal.push(Entry { before, writes, kind: EntryKind::Manual { what }, lev: None });
         Ok(())
     }
 
@@ -758,12 +936,17 @@ impl Decoder {
         let steps: Vec<serde_json::Value> = self
             .reports()
             .map(|r| {
-                serde_json::json!({
+                let mut step = serde_json::json!({
                     "block": r.block,
                     "step": r.block_step,
                     "gamma": r.gamma.iter().map(|u| serde_json::json!([u.pos, u.token, u.p])).collect::<Vec<_>>(),
                     "delta": r.delta.iter().map(|e| serde_json::json!([e.pos, e.old, e.new, e.p])).collect::<Vec<_>>(),
-                })
+                    "tokens": &r.tokens,
+                });
+                if let Some(lev) = &r.lev {
+                    lev.extend_trace(&mut step);
+                }
+                step
             })
             .collect();
         serde_json::json!({
