@@ -28,6 +28,14 @@ pub enum Event {
     Step { n: i64 },
     /// Multi-block editing revised an earlier block.
     Revised,
+    /// A Levenshtein step deleted a slot (DELETE).
+    Delete,
+    /// A Levenshtein step opened a mask (SPLIT).
+    Insert,
+    /// A Levenshtein step cut tokens off the block's tail.
+    Truncate,
+    /// The anti-loop rule redrew a slot.
+    Antiloop,
 }
 
 impl Event {
@@ -50,6 +58,10 @@ impl Event {
             }
             Event::Step { n } => r.step == *n,
             Event::Revised => !r.revised_blocks.is_empty(),
+            Event::Delete => r.lev.as_ref().is_some_and(|l| !l.deleted.is_empty()),
+            Event::Insert => r.lev.as_ref().is_some_and(|l| !l.split.is_empty()),
+            Event::Truncate => r.lev.as_ref().is_some_and(|l| !l.truncated.is_empty()),
+            Event::Antiloop => r.lev.as_ref().is_some_and(|l| !l.antiloop.is_empty()),
         }
     }
 }
