@@ -28,7 +28,8 @@ pub struct DecodeArgs {
     pub gen_length: i64,
     #[arg(long, default_value_t = 32)]
     pub block_length: i64,
-    /// Start from a preset (Q, S, llada2.0, sglang, diffusers); default: the official generate defaults.
+    /// Start from a preset (Q, S, llada2.0, sglang, diffusers, llada2.2, sglang-indel); default: the official
+    /// LLaDA2.1 generate defaults. Explicit flags override the preset.
     #[arg(long)]
     pub preset: Option<String>,
     /// tau_mask.
@@ -106,15 +107,21 @@ pub fn decode(a: &DecodeArgs) -> Result<()> {
         "tpf": d.tpf(),
         "edits": edits,
         "blocks": d.num_blocks() - d.prompt_len() / d.settings.block_length,
+        "deletions": d.stats().deletions,
+        "insertions": d.stats().insertions,
+        "truncated": d.stats().truncated,
     });
     if a.json {
         println!("{summary}");
     } else {
         println!("{}", summary["output"].as_str().unwrap_or_default());
-        eprintln!(
-            "{} tokens in {} forwards (TPF {:.2}), {} edits",
-            summary["tokens"], summary["forwards"], d.tpf(), edits
-        );
+        let st = d.stats();
+        let lev = if d.settings.edit_ops == dllm_engine::decode::EditOps::Levenshtein {
+            format!(", {} deletions, {} insertions, {} truncated", st.deletions, st.insertions, st.truncated)
+        } else {
+            String::new()
+        };
+        eprintln!("{} tokens in {} forwards (TPF {:.2}), {} edits{lev}", summary["tokens"], summary["forwards"], d.tpf(), edits);
     }
     Ok(())
 }

@@ -365,6 +365,10 @@ pub fn describe_event(e: &Event) -> String {
         Event::LowConfidence { below } => format!("low-confidence {below}"),
         Event::Step { n } => format!("step {n}"),
         Event::Revised => "revised".into(),
+        Event::Delete => "delete".into(),
+        Event::Insert => "insert".into(),
+        Event::Truncate => "truncate".into(),
+        Event::Antiloop => "antiloop".into(),
     }
 }
 
