@@ -466,3 +466,83 @@ fn edit_threshold_off_keeps_levenshtein_writes_to_the_mask_channel() {
     d.run(&m).unwrap();
     assert_eq!(d.output(), vec![11, 12, 13], "no Delta: committed tokens are never deleted");
 }
+
+mod common;
+
+/// A random micro model (block routing once its config has it) with edit ids 120 / 121 whose lm_head rows are
+/// scaled up, so DELETE and SPLIT win often enough for the comparisons to exercise the shifts.
+fn random_lev_model(seed: u64) -> dllm_engine::Model {
+    let cfg = dllm_engine::Config { delete_token_id: Some(DEL), split_token_id: Some(SPLIT), ..common::micro() };
+    let model = common::spiky_model(&cfg, seed);
+    let lm = &model.var_store().variables()["lm_head.weight"];
+    tch::no_grad(|| {
+        for id in [DEL, SPLIT] {
+            let mut row = lm.get(id);
+            let _ = row.g_mul_scalar_(4.0);
+        }
+    });
+    model
+}
+
+#[test]
+fn cached_levenshtein_decoding_equals_recomputing_everything_on_random_models() {
+    let (mut deletions, mut insertions, mut truncated, mut steps) = (0, 0, 0, 0);
+    for seed in 0..2 {
+        let model = random_lev_model(40 + seed);
+        for preset in ["llada2.2", "sglang-indel"] {
+            for prompt in [&[10i64, 11, 12][..], &[20, 21, 22, 23, 24, 25, 26, 27, 28]] {
+                let mut s = DecodeSettings::official(20);
+                s.apply_preset(preset).unwrap();
+                s.block_length = 4;
+                s.max_post_steps = 4;
+                s.eos_early_stop = false;
+                let mut d = Decoder::new(prompt, s.clone(), MASK, EOS, &model).unwrap();
+                d.run(&model).unwrap();
+                let mut nc = Decoder::new(prompt, s, MASK, EOS, &model).unwrap();
+                nc.set_cache_enabled(false);
+                nc.run(&model).unwrap();
+                let (a, b) = (d.trace_json(), nc.trace_json());
+                assert_eq!(a["steps"].as_array().unwrap().len(), b["steps"].as_array().unwrap().len(), "{preset} seed {seed}");
+                for (x, y) in a["steps"].as_array().unwrap().iter().zip(b["steps"].as_array().unwrap()) {
+                    assert_eq!(x["tokens"], y["tokens"], "{preset} seed {seed}");
+                    assert_eq!(x["deleted"], y["deleted"]);
+                    assert_eq!(x["split"], y["split"]);
+                }
+                assert_eq!(d.canvas(), nc.canvas());
+                assert!(d.is_finished());
+                assert!(!d.output().iter().any(|&t| t == MASK || t == DEL || t == SPLIT), "{:?}", d.output());
+                let st = d.stats();
+                deletions += st.deletions;
+                insertions += st.insertions;
+                truncated += st.truncated;
+                steps += st.forwards;
+            }
+        }
+    }
+    eprintln!("{deletions} deletions, {insertions} insertions, {truncated} cut in {steps} steps");
+    assert!(deletions > 5 && insertions > 5 && truncated > 0, "the comparison must exercise the edits: {deletions} deletions, {insertions} insertions, {truncated} cut in {steps} steps");
+}
+
+#[test]
+fn a_levenshtein_batch_decodes_each_row_exactly_as_alone() {
+    let model = random_lev_model(50);
+    let prompts: Vec<Vec<i64>> = vec![vec![10, 11, 12], vec![20, 21, 22, 23, 24, 25, 26, 27, 28], vec![40]];
+    for preset in ["llada2.2", "sglang-indel"] {
+        let mut s = DecodeSettings::official(14);
+        s.apply_preset(preset).unwrap();
+        s.block_length = 4;
+        s.max_post_steps = 3;
+        let mut batch = dllm_engine::decode::BatchDecoder::new(&prompts, s.clone(), MASK, EOS, &model).unwrap();
+        batch.run(&model).unwrap();
+        for (i, (row, p)) in batch.rows().iter().zip(&prompts).enumerate() {
+            let mut alone = Decoder::new(p, s.clone(), MASK, EOS, &model).unwrap();
+            alone.run(&model).unwrap();
+            // Probabilities of a batched forward differ in the last bits; every decision must not.
+            let decisions = |d: &Decoder| {
+                d.reports().map(|r| (gamma(r), r.delta.iter().map(|e| (e.pos, e.new)).collect::<Vec<_>>(), r.tokens.clone())).collect::<Vec<_>>()
+            };
+            assert_eq!(decisions(row), decisions(&alone), "{preset}: row {i}");
+            assert_eq!(row.canvas(), alone.canvas());
+        }
+    }
+}
