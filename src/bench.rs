@@ -255,11 +255,17 @@ pub(crate) fn gpu_memory_used(device: Device) -> Option<u64> {
 fn decode(a: &DecodeBench) -> Result<()> {
     use dllm_engine::decode::{BatchDecoder, DecodeSettings, Decoder};
     let device = dllm_engine::parse_device(&a.device)?;
-    let config = presets::preset(&a.preset)?;
-    let model = presets::random_model(&config, 0, device, DType::default_for(device))?;
+    let mut config = presets::preset(&a.preset)?;
     let mut s = DecodeSettings::official(a.blocks * a.block);
     s.block_length = a.block;
     s.apply_preset(&a.decode_preset)?;
+    if s.edit_ops == dllm_engine::decode::EditOps::Levenshtein && config.delete_token_id.is_none() {
+        // A shape without edit tokens (a 2.1 preset): the last two ids play DELETE and SPLIT, so the same shape
+        // measures both decoders.
+        config.delete_token_id = Some(config.vocab_size - 2);
+        config.split_token_id = Some(config.vocab_size - 1);
+    }
+    let model = presets::random_model(&config, 0, device, DType::default_for(device))?;
     // A prompt of one block, then `blocks` generated blocks; mask 1 / EOS 0 as in the compact vocabulary.
     let prompt: Vec<i64> = (0..a.block).map(|i| 8 + i % (config.vocab_size - 8)).collect();
     let run = |cache: bool| -> Result<(f64, f64, f64, i64)> {
@@ -301,6 +307,7 @@ fn decode(a: &DecodeBench) -> Result<()> {
         "step_seconds": cached_total,
         "step_overhead_over_forward": (cached_total - cached_fwd) / cached_fwd,
         "ms_per_step": cached_total * 1e3 / forwards as f64,
+        "levenshtein": s.edit_ops == dllm_engine::decode::EditOps::Levenshtein,
         "batch_rows": a.batch,
         "batch_forwards": batch_forwards,
         "batch_seconds": batch_wall,
