@@ -21,7 +21,7 @@ pub struct DecodeArgs {
     /// Prompt as comma-separated token ids.
     #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Option<Vec<i64>>,
-    /// Wrap --prompt in the Ling chat template (HUMAN turn + ASSISTANT generation prompt).
+    /// Wrap --prompt in the checkpoint's chat template (else the Ling one): a user turn + the generation prompt.
     #[arg(long)]
     pub chat: bool,
     #[arg(long, default_value_t = 32)]
@@ -84,7 +84,7 @@ pub fn decode(a: &DecodeArgs) -> Result<()> {
     let tok = &loaded.tokenizer;
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (Some(text), None) => {
-            let text = if a.chat { dllm_engine::Tokenizer::chat_prompt(&[(Role::Human, text)], true) } else { text.clone() };
+            let text = if a.chat { tok.chat(&[(Role::Human, text)], true)? } else { text.clone() };
             tok.encode(&text)?
         }
         (None, Some(ids)) => ids.clone(),

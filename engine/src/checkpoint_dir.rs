@@ -1,10 +1,12 @@
-//! Loading a checkpoint folder as a whole: config.json, the weights, tokenizer.json.
+//! Loading a checkpoint folder as a whole: config.json, the weights, tokenizer.json, and the chat template
+//! (chat_template.jinja or tokenizer_config.json) if the checkpoint has one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tch::Device;
 
+use crate::chat_template::ChatTemplate;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::device::DType;
@@ -32,6 +34,9 @@ pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> 
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
     let config = Config::from_file(&dir.join("config.json"))?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), &config)?;
+    // Before the weights: a broken template fails the load at once, not after minutes of reading tensors.
+    let template = ChatTemplate::from_dir(dir, tokenizer.special_tokens())?;
+    let tokenizer = tokenizer.with_chat_template(template);
     let mut ckpt = Checkpoint::open(dir, device, dtype)?;
     let checkpoint_bytes = ckpt.data_bytes();
     let model = Model::build(&config, &mut ckpt, device, dtype)?;
@@ -50,7 +55,8 @@ static EMBEDDED_TOKENIZER: &[u8] = include_bytes!("../assets/tiny/tokenizer.json
 static EMBEDDED_WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/tiny/model.safetensors"));
 
 /// The embedded default model: the `tiny` shape trained on the task suite by `dllm train --preset tiny`
-/// (`make model` rebuilds engine/assets/tiny), compiled into the binary so it loads from any directory.
+/// (`make model` rebuilds engine/assets/tiny), compiled into the binary so it loads from any directory. It has
+/// no template file: it chats in the built-in Ling format it was trained on.
 pub fn load_builtin(device: Device, dtype: Option<DType>) -> Result<Loaded> {
     let start = Instant::now();
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));

@@ -37,6 +37,13 @@ pub enum Error {
     #[error("tokenizer {}: {message}", file.display())]
     Tokenizer { file: PathBuf, message: String },
 
+    #[error("chat template {}{}{}: {message}", file.display(),
+            if field.is_empty() { String::new() } else { format!(" field `{field}`") },
+            line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    /// A template that does not compile or fails to render. `field` is set when the template is a string inside
+    /// a JSON file; `line` then counts within that string.
+    Template { file: PathBuf, field: String, line: Option<usize>, message: String },
+
     #[error("invalid {what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
 

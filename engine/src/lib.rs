@@ -1,9 +1,10 @@
 //! dllm-engine: LLaDA2.x MoE diffusion language models on libtorch (tch).
 //!
 //! The model ([`Model`]) with its block-causal attention and KV cache, checkpoints in the official
-//! safetensors layout ([`load`], [`checkpoint`]), the tokenizer and chat template ([`Tokenizer`]), devices and
-//! dtypes, and named model shapes ([`presets`]). No terminal or socket IO happens here.
+//! safetensors layout ([`load`], [`checkpoint`]), the tokenizer and chat templates ([`Tokenizer`],
+//! [`ChatTemplate`]), devices and dtypes, and named model shapes ([`presets`]). No terminal or socket IO happens here.
 
+mod chat_template;
 mod checkpoint_dir;
 pub mod checkpoint;
 pub mod composite;
@@ -23,6 +24,7 @@ pub mod train;
 mod tokenizer;
 mod weights;
 
+pub use chat_template::{ChatTemplate, SpecialTokens};
 pub use checkpoint_dir::{load, load_builtin, Loaded, BUILTIN};
 pub use config::{Config, RawConfig};
 pub use device::{cuda_device_count, cuda_status, load_cuda_backend, parse_device, DType};

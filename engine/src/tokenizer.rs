@@ -4,18 +4,22 @@
 //! the `<|mask|>` token; EOS is `eos_token_id`, else `<|endoftext|>`; pad is `pad_token_id`, else EOS.
 //!
 //! Chat template (Ling 2.0 style, role tags are plain text): `<role>SYSTEM</role>{system}<|role_end|>`
-//! (optional), `<role>HUMAN</role>{user}<|role_end|>`, and the generation prompt `<role>ASSISTANT</role>`.
+//! (optional), `<role>HUMAN</role>{user}<|role_end|>`, and the generation prompt `<role>ASSISTANT</role>`. This
+//! built-in one ([`Tokenizer::chat_prompt`]) serves checkpoints without a template of their own and the task suite,
+//! whose model was trained on it; [`Tokenizer::chat`] prefers the checkpoint's ([`ChatTemplate`]).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::chat_template::{ChatTemplate, SpecialTokens};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
 pub const MASK_TOKEN: &str = "<|mask|>";
 pub const EOS_TOKEN: &str = "<|endoftext|>";
 pub const ROLE_END_TOKEN: &str = "<|role_end|>";
+const BOS_TOKEN: &str = "<|startoftext|>";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +45,8 @@ pub struct Tokenizer {
     pub mask_id: i64,
     pub eos_id: i64,
     pub pad_id: i64,
+    /// The checkpoint's own chat template, if it has one.
+    chat_template: Option<ChatTemplate>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -50,6 +56,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("vocab", &self.vocab_size())
             .field("mask_id", &self.mask_id)
             .field("eos_id", &self.eos_id)
+            .field("chat_template", &self.chat_template.as_ref().map(ChatTemplate::file))
             .finish()
     }
 }
@@ -75,7 +82,7 @@ impl Tokenizer {
             .or_else(|| lookup(EOS_TOKEN))
             .ok_or_else(|| bad(format!("no EOS token: config.json has no eos_token_id and the vocabulary has no {EOS_TOKEN}")))?;
         let pad_id = config.pad_token_id.unwrap_or(eos_id);
-        let tok = Tokenizer { inner, file: path.to_path_buf(), mask_id, eos_id, pad_id };
+        let tok = Tokenizer { inner, file: path.to_path_buf(), mask_id, eos_id, pad_id, chat_template: None };
         for (what, id) in [("mask", mask_id), ("EOS", eos_id), ("pad", pad_id)] {
             if id < 0 || id >= config.vocab_size {
                 return Err(bad(format!("{what} id {id} is outside the model's vocabulary (vocab_size {})", config.vocab_size)));
@@ -127,7 +134,35 @@ impl Tokenizer {
         }
     }
 
-    /// The Ling chat prompt for `messages`, ending with the assistant tag when `generation_prompt`.
+    /// This tokenizer rendering chats with `template` (`None`: the built-in Ling template).
+    pub fn with_chat_template(self, template: Option<ChatTemplate>) -> Tokenizer {
+        Tokenizer { chat_template: template, ..self }
+    }
+
+    /// The checkpoint's own chat template, if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// The special-token strings a chat template sees when tokenizer_config.json does not name them: EOS is the
+    /// resolved EOS id's text, BOS the `<|startoftext|>` token if the vocabulary has it.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            bos: self.inner.token_to_id(BOS_TOKEN).map(|_| BOS_TOKEN.to_string()),
+            eos: Some(self.token_text(self.eos_id)),
+        }
+    }
+
+    /// The chat prompt for `messages` in the checkpoint's own template, or the built-in Ling one
+    /// ([`Tokenizer::chat_prompt`]) when it has none; ends with the assistant opening when `add_generation_prompt`.
+    pub fn chat(&self, messages: &[(Role, &str)], add_generation_prompt: bool) -> Result<String> {
+        match &self.chat_template {
+            Some(t) => t.render(messages, add_generation_prompt),
+            None => Ok(Tokenizer::chat_prompt(messages, add_generation_prompt)),
+        }
+    }
+
+    /// The built-in Ling chat prompt for `messages`, ending with the assistant tag when `generation_prompt`.
     pub fn chat_prompt(messages: &[(Role, &str)], generation_prompt: bool) -> String {
         let mut s = String::new();
         for (role, text) in messages {

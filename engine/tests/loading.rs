@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use dllm_engine::checkpoint::SaveOptions;
-use dllm_engine::{load, Config, DType, Error, Loaded};
+use dllm_engine::{load, Config, DType, Error, Loaded, Role, Tokenizer};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
@@ -540,4 +540,84 @@ fn checkpoint_whose_config_omits_defaulted_fields_loads_the_same_config() {
     });
     let loaded = load_dir(dir.path()).unwrap();
     assert_eq!(loaded.model.config(), &micro());
+}
+
+// ---------------------------------------------------------------------------------------------- chat template
+
+/// The LLaDA2.1 Ling format as Jinja, with the user tag changed so output shows which template rendered it.
+fn marked_ling() -> String {
+    include_str!("../assets/templates/ling.jinja").replace("<role>HUMAN</role>", "<role>MARKED</role>")
+}
+
+const CHAT: [(Role, &str); 2] = [(Role::System, "s"), (Role::Human, "u")];
+
+#[test]
+fn checkpoint_without_a_template_chats_in_the_built_in_format() {
+    let dir = saved(f32_opts());
+    let tok = load_dir(dir.path()).unwrap().tokenizer;
+    assert!(tok.chat_template().is_none());
+    assert_eq!(tok.chat(&CHAT, true).unwrap(), Tokenizer::chat_prompt(&CHAT, true));
+}
+
+#[test]
+fn checkpoint_chat_template_jinja_is_used() {
+    let dir = saved(f32_opts());
+    std::fs::write(dir.path().join("chat_template.jinja"), marked_ling()).unwrap();
+    let tok = load_dir(dir.path()).unwrap().tokenizer;
+    assert_eq!(tok.chat_template().unwrap().file(), dir.path().join("chat_template.jinja"));
+    assert_eq!(tok.chat(&CHAT, true).unwrap(), "<role>SYSTEM</role>s<|role_end|><role>MARKED</role>u<|role_end|><role>ASSISTANT</role>");
+    // The unmodified Ling template as the checkpoint's own renders exactly the built-in prompt.
+    std::fs::write(dir.path().join("chat_template.jinja"), include_str!("../assets/templates/ling.jinja")).unwrap();
+    let tok = load_dir(dir.path()).unwrap().tokenizer;
+    assert_eq!(tok.chat(&CHAT, false).unwrap(), Tokenizer::chat_prompt(&CHAT, false));
+}
+
+#[test]
+fn tokenizer_config_chat_template_is_used_and_the_jinja_file_wins() {
+    let dir = saved(f32_opts());
+    let config = json!({"chat_template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{{ eos_token }}",
+                        "bos_token": {"content": "<|startoftext|>", "special": true}, "eos_token": "<|endoftext|>"});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    let tok = load_dir(dir.path()).unwrap().tokenizer;
+    assert_eq!(tok.chat(&CHAT, true).unwrap(), "<|startoftext|>[system:s][user:u]<|endoftext|>");
+
+    // A list of named templates: the one named "default".
+    let config = json!({"chat_template": [{"name": "tool_use", "template": "tools"}, {"name": "default", "template": "default"}]});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    assert_eq!(load_dir(dir.path()).unwrap().tokenizer.chat(&CHAT, true).unwrap(), "default");
+
+    std::fs::write(dir.path().join("chat_template.jinja"), marked_ling()).unwrap();
+    let tok = load_dir(dir.path()).unwrap().tokenizer;
+    assert!(tok.chat(&CHAT, true).unwrap().contains("<role>MARKED</role>"));
+}
+
+#[test]
+fn broken_chat_template_fails_the_load_naming_file_and_line() {
+    let dir = saved(f32_opts());
+    std::fs::write(dir.path().join("chat_template.jinja"), "{% for m in messages %}\n{{ m.content }}\n{% if m.role ").unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Template { line: Some(3), .. }), "{err:?}");
+    assert!(err.to_string().contains("chat_template.jinja, line 3:"), "{err}");
+
+    // In tokenizer_config.json the line counts within the template string, and the field is named.
+    std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
+    std::fs::write(dir.path().join("tokenizer_config.json"), json!({"chat_template": "a\n{{ b"}).to_string()).unwrap();
+    let err = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("tokenizer_config.json field `chat_template`, line 2:"), "{err}");
+
+    std::fs::write(dir.path().join("tokenizer_config.json"), json!({"chat_template": [{"name": "tool_use", "template": "t"}]}).to_string()).unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    assert!(matches!(&err, Error::Config { field, .. } if field == "chat_template"), "{err:?}");
+    assert_mentions(&err, &["tokenizer_config.json", "none named \"default\""]);
+}
+
+#[test]
+fn chat_template_that_raises_is_an_error_at_chat_time() {
+    let dir = saved(f32_opts());
+    let template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('no system role') }}{% endif %}ok";
+    std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
+    let tok = load_dir(dir.path()).unwrap().tokenizer;
+    assert_eq!(tok.chat(&CHAT, true).unwrap(), "ok");
+    let err = tok.chat(&[(Role::Human, "u")], true).unwrap_err().to_string();
+    assert!(err.contains("chat_template.jinja") && err.contains("no system role"), "{err}");
 }

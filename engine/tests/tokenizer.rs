@@ -1,4 +1,5 @@
-//! The tokenizer: round trips, special tokens, how the mask/EOS/pad ids are resolved, the chat template, and the
+//! The tokenizer: round trips, special tokens, how the mask/EOS/pad ids are resolved, the built-in chat template
+//! and Jinja chat templates (the Ling one as Jinja agrees with the built-in; errors name file and line), and the
 //! official LLaDA2 special ids.
 
 mod common;
@@ -6,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::micro;
-use dllm_engine::{presets, Config, Error, Role, Tokenizer, TokenizerSpec};
+use dllm_engine::{presets, ChatTemplate, Config, Error, Role, SpecialTokens, Tokenizer, TokenizerSpec};
 
 const FILE: &str = "some/checkpoint/tokenizer.json";
 
@@ -179,4 +180,109 @@ fn llada2_mini_preset_agrees_with_its_tokenizer() {
     let config = presets::preset("llada2-mini").unwrap();
     let tok = tokenizer_for(&presets::tokenizer_spec(config.vocab_size), &config).unwrap();
     assert_eq!((tok.mask_id, tok.eos_id, tok.pad_id), (156895, 156892, 156892));
+}
+
+// ---------------------------------------------------------------------------------------------- chat templates
+
+/// The LLaDA2.1 Ling format written as Jinja (what a checkpoint's chat_template.jinja would hold).
+const LING_JINJA: &str = include_str!("../assets/templates/ling.jinja");
+const TEMPLATE_FILE: &str = "some/checkpoint/chat_template.jinja";
+
+fn template(source: &str) -> dllm_engine::Result<ChatTemplate> {
+    let special = SpecialTokens { bos: Some("<|startoftext|>".into()), eos: Some("<|endoftext|>".into()) };
+    ChatTemplate::new(source, Path::new(TEMPLATE_FILE), special)
+}
+
+fn assert_template_error(err: &Error, line: Option<usize>, parts: &[&str]) {
+    assert!(matches!(err, Error::Template { line: l, .. } if *l == line), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(TEMPLATE_FILE), "{text}");
+    for part in parts {
+        assert!(text.contains(part), "{text:?} lacks {part:?}");
+    }
+}
+
+#[test]
+fn ling_jinja_renders_exactly_what_the_built_in_does() {
+    let ling = template(LING_JINJA).unwrap();
+    let conversations: &[&[(Role, &str)]] = &[
+        &[(Role::System, "You are terse."), (Role::Human, "What is 2+2?")],
+        &[(Role::Human, "hello")],
+        &[(Role::Human, "first"), (Role::Assistant, "reply\nover two lines"), (Role::Human, "second")],
+        &[(Role::Human, "")],
+        &[(Role::System, ""), (Role::Human, "  spaces kept  \n")],
+        &[(Role::Human, "héllo wörld, 你好, emoji 🙂, a <b>tag</b> & {{ braces }} {% kept %}")],
+        &[],
+    ];
+    for messages in conversations {
+        for generation in [true, false] {
+            let rendered = ling.render(messages, generation).unwrap();
+            assert_eq!(rendered, Tokenizer::chat_prompt(messages, generation), "{messages:?}, generation {generation}");
+        }
+    }
+}
+
+#[test]
+fn tokenizer_without_a_template_chats_in_the_built_in_format() {
+    let tok = compact(&micro()).unwrap();
+    assert!(tok.chat_template().is_none());
+    let messages = [(Role::System, "s"), (Role::Human, "u")];
+    assert_eq!(tok.chat(&messages, true).unwrap(), Tokenizer::chat_prompt(&messages, true));
+    // With a template attached, chat renders through it, and chat_prompt stays the built-in.
+    let marked = LING_JINJA.replace("<role>HUMAN</role>", "<role>USER</role>");
+    let tok = tok.with_chat_template(Some(template(&marked).unwrap()));
+    assert_eq!(tok.chat(&messages, true).unwrap(), "<role>SYSTEM</role>s<|role_end|><role>USER</role>u<|role_end|><role>ASSISTANT</role>");
+    assert!(Tokenizer::chat_prompt(&messages, true).contains("<role>HUMAN</role>"));
+}
+
+#[test]
+fn template_context_is_the_one_transformers_passes() {
+    // Booleans print as Python's (True/False), as in Jinja2.
+    let t = template("{{ bos_token }}|{{ eos_token }}|{{ tools is none }}|{{ add_generation_prompt }}|{% for m in messages %}{{ m.role }}={{ m['content'] }};{% endfor %}").unwrap();
+    let rendered = t.render(&[(Role::System, "s"), (Role::Human, "u"), (Role::Assistant, "a")], true).unwrap();
+    assert_eq!(rendered, "<|startoftext|>|<|endoftext|>|True|True|system=s;user=u;assistant=a;");
+    // Unknown special tokens stay undefined, which templates may test.
+    let t = ChatTemplate::new("{{ bos_token is defined }}", Path::new(TEMPLATE_FILE), SpecialTokens::default()).unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), "False");
+}
+
+#[test]
+fn template_calling_python_string_methods_renders() {
+    let t = template(
+        "{% for m in messages %}{{ m['content'].strip() }}|{{ m['role'].startswith('us') }}|{{ m['content'].upper() }}\n{% endfor %}",
+    )
+    .unwrap();
+    assert_eq!(t.render(&[(Role::Human, "  hi ")], false).unwrap(), "hi|True|  HI \n");
+}
+
+#[test]
+fn template_blocks_are_trimmed_as_transformers_does() {
+    // trim_blocks and lstrip_blocks: a block tag on its own indented line leaves no whitespace behind.
+    let t = template("{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}").unwrap();
+    assert_eq!(t.render(&[(Role::Human, "a"), (Role::Human, "b")], false).unwrap(), "[a]\n[b]\n");
+}
+
+#[test]
+fn template_syntax_error_names_the_file_and_line() {
+    // A tag left open on line 3.
+    let err = template("{% for m in messages %}\n{{ m.content }}\n{% if m.role == 'user' ").unwrap_err();
+    assert_template_error(&err, Some(3), &[", line 3:", "syntax error"]);
+    let err = template("one\ntwo\n{{ messages[0].content }}{% endfor %}").unwrap_err();
+    assert_template_error(&err, Some(3), &[", line 3:", "endfor"]);
+}
+
+#[test]
+fn template_raise_exception_is_an_error_with_its_message() {
+    let t = template("{% if messages[0]['role'] != 'system' %}\n{{ raise_exception('no system role') }}\n{% endif %}ok").unwrap();
+    assert_eq!(t.render(&[(Role::System, "s")], false).unwrap(), "ok");
+    let err = t.render(&[(Role::Human, "u")], false).unwrap_err();
+    assert_template_error(&err, Some(2), &["no system role"]);
+}
+
+#[test]
+fn template_render_error_names_the_file() {
+    // Attribute of an undefined value: an error in Jinja2 too.
+    let t = template("line one\n{{ nothing.here }}").unwrap();
+    let err = t.render(&[(Role::Human, "u")], true).unwrap_err();
+    assert_template_error(&err, Some(2), &["undefined"]);
 }

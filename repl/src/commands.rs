@@ -37,7 +37,7 @@ pub static TABLE: &[Command] = &[
     cmd!("prompt", [], "prompt TEXT", "Set a raw prompt and start a fresh decode on this branch",
         "Tokenizes TEXT as is (no template) and starts a new decode with the current settings.\n\nExample:\n  prompt The capital of France is", true, prompt),
     cmd!("chat", [], "chat TEXT", "Set a prompt through the chat template and start a fresh decode",
-        "Wraps TEXT in the Ling chat template (a HUMAN turn and the ASSISTANT generation prompt).\n\nExample:\n  chat Sort the digits 4 1 3", true, chat),
+        "Wraps TEXT as a user turn plus the generation prompt, in the checkpoint's chat template (chat_template.jinja\nor tokenizer_config.json), else the built-in Ling one (a HUMAN turn and the ASSISTANT tag).\n\nExample:\n  chat Sort the digits 4 1 3", true, chat),
     cmd!("prompt-ids", [], "prompt-ids ID,ID,...", "Set the prompt as token ids and start a fresh decode",
         "Example:\n  prompt-ids 12,40,7", true, prompt_ids),
     cmd!("settings", ["show"], "settings", "Show every decoding setting",
@@ -207,8 +207,8 @@ fn chat(s: &mut Session, a: &Args) -> CmdResult {
     if a.rest.is_empty() {
         return Err(usage("chat", "missing TEXT"));
     }
-    let text = dllm_engine::Tokenizer::chat_prompt(&[(Role::Human, &text_arg(a))], true);
-    let ids = s.tokenizer()?.encode(&text)?;
+    let tok = s.tokenizer()?;
+    let ids = tok.encode(&tok.chat(&[(Role::Human, &text_arg(a))], true)?)?;
     start(s, ids)
 }
 

@@ -68,7 +68,7 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
         Some(p) => {
             let (x, y) = p.split_once("=>").ok_or_else(|| usage("give the pair as `-- PROMPT => RESPONSE`", LIKELIHOOD_USAGE))?;
             let (x, y) = (x.trim(), y.trim());
-            let prompt = l.tokenizer.encode(&Tokenizer::chat_prompt(&[(Role::Human, x)], true))?;
+            let prompt = l.tokenizer.encode(&l.tokenizer.chat(&[(Role::Human, x)], true)?)?;
             let mut response = l.tokenizer.encode(y)?;
             response.push(l.tokenizer.eos_id);
             (prompt, response, format!("log p({y:?} | {x:?})"), s.settings.block_length)
