@@ -401,6 +401,13 @@ fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
         dllm_engine::presets::write_checkpoint(&l.model, &tmp, opts)?;
         let tok = l.tokenizer.to_json_text()?;
         std::fs::write(tmp.join("tokenizer.json"), tok).map_err(|e| CommandError::Failed(format!("{}: {e}", tmp.display())))?;
+        // The checkpoint's chat template travels with the policy, so prompts render the same after a reload.
+        for name in ["chat_template.jinja", "tokenizer_config.json"] {
+            let from = l.dir.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, tmp.join(name)).map_err(|e| CommandError::Failed(format!("{}: {e}", from.display())))?;
+            }
+        }
         if dir.exists() {
             let old = parent.join(format!(".{name}.old{}", std::process::id()));
             std::fs::rename(dir, &old).map_err(|e| CommandError::Failed(format!("{}: {e}", dir.display())))?;
