@@ -235,6 +235,7 @@ impl Interpreter for SessionInterpreter {
             [cmd] => match find(cmd).map(|c| c.name) {
                 Some("set" | "sweep") => dllm_engine::decode::SETTINGS.iter().map(|(n, _)| n.to_string()).collect(),
                 Some("preset") => dllm_engine::decode::PRESETS.iter().map(|(n, _)| n.to_string()).collect(),
+                Some("break") => dllm_repl::BREAK_EVENTS.iter().map(|n| n.to_string()).collect(),
                 Some("help") => Session::commands().iter().map(|c| c.name.to_string()).collect(),
                 Some("switch" | "diff") => self.session.branch_names(),
                 Some("load" | "open" | "source" | "save" | "export") => paths(word),

@@ -107,6 +107,7 @@ impl ReplHelper {
                 pairs(p.word, values.iter().map(String::as_str), false)
             }
             ("preset", 0) => pairs(p.word, PRESETS.iter().map(|s| s.0), false),
+            ("break", 0) => pairs(p.word, crate::commands::BREAK_EVENTS.iter().copied(), true),
             ("rl", 0) => pairs(p.word, RL_SUBCOMMANDS.iter().copied(), true),
             ("rl", 1) if p.done[0] == "set" => pairs(p.word, RL_SETTINGS.iter().map(|s| s.0), true),
             ("likelihood", _) => pairs(p.word, ESTIMATORS.iter().copied(), true),
