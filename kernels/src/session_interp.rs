@@ -336,6 +336,7 @@ mod tests {
         let c = i.complete("# é\nca", 6);
         assert_eq!((c.matches[0].as_str(), c.cursor_start), ("canvas", 4));
         assert_eq!(i.complete("preset ", 7).matches.len(), dllm_engine::decode::PRESETS.len());
+        assert_eq!(i.complete("break an", 8).matches, vec!["antiloop"]);
         done(i);
     }
 

@@ -626,15 +626,24 @@ fn last_report(s: &Session) -> Result<dllm_engine::decode::StepReport, CommandEr
     Ok(r)
 }
 
+/// A write's text in the gamma / delta tables: LLaDA2.2's edit operations by name.
+fn op_name(kind: WriteKind, text: &str) -> String {
+    match kind {
+        WriteKind::Delete => "DELETE".into(),
+        WriteKind::Split => "SPLIT".into(),
+        WriteKind::Token => text.into(),
+    }
+}
+
 fn gamma(s: &mut Session, _: &Args) -> CmdResult {
     let r = last_report(s)?;
-    let rows = r.gamma.iter().map(|u| vec![u.pos.into(), u.token.into(), u.text.clone().into(), u.p.into()]).collect();
+    let rows = r.gamma.iter().map(|u| vec![u.pos.into(), u.token.into(), op_name(u.kind, &u.text).into(), u.p.into()]).collect();
     Ok(vec![Value::Table(Table { title: format!("Gamma at step {} (mask → token)", r.step), columns: ["pos", "id", "text", "p"].map(String::from).to_vec(), rows })])
 }
 
 fn delta(s: &mut Session, _: &Args) -> CmdResult {
     let r = last_report(s)?;
-    let rows = r.delta.iter().map(|e| vec![e.pos.into(), e.old_text.clone().into(), e.new_text.clone().into(), e.p.into()]).collect();
+    let rows = r.delta.iter().map(|e| vec![e.pos.into(), e.old_text.clone().into(), op_name(e.kind, &e.new_text).into(), e.p.into()]).collect();
     Ok(vec![Value::Table(Table { title: format!("Delta at step {} (token → token)", r.step), columns: ["pos", "old", "new", "p"].map(String::from).to_vec(), rows })])
 }
 

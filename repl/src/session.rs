@@ -344,8 +344,12 @@ impl Session {
             };
             if let Some(hook) = &args.progress {
                 let r = &r;
+                let lev = match &r.lev {
+                    Some(l) => format!(", {} deleted, {} inserted, {} cut", l.deleted.len(), l.split.len(), l.truncated.len()),
+                    None => String::new(),
+                };
                 let text = format!(
-                    "step {}: block {}, |Gamma| {}, |Delta| {}, {} masks left in the block, TPF {:.2}",
+                    "step {}: block {}, |Gamma| {}, |Delta| {}{lev}, {} masks left in the block, TPF {:.2}",
                     r.step, r.block, r.gamma.len(), r.delta.len(), r.masks_left, r.tpf
                 );
                 let values = [Value::Message { text }, canvas_of(d, &l.tokenizer, "canvas")];

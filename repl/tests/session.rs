@@ -462,6 +462,8 @@ fn levenshtein_steps_in_every_front_end() {
     assert!(table["rows"][0][3].as_str().unwrap().contains(&format!("{}:DEL", deleted[0])) || table["rows"][0][4].as_str().unwrap().contains("→DEL"));
     assert!(table["rows"][0][8].as_str().unwrap().contains(&format!("del {}", deleted[0])), "{table}");
     let after = find(&v, "canvas").clone();
+    let g = text(&ok(&mut s, "gamma")) + &text(&ok(&mut s, "delta"));
+    assert!(g.contains("\"DELETE\""), "gamma / delta name the operation: {g}");
     assert!(after["removed"].as_array().unwrap().iter().any(|r| r["why"] == "deleted" && r["pos"] == deleted[0]));
     let shown = dllm_repl::render::render_all(&s.execute("canvas").unwrap());
     assert!(shown.plain.contains("~~") && shown.plain.contains(" deleted"), "{}", shown.plain);

@@ -288,7 +288,9 @@ mod tests {
         assert_eq!(complete("set thr"), (4, vec!["threshold ".to_string()]));
         assert_eq!(complete("set edit_timing a"), (16, vec!["after-masks".to_string(), "always".to_string()]));
         assert_eq!(complete("set top_k o").1, vec!["off"]);
-        assert_eq!(complete("preset ll").1, vec!["llada2.0"]);
+        assert_eq!(complete("preset ll").1, vec!["llada2.0", "llada2.2"]);
+        assert_eq!(complete("break de").1, vec!["delete "]);
+        assert_eq!(complete("break t").1, vec!["text ", "token ", "truncate "]);
         assert_eq!(complete("switch q").1, vec!["q-mode "]);
         assert_eq!(complete("checkout m").1, vec!["main "]);
         assert_eq!(complete("diff main q").1, vec!["q-mode "]);
