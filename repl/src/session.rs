@@ -105,6 +105,8 @@ pub struct Session {
     /// The user chose decoding rules (`preset`, or `set` of a setting presets decide): loading a LLaDA2.2
     /// model then leaves them alone instead of applying the `llada2.2` preset.
     pub(crate) settings_chosen: bool,
+    /// What the background load did to the settings (`adopt_model_defaults`), told by the next command.
+    load_note: Option<String>,
     /// RL configuration, run and snapshots (`rl ...`).
     pub(crate) rl: RlState,
     interrupt: Arc<AtomicBool>,
@@ -122,6 +124,7 @@ impl Session {
             source,
             settings: default_settings(),
             settings_chosen: false,
+            load_note: None,
             prompt: None,
             branches: BTreeMap::new(),
             current: "main".into(),
@@ -157,7 +160,7 @@ impl Session {
                 Err(_) => ModelSlot::Failed("the loader thread panicked".into()),
             };
             // No decode can exist yet (every decode waits for the model), so only the settings change.
-            self.adopt_model_defaults();
+            self.load_note = self.adopt_model_defaults();
         }
         match &self.model {
             ModelSlot::Ready(l) => Ok(l),
@@ -271,6 +274,16 @@ impl Session {
             }
         };
         self.depth -= 1;
+        let result = match (result, self.load_note.take()) {
+            (Ok(mut v), Some(note)) => {
+                v.insert(0, Value::Message { text: note });
+                Ok(v)
+            }
+            (r, note) => {
+                self.load_note = note;
+                r
+            }
+        };
         // An interrupt belongs to the command it arrived during: clear it once the outermost command ends (not
         // at the start, which would drop a Ctrl-C pressed just as a command began).
         if self.depth == 0 {

@@ -566,6 +566,12 @@ fn a_chosen_preset_survives_loading_a_llada22_model() {
     assert_eq!(find(&v, "table")["columns"].as_array().unwrap().len(), 8, "no Levenshtein column for substitution steps");
     let st = &ok(&mut s, "stats")[0]["data"];
     assert!(st.get("deletions").is_none(), "Levenshtein counters stay out of a substitution decode: {st}");
+    // A session started on the checkpoint (background load) says what it applied with its first command.
+    let mut s = Session::new(ModelSource { dir: Some(dir.path().into()), device: "cpu".into(), dtype: None });
+    ok(&mut s, "set gen_length 8");
+    let v = ok(&mut s, "prompt-ids 10,11,12");
+    assert!(v[0]["text"].as_str().unwrap().contains("preset llada2.2 applied"), "{v:?}");
+    assert!(!text(&ok(&mut s, "step")).contains("llada2.2 applied"), "told once");
     // Nothing chosen: the automatic llada2.2 preset comes and goes with the model.
     let mut s = session();
     assert!(text(&ok(&mut s, &format!("load {} device=cpu", dir.path().display()))).contains("llada2.2 applied"));
