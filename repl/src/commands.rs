@@ -257,9 +257,9 @@ fn change_settings(s: &mut Session, change: impl Fn(&mut DecodeSettings) -> dllm
     Ok(())
 }
 
-/// Refuses settings the resident model cannot decode with (Levenshtein editing without DELETE / SPLIT ids, a
-/// block length off its routing block) now rather than at the next step: the engine's own check runs on a
-/// throwaway one-token decoder (no forward). A model still loading is checked at its first step instead.
+/// Refuses Levenshtein editing for a resident model without DELETE / SPLIT ids now rather than at the next
+/// step, with the engine's own error: its check runs on a throwaway one-token decoder (no forward). A model
+/// still loading is checked at its first step instead.
 fn check_with_model(s: &Session, st: &DecodeSettings) -> Result<(), CommandError> {
     let Ok(l) = s.ready() else { return Ok(()) };
     if st.edit_ops == EditOps::Levenshtein && l.model.edit_tokens().is_none() {
@@ -324,11 +324,7 @@ fn lev_facts(l: &LevStep, edit_ids: Option<(i64, i64)>) -> String {
         f.push("final".into());
     }
     for r in &l.antiloop {
-        let name = |id: i64, text: &str| match edit_ids {
-            Some((d, _)) if id == d => "DEL".to_string(),
-            Some((_, sp)) if id == sp => "SPLIT".to_string(),
-            _ => format!("{text:?}"),
-        };
+        let name = |id: i64, text: &str| edit_op(id, edit_ids).map(String::from).unwrap_or_else(|| format!("{text:?}"));
         f.push(format!("redraw {}:{}→{}", r.pos, name(r.from, &r.from_text), name(r.to, &r.to_text)));
     }
     f.join(" · ")
@@ -365,6 +361,16 @@ fn steps_table(title: &str, reports: &[StepReport], edit_ids: Option<(i64, i64)>
         columns.push("Levenshtein".into());
     }
     Value::Steps(Steps { table: Table { title: title.into(), columns, rows }, reports: reports.to_vec() })
+}
+
+/// "DELETE" / "SPLIT" when `id` is one of the model's edit operations (`edit_ids`): real checkpoints have only
+/// placeholder texts for them.
+fn edit_op(id: i64, edit_ids: Option<(i64, i64)>) -> Option<&'static str> {
+    match edit_ids {
+        Some((del, _)) if id == del => Some("DELETE"),
+        Some((_, split)) if id == split => Some("SPLIT"),
+        _ => None,
+    }
 }
 
 /// The resident model's (DELETE, SPLIT) ids, if it has them.
@@ -663,13 +669,8 @@ fn topk(s: &mut Session, a: &Args) -> CmdResult {
     let current = d.canvas()[pos as usize];
     let l = s.ready()?;
     let tok = &l.tokenizer;
-    // DELETE / SPLIT are operations; a real checkpoint's vocabulary has only placeholder texts for them.
     let edit = l.model.edit_tokens();
-    let name = |t: i64| match edit {
-        Some((del, _)) if t == del => "DELETE".to_string(),
-        Some((_, split)) if t == split => "SPLIT".to_string(),
-        _ => tok.token_text(t),
-    };
+    let name = |t: i64| edit_op(t, edit).map(String::from).unwrap_or_else(|| tok.token_text(t));
     let rows = top.iter().map(|(t, p)| vec![(*t).into(), name(*t).into(), (*p).into()]).collect();
     Ok(vec![
         Value::Table(Table { title: format!("Top {k} at position {pos}"), columns: ["id", "text", "p"].map(String::from).to_vec(), rows }),
