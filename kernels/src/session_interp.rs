@@ -235,6 +235,7 @@ impl Interpreter for SessionInterpreter {
             [cmd] => match find(cmd).map(|c| c.name) {
                 Some("set" | "sweep") => dllm_engine::decode::SETTINGS.iter().map(|(n, _)| n.to_string()).collect(),
                 Some("preset") => dllm_engine::decode::PRESETS.iter().map(|(n, _)| n.to_string()).collect(),
+                Some("break") => dllm_repl::BREAK_EVENTS.iter().map(|n| n.to_string()).collect(),
                 Some("help") => Session::commands().iter().map(|c| c.name.to_string()).collect(),
                 Some("switch" | "diff") => self.session.branch_names(),
                 Some("load" | "open" | "source" | "save" | "export") => paths(word),
@@ -335,6 +336,7 @@ mod tests {
         let c = i.complete("# é\nca", 6);
         assert_eq!((c.matches[0].as_str(), c.cursor_start), ("canvas", 4));
         assert_eq!(i.complete("preset ", 7).matches.len(), dllm_engine::decode::PRESETS.len());
+        assert_eq!(i.complete("break an", 8).matches, vec!["antiloop"]);
         done(i);
     }
 

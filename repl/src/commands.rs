@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use dllm_engine::decode::{DecodeSettings, Decoder, Event, PRESETS, SETTINGS};
+use dllm_engine::decode::{DecodeSettings, Decoder, Denoiser, EditOps, Event, LevStep, StepReport, WriteKind, PRESETS, SETTINGS};
 use dllm_engine::Role;
 
 use crate::parse::Args;
 use crate::session::{Breakpoint, CmdResult, CommandError, ModelSource, Session};
-use crate::value::{Cell, Chart, Series, Table, Value};
+use crate::value::{Cell, Chart, Series, Steps, Table, Value};
 
 pub struct Command {
     pub name: &'static str,
@@ -45,7 +45,7 @@ pub static TABLE: &[Command] = &[
     cmd!("set", [], "set NAME VALUE", "Change a decoding setting (applies from the next step)",
         "Changes a setting for this branch (from its next step) and for later decodes. `settings` lists\nthem. `off` disables optional ones.\n\nExamples:\n  set threshold 0.8\n  set edit_threshold off\n  set temperature 0.7", false, set),
     cmd!("preset", [], "preset NAME", "Apply a named preset (Q, S, llada2.0, sglang, diffusers)",
-        "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources.\n\nExamples:\n  preset S\n  preset", false, preset),
+        "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources. Loading a model with DELETE / SPLIT tokens\n(LLaDA2.2) applies llada2.2 unless a preset or setting was chosen; Levenshtein presets are refused\nfor models without them.\n\nExamples:\n  preset S\n  preset", false, preset),
     cmd!("step", ["s"], "step [N]", "Run N forward passes (default 1) and show Gamma and Delta",
         "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. Ctrl-C stops between steps.\n\nExamples:\n  step\n  step 5", true, step),
     cmd!("run", ["r"], "run", "Decode to the end",
@@ -53,7 +53,7 @@ pub static TABLE: &[Command] = &[
     cmd!("continue", ["c"], "continue", "Step until a breakpoint fires or the decode ends",
         "Example:\n  break edit\n  continue", true, cont),
     cmd!("break", ["b"], "break EVENT [ARG]", "Add a breakpoint on a decoder event",
-        "Events: edit (Delta non-empty), fallback, block-end, eos, token ID, text TEXT, oscillation K\n(a position written more than K times), low-confidence X, step N, revised (multi-block editing).\n\nExamples:\n  break edit\n  break text Paris\n  break low-confidence 0.3", false, brk),
+        "Events: edit (Delta non-empty), fallback, block-end, eos, token ID, text TEXT, oscillation K\n(a position written more than K times), low-confidence X, step N, revised (multi-block editing).\nLevenshtein steps (LLaDA2.2): delete (a slot deleted), insert (SPLIT opened a mask), truncate\n(tokens cut off the block's tail), antiloop (the anti-loop rule redrew a write).\n\nExamples:\n  break edit\n  break text Paris\n  break low-confidence 0.3\n  break delete", false, brk),
     cmd!("breaks", [], "breaks", "List breakpoints", "Lists breakpoints with their ids.", false, breaks),
     cmd!("delete", [], "delete ID|all", "Delete a breakpoint", "Examples:\n  delete 2\n  delete all", false, delete),
     cmd!("watch", [], "watch POS [POS...]", "Show these positions after every step (watch off: clear)",
@@ -70,10 +70,11 @@ pub static TABLE: &[Command] = &[
     cmd!("gamma", [], "gamma", "Show the last step's unmask set Gamma_t", "", true, gamma),
     cmd!("delta", [], "delta", "Show the last step's edit set Delta_t", "", true, delta),
     cmd!("topk", [], "topk POS [K]", "Top-K candidates at a position under the last forward",
-        "Uses the last forward's distribution (no new forward); also shows the probability of the token now\nat POS.\n\nExample:\n  topk 14 5", true, topk),
+        "Uses the last forward's distribution (no new forward); also shows the probability of the token now\nat POS. A LLaDA2.2 model's edit operations are named DELETE and SPLIT.\n\nExample:\n  topk 14 5", true, topk),
     cmd!("trace", [], "trace", "List every step so far", "", true, trace),
     cmd!("block", [], "block", "Show the current block and its counters", "", true, block),
-    cmd!("stats", [], "stats", "Forwards, tokens, TPF, edits, fallbacks, time", "", true, stats),
+    cmd!("stats", [], "stats", "Forwards, tokens, TPF, edits, fallbacks, time",
+        "Levenshtein decodes (LLaDA2.2) add deletions, insertions, truncated tokens and anti-loop redraws.", true, stats),
     cmd!("chart", [], "chart", "Charts: masks left, |Gamma|, |Delta| per step; confidence by position and step",
         "Two charts: masks left in the block, |Gamma| and |Delta| per step; and, for the last 8 steps, the\nprobability of every token each step wrote, by position.", true, chart),
     cmd!("poke", ["set-token"], "poke POS TOKEN", "Set a generated position by hand (TOKEN: text, or #ID)",
@@ -151,8 +152,10 @@ fn load(s: &mut Session, a: &Args) -> CmdResult {
             src.dir = Some(PathBuf::from(w));
         }
     }
-    s.replace_model(src)?;
-    info(s, a)
+    let note = s.replace_model(src)?;
+    let mut out = info(s, a)?;
+    out.extend(note.map(msg));
+    Ok(out)
 }
 
 fn info(s: &mut Session, _: &Args) -> CmdResult {
@@ -166,6 +169,7 @@ fn info(s: &mut Session, _: &Args) -> CmdResult {
         vec!["dtype".into(), m.dtype().to_string().into()],
         vec!["weight MiB".into(), (m.weight_bytes() as f64 / (1 << 20) as f64).into()],
         vec!["mask / eos id".into(), format!("{} / {}", l.tokenizer.mask_id, l.tokenizer.eos_id).into()],
+        vec!["DELETE / SPLIT id".into(), m.edit_tokens().map(|(d, s)| format!("{d} / {s} (LLaDA2.2 Levenshtein editing)")).unwrap_or_else(|| "none (substitution only)".into()).into()],
         vec!["load seconds".into(), l.load_time.as_secs_f64().into()],
     ];
     Ok(vec![Value::Table(Table { title: "Model".into(), columns: vec!["".into(), "".into()], rows })])
@@ -232,6 +236,7 @@ fn settings(s: &mut Session, _: &Args) -> CmdResult {
 fn change_settings(s: &mut Session, change: impl Fn(&mut DecodeSettings) -> dllm_engine::Result<()>) -> Result<(), CommandError> {
     let mut next = s.settings.clone();
     change(&mut next)?;
+    check_with_model(s, &next)?;
     let branch = match s.decoder() {
         Ok(d) => {
             let mut b = d.settings.clone();
@@ -252,9 +257,24 @@ fn change_settings(s: &mut Session, change: impl Fn(&mut DecodeSettings) -> dllm
     Ok(())
 }
 
+/// Refuses Levenshtein editing for a resident model without DELETE / SPLIT ids now rather than at the next
+/// step, with the engine's own error: its check runs on a throwaway one-token decoder (no forward). A model
+/// still loading is checked at its first step instead.
+fn check_with_model(s: &Session, st: &DecodeSettings) -> Result<(), CommandError> {
+    let Ok(l) = s.ready() else { return Ok(()) };
+    if st.edit_ops == EditOps::Levenshtein && l.model.edit_tokens().is_none() {
+        Decoder::new(&[l.tokenizer.eos_id], st.clone(), l.tokenizer.mask_id, l.tokenizer.eos_id, &l.model)?;
+    }
+    Ok(())
+}
+
 fn set(s: &mut Session, a: &Args) -> CmdResult {
     let (Some(name), Some(value)) = (a.get(0), a.get(1)) else { return Err(usage("set", "expected NAME VALUE")) };
     change_settings(s, |st| st.set(name, value))?;
+    // Presets leave layout, seed and sampling alone, so setting those is not choosing decoding rules.
+    if !matches!(name, "gen_length" | "block_length" | "seed" | "temperature" | "top_k" | "top_p" | "attention" | "mbe_window") {
+        s.settings_chosen = true;
+    }
     let layout = matches!(name, "block_length" | "gen_length") && s.decoder().is_ok();
     Ok(vec![msg(format!("{name} = {}{}", s.settings.get(name).unwrap_or_default(), if layout { " (from the next prompt: the canvas layout is fixed)" } else { "" }))])
 }
@@ -265,16 +285,61 @@ fn preset(s: &mut Session, a: &Args) -> CmdResult {
         return Ok(vec![Value::Table(Table { title: "Presets".into(), columns: vec!["preset".into(), "what it is".into()], rows })]);
     };
     change_settings(s, |st| st.apply_preset(name))?;
+    s.settings_chosen = true;
     Ok(vec![msg(format!("preset {name} applied"))])
 }
 
-fn steps_table(title: &str, reports: &[dllm_engine::decode::StepReport]) -> Value {
+/// A write's token for the steps table: LLaDA2.2's edit operations by name (their vocabulary texts are
+/// placeholders in real checkpoints), other tokens as quoted text.
+fn written(kind: WriteKind, text: &str) -> String {
+    match kind {
+        WriteKind::Delete => "DEL".into(),
+        WriteKind::Split => "SPLIT".into(),
+        WriteKind::Token => format!("{text:?}"),
+    }
+}
+
+/// One Levenshtein step's facts in a cell: masks at the start (original + introduced) and the minimum it
+/// had to unmask, the post counter, then what moved: deleted and split slots (step-start positions),
+/// inserted masks (after the step), padding, cut positions, the final round and anti-loop redraws.
+fn lev_facts(l: &LevStep, edit_ids: Option<(i64, i64)>) -> String {
+    let list = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let mut f = vec![format!("masks {}+{} need {}", l.originals, l.introduced, l.need), format!("post {}", l.post)];
+    if !l.deleted.is_empty() {
+        f.push(format!("del {}", list(&l.deleted)));
+    }
+    if !l.split.is_empty() {
+        f.push(format!("split {}", list(&l.split)));
+    }
+    if !l.inserted.is_empty() {
+        f.push(format!("ins {}", list(&l.inserted)));
+    }
+    if l.pad > 0 {
+        f.push(format!("pad {}", l.pad));
+    }
+    if !l.truncated.is_empty() {
+        f.push(format!("cut {}", list(&l.truncated.iter().map(|t| t.0).collect::<Vec<_>>())));
+    }
+    if l.final_round {
+        f.push("final".into());
+    }
+    for r in &l.antiloop {
+        let name = |id: i64, text: &str| edit_op(id, edit_ids).map(String::from).unwrap_or_else(|| format!("{text:?}"));
+        f.push(format!("redraw {}:{}→{}", r.pos, name(r.from, &r.from_text), name(r.to, &r.to_text)));
+    }
+    f.join(" · ")
+}
+
+/// The steps table; a `Levenshtein` column appears only when some step is a Levenshtein step (LLaDA2.1
+/// tables stay as they were). Its JSON also carries the complete reports.
+fn steps_table(title: &str, reports: &[StepReport], edit_ids: Option<(i64, i64)>) -> Value {
+    let lev = reports.iter().any(|r| r.lev.is_some());
     let rows = reports
         .iter()
         .map(|r| {
-            let g: Vec<String> = r.gamma.iter().map(|u| format!("{}:{:?}", u.pos, u.text)).collect();
-            let d: Vec<String> = r.delta.iter().map(|e| format!("{}:{:?}→{:?}", e.pos, e.old_text, e.new_text)).collect();
-            vec![
+            let g: Vec<String> = r.gamma.iter().map(|u| format!("{}:{}", u.pos, written(u.kind, &u.text))).collect();
+            let d: Vec<String> = r.delta.iter().map(|e| format!("{}:{:?}→{}", e.pos, e.old_text, written(e.kind, &e.new_text))).collect();
+            let mut row = vec![
                 r.step.into(),
                 r.block.into(),
                 r.block_step.into(),
@@ -283,20 +348,40 @@ fn steps_table(title: &str, reports: &[dllm_engine::decode::StepReport]) -> Valu
                 r.masks_left.into(),
                 r.fallback.into(),
                 r.tpf.into(),
-            ]
+            ];
+            if lev {
+                row.push(r.lev.as_ref().map(|l| lev_facts(l, edit_ids)).into());
+            }
+            row
         })
         .collect();
-    Value::Table(Table {
-        title: title.into(),
-        columns: ["step", "block", "in block", "Gamma (pos:token)", "Delta (pos:old→new)", "masks left", "fallback", "TPF"].map(String::from).to_vec(),
-        rows,
-    })
+    let mut columns: Vec<String> =
+        ["step", "block", "in block", "Gamma (pos:token)", "Delta (pos:old→new)", "masks left", "fallback", "TPF"].map(String::from).to_vec();
+    if lev {
+        columns.push("Levenshtein".into());
+    }
+    Value::Steps(Steps { table: Table { title: title.into(), columns, rows }, reports: reports.to_vec() })
+}
+
+/// "DELETE" / "SPLIT" when `id` is one of the model's edit operations (`edit_ids`): real checkpoints have only
+/// placeholder texts for them.
+fn edit_op(id: i64, edit_ids: Option<(i64, i64)>) -> Option<&'static str> {
+    match edit_ids {
+        Some((del, _)) if id == del => Some("DELETE"),
+        Some((_, split)) if id == split => Some("SPLIT"),
+        _ => None,
+    }
+}
+
+/// The resident model's (DELETE, SPLIT) ids, if it has them.
+fn edit_ids(s: &Session) -> Option<(i64, i64)> {
+    s.ready().ok().and_then(|l| l.model.edit_tokens())
 }
 
 fn after_steps(s: &mut Session, reports: Vec<dllm_engine::decode::StepReport>, stop: Option<String>) -> CmdResult {
     let mut out = Vec::new();
     if !reports.is_empty() {
-        out.push(steps_table("Steps", &reports));
+        out.push(steps_table("Steps", &reports, edit_ids(s)));
     }
     out.push(s.canvas_value("canvas")?);
     if !s.watches.is_empty() {
@@ -372,6 +457,11 @@ pub fn describe_event(e: &Event) -> String {
     }
 }
 
+/// The event names `break` takes, for its error message and for completion in both front-ends.
+pub const BREAK_EVENTS: &[&str] = &[
+    "edit", "fallback", "block-end", "eos", "token", "text", "oscillation", "low-confidence", "step", "revised", "delete", "insert", "truncate", "antiloop",
+];
+
 fn parse_event(a: &Args) -> Result<Event, CommandError> {
     let kind = a.get(0).ok_or_else(|| usage("break", "missing EVENT"))?;
     let arg = a.get(1);
@@ -391,7 +481,11 @@ fn parse_event(a: &Args) -> Result<Event, CommandError> {
         "low-confidence" => Event::LowConfidence { below: num("X")? as f32 },
         "step" => Event::Step { n: num("N")? as i64 },
         "revised" => Event::Revised,
-        other => return Err(usage("break", format!("unknown event {other:?}: edit, fallback, block-end, eos, token, text, oscillation, low-confidence, step, revised"))),
+        "delete" => Event::Delete,
+        "insert" | "split" => Event::Insert,
+        "truncate" => Event::Truncate,
+        "antiloop" => Event::Antiloop,
+        other => return Err(usage("break", format!("unknown event {other:?}: {}", BREAK_EVENTS.join(", ")))),
     })
 }
 
@@ -538,15 +632,24 @@ fn last_report(s: &Session) -> Result<dllm_engine::decode::StepReport, CommandEr
     Ok(r)
 }
 
+/// A write's text in the gamma / delta tables: LLaDA2.2's edit operations by name.
+fn op_name(kind: WriteKind, text: &str) -> String {
+    match kind {
+        WriteKind::Delete => "DELETE".into(),
+        WriteKind::Split => "SPLIT".into(),
+        WriteKind::Token => text.into(),
+    }
+}
+
 fn gamma(s: &mut Session, _: &Args) -> CmdResult {
     let r = last_report(s)?;
-    let rows = r.gamma.iter().map(|u| vec![u.pos.into(), u.token.into(), u.text.clone().into(), u.p.into()]).collect();
+    let rows = r.gamma.iter().map(|u| vec![u.pos.into(), u.token.into(), op_name(u.kind, &u.text).into(), u.p.into()]).collect();
     Ok(vec![Value::Table(Table { title: format!("Gamma at step {} (mask → token)", r.step), columns: ["pos", "id", "text", "p"].map(String::from).to_vec(), rows })])
 }
 
 fn delta(s: &mut Session, _: &Args) -> CmdResult {
     let r = last_report(s)?;
-    let rows = r.delta.iter().map(|e| vec![e.pos.into(), e.old_text.clone().into(), e.new_text.clone().into(), e.p.into()]).collect();
+    let rows = r.delta.iter().map(|e| vec![e.pos.into(), e.old_text.clone().into(), op_name(e.kind, &e.new_text).into(), e.p.into()]).collect();
     Ok(vec![Value::Table(Table { title: format!("Delta at step {} (token → token)", r.step), columns: ["pos", "old", "new", "p"].map(String::from).to_vec(), rows })])
 }
 
@@ -564,8 +667,11 @@ fn topk(s: &mut Session, a: &Args) -> CmdResult {
         return Err(CommandError::Failed(format!("the last forward did not cover position {pos} (step first, or the position is outside the current window)")));
     };
     let current = d.canvas()[pos as usize];
-    let tok = &s.ready()?.tokenizer;
-    let rows = top.iter().map(|(t, p)| vec![(*t).into(), tok.token_text(*t).into(), (*p).into()]).collect();
+    let l = s.ready()?;
+    let tok = &l.tokenizer;
+    let edit = l.model.edit_tokens();
+    let name = |t: i64| edit_op(t, edit).map(String::from).unwrap_or_else(|| tok.token_text(t));
+    let rows = top.iter().map(|(t, p)| vec![(*t).into(), name(*t).into(), (*p).into()]).collect();
     Ok(vec![
         Value::Table(Table { title: format!("Top {k} at position {pos}"), columns: ["id", "text", "p"].map(String::from).to_vec(), rows }),
         msg(format!("now at {pos}: {:?} with p {cur:.4}", tok.token_text(current))),
@@ -575,7 +681,7 @@ fn topk(s: &mut Session, a: &Args) -> CmdResult {
 fn trace(s: &mut Session, _: &Args) -> CmdResult {
     let tok = s.tokenizer()?;
     let reports: Vec<_> = s.decoder()?.reports().cloned().map(|mut r| { r.annotate(tok); r }).collect();
-    Ok(vec![steps_table("Trace", &reports)])
+    Ok(vec![steps_table("Trace", &reports, edit_ids(s))])
 }
 
 fn block(s: &mut Session, _: &Args) -> CmdResult {
@@ -598,8 +704,20 @@ fn block(s: &mut Session, _: &Args) -> CmdResult {
 }
 
 fn stats(s: &mut Session, _: &Args) -> CmdResult {
-    let st = s.decoder()?.stats();
-    Ok(vec![Value::Data { title: "stats".into(), data: serde_json::to_value(st).unwrap_or_default() }])
+    let d = s.decoder()?;
+    let st = d.stats();
+    let mut data = serde_json::to_value(&st).unwrap_or_default();
+    // The Levenshtein counters only mean something for a decode that can delete and insert: keep them out of
+    // a LLaDA2.1 decode's stats unless they are non-zero.
+    let lev = d.settings.edit_ops == EditOps::Levenshtein;
+    if let Some(obj) = data.as_object_mut() {
+        for (key, n) in [("deletions", st.deletions), ("insertions", st.insertions), ("truncated", st.truncated), ("antiloop", st.antiloop)] {
+            if !lev && n == 0 {
+                obj.remove(key);
+            }
+        }
+    }
+    Ok(vec![Value::Data { title: "stats".into(), data }])
 }
 
 fn chart(s: &mut Session, _: &Args) -> CmdResult {

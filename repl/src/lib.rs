@@ -10,5 +10,5 @@ mod session;
 pub mod terminal;
 pub mod value;
 
-pub use commands::{markdown as commands_markdown, Command};
+pub use commands::{markdown as commands_markdown, Command, BREAK_EVENTS};
 pub use session::{CmdResult, CommandError, ModelSource, Session};

@@ -53,6 +53,8 @@ pub fn restore(s: &mut Session, text: &str) -> Result<(), String> {
         return Err(format!("the current branch `{}` is not among the saved branches", saved.current));
     }
     s.settings = saved.settings;
+    // Reopened settings are the user's: a later `load` keeps them.
+    s.settings_chosen = true;
     s.prompt = saved.prompt;
     s.current = saved.current;
     s.branches = branches;

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use dllm_engine::decode::{DecodeSettings, Decoder, Event, StepReport};
+use dllm_engine::decode::{DecodeSettings, Decoder, Event, LevStep, StepReport, WriteKind};
 use dllm_engine::{DType, Loaded};
 
 use crate::commands::{self, Command};
 use crate::parse;
 use crate::research::RlState;
-use crate::value::{Canvas, CanvasCell, CellKind, Value};
+use crate::value::{Canvas, CanvasCell, CellKind, Removed, RemovedWhy, Value};
 
 /// Why a command failed. The session is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,11 @@ pub struct Session {
     pub(crate) breakpoints: Vec<Breakpoint>,
     pub(crate) next_break_id: usize,
     pub(crate) watches: Vec<i64>,
+    /// The user chose decoding rules (`preset`, or `set` of a setting presets decide): loading a LLaDA2.2
+    /// model then leaves them alone instead of applying the `llada2.2` preset.
+    pub(crate) settings_chosen: bool,
+    /// What the background load did to the settings (`adopt_model_defaults`), told by the next command.
+    load_note: Option<String>,
     /// RL configuration, run and snapshots (`rl ...`).
     pub(crate) rl: RlState,
     interrupt: Arc<AtomicBool>,
@@ -114,12 +119,12 @@ impl Session {
     pub fn new(source: ModelSource) -> Session {
         let src = source.clone();
         let handle = std::thread::spawn(move || src.load());
-        let mut settings = DecodeSettings::official(32);
-        settings.block_length = 8;
         Session {
             model: ModelSlot::Loading(handle),
             source,
-            settings,
+            settings: default_settings(),
+            settings_chosen: false,
+            load_note: None,
             prompt: None,
             branches: BTreeMap::new(),
             current: "main".into(),
@@ -154,6 +159,8 @@ impl Session {
                 Ok(Err(e)) => ModelSlot::Failed(e),
                 Err(_) => ModelSlot::Failed("the loader thread panicked".into()),
             };
+            // No decode can exist yet (every decode waits for the model), so only the settings change.
+            self.load_note = self.adopt_model_defaults();
         }
         match &self.model {
             ModelSlot::Ready(l) => Ok(l),
@@ -189,8 +196,9 @@ impl Session {
     }
 
     /// Replaces the model (loaded in the foreground); the old one stays if this fails. Branches are dropped
-    /// because their tokens belong to the old vocabulary.
-    pub(crate) fn replace_model(&mut self, source: ModelSource) -> Result<&Loaded, CommandError> {
+    /// because their tokens belong to the old vocabulary. Returns a note when the model's kind changed the
+    /// settings (see `adopt_model_defaults`).
+    pub(crate) fn replace_model(&mut self, source: ModelSource) -> Result<Option<String>, CommandError> {
         let loaded = source.load().map_err(CommandError::Failed)?;
         self.model = ModelSlot::Ready(Box::new(loaded));
         self.source = source;
@@ -198,7 +206,38 @@ impl Session {
         self.branches.clear();
         self.prompt = None;
         self.current = "main".into();
-        self.model()
+        Ok(self.adopt_model_defaults())
+    }
+
+    /// Unless the user chose decoding rules, a model with DELETE / SPLIT tokens (LLaDA2.2) decodes with the
+    /// `llada2.2` preset (what it was trained for; substitution alone would never use its edit operations).
+    /// A model without them cannot decode Levenshtein settings at all: the default rules come back if
+    /// `llada2.2` was applied this way, else only `edit_ops` goes back to `substitute`. Layout, seed and
+    /// sampling settings (which presets leave alone) are kept. Returns what it did.
+    fn adopt_model_defaults(&mut self) -> Option<String> {
+        let ModelSlot::Ready(l) = &self.model else { return None };
+        let lev = self.settings.edit_ops == dllm_engine::decode::EditOps::Levenshtein;
+        let ids = l.model.config().delete_token_id.zip(l.model.config().split_token_id);
+        match ids {
+            Some((del, split)) if !lev && !self.settings_chosen => {
+                self.settings.apply_preset("llada2.2").ok()?;
+                Some(format!(
+                    "this model has DELETE / SPLIT tokens ({del} / {split}, LLaDA2.2): preset llada2.2 applied (Levenshtein editing); `preset S` decodes by substitution only"
+                ))
+            }
+            None if lev && !self.settings_chosen => {
+                let mut d = default_settings();
+                (d.gen_length, d.block_length, d.seed) = (self.settings.gen_length, self.settings.block_length, self.settings.seed);
+                (d.temperature, d.top_k, d.top_p) = (self.settings.temperature, self.settings.top_k, self.settings.top_p);
+                self.settings = d;
+                Some("this model has no DELETE / SPLIT tokens: back to the default (substitution) rules".into())
+            }
+            None if lev => {
+                self.settings.edit_ops = dllm_engine::decode::EditOps::Substitute;
+                Some("this model has no DELETE / SPLIT tokens: edit_ops set to substitute (your other settings are kept)".into())
+            }
+            _ => None,
+        }
     }
 
     /// Runs one command line. Blank lines and `#` comments give nothing.
@@ -235,6 +274,16 @@ impl Session {
             }
         };
         self.depth -= 1;
+        let result = match (result, self.load_note.take()) {
+            (Ok(mut v), Some(note)) => {
+                v.insert(0, Value::Message { text: note });
+                Ok(v)
+            }
+            (r, note) => {
+                self.load_note = note;
+                r
+            }
+        };
         // An interrupt belongs to the command it arrived during: clear it once the outermost command ends (not
         // at the start, which would drop a Ctrl-C pressed just as a command began).
         if self.depth == 0 {
@@ -308,8 +357,12 @@ impl Session {
             };
             if let Some(hook) = &args.progress {
                 let r = &r;
+                let lev = match &r.lev {
+                    Some(l) => format!(", {} deleted, {} inserted, {} cut", l.deleted.len(), l.split.len(), l.truncated.len()),
+                    None => String::new(),
+                };
                 let text = format!(
-                    "step {}: block {}, |Gamma| {}, |Delta| {}, {} masks left in the block, TPF {:.2}",
+                    "step {}: block {}, |Gamma| {}, |Delta| {}{lev}, {} masks left in the block, TPF {:.2}",
                     r.step, r.block, r.gamma.len(), r.delta.len(), r.masks_left, r.tpf
                 );
                 let values = [Value::Message { text }, canvas_of(d, &l.tokenizer, "canvas")];
@@ -336,36 +389,114 @@ impl Session {
     }
 }
 
-/// The canvas of `d` as a value, with its last step's Gamma/Delta marked.
+/// The settings a session starts with: the official LLaDA2.1 rules, 32 tokens in blocks of 8.
+fn default_settings() -> DecodeSettings {
+    let mut settings = DecodeSettings::official(32);
+    settings.block_length = 8;
+    settings
+}
+
+/// The canvas of `d` as a value, with its last step's Gamma/Delta marked (see [`mark_cells`]).
 pub(crate) fn canvas_of(d: &Decoder, tok: &dllm_engine::Tokenizer, title: &str) -> Value {
-    let last = d.reports().last().cloned();
-    let (p, b) = (d.prompt_len(), d.settings.block_length);
     let end = (d.prompt_len() + d.settings.gen_length).min(d.canvas().len() as i64);
-    let mut cells = Vec::with_capacity(end as usize);
-    for pos in 0..end {
-        let id = d.canvas()[pos as usize];
-        let kind = if pos < p {
-            CellKind::Prompt
-        } else if id == d.mask_id() {
-            CellKind::Mask
-        } else if let Some(e) = last.as_ref().and_then(|r| r.delta.iter().find(|e| e.pos == pos)) {
-            CellKind::Edited { old: tok.token_text(e.old) }
-        } else if last.as_ref().is_some_and(|r| r.gamma.iter().any(|u| u.pos == pos)) {
-            CellKind::Unmasked
-        } else {
-            CellKind::Token
-        };
-        let (top, cur) = match d.top_k_at(pos, 3) {
-            Some((top, cur)) => (top.into_iter().map(|(t, p)| (tok.token_text(t), p)).collect(), Some(cur)),
-            None => (Vec::new(), None),
-        };
-        cells.push(CanvasCell { pos, id, text: tok.token_text(id), kind, p: if pos < p { None } else { cur }, top });
-    }
+    let tokens = &d.canvas()[..end as usize];
+    let text = |t: i64| tok.token_text(t);
+    let (marks, removed) = mark_cells(tokens, d.prompt_len(), d.mask_id(), d.reports().last(), &text);
+    let cells = marks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, moved_from))| {
+            let (pos, id) = (i as i64, tokens[i]);
+            let (top, cur) = match d.top_k_at(pos, 3) {
+                Some((top, cur)) => (top.into_iter().map(|(t, p)| (tok.token_text(t), p)).collect(), Some(cur)),
+                None => (Vec::new(), None),
+            };
+            CanvasCell { pos, id, text: tok.token_text(id), kind, p: if pos < d.prompt_len() { None } else { cur }, top, moved_from }
+        })
+        .collect();
     Value::Canvas(Canvas {
         title: title.into(),
-        block_length: b,
+        block_length: d.settings.block_length,
         current_block: d.cursor().block,
         cells,
         low_confidence: 0.5,
+        removed,
     })
+}
+
+/// Each position's status after the step `last` (and where a Levenshtein edit moved it from), and what that
+/// step removed. A Levenshtein report's positions are step-start positions: they are mapped through its slot
+/// map, SPLIT's masks and the tail padding are marked, and DELETE's slots and the cut tail are listed.
+pub(crate) fn mark_cells(
+    tokens: &[i64],
+    prompt_len: i64,
+    mask: i64,
+    last: Option<&StepReport>,
+    text: &dyn Fn(i64) -> String,
+) -> (Vec<(CellKind, Option<i64>)>, Vec<Removed>) {
+    let lev = last.and_then(|r| r.lev.as_ref());
+    // Post-step position -> step-start position, over the Levenshtein step's block.
+    let lev_span = lev.map(|l| l.start..l.start + l.slots.len() as i64);
+    let mut source = std::collections::HashMap::new();
+    if let Some(l) = lev {
+        for (i, to) in l.slots.iter().enumerate() {
+            if let Some(j) = to {
+                source.insert(*j, l.start + i as i64);
+            }
+        }
+    }
+    let in_lev = |pos: i64| lev_span.as_ref().is_some_and(|r| r.contains(&pos));
+    let mut marks = Vec::with_capacity(tokens.len());
+    for (pos, &id) in (0..).zip(tokens) {
+        let slot = if in_lev(pos) { source.get(&pos).copied() } else { Some(pos) };
+        let kind = if pos < prompt_len {
+            CellKind::Prompt
+        } else if id == mask {
+            if lev.is_some_and(|l| l.inserted.contains(&pos)) {
+                CellKind::Inserted
+            } else if in_lev(pos) && slot.is_none() {
+                CellKind::Padded
+            } else {
+                CellKind::Mask
+            }
+        } else {
+            // Only token writes mark a cell; a DELETE / SPLIT write shows as a removal / an inserted mask.
+            let here = |i: i64| slot == Some(i);
+            let edit = last.and_then(|r| r.delta.iter().find(|e| e.kind == WriteKind::Token && here(e.pos)));
+            match edit {
+                Some(e) => CellKind::Edited { old: text(e.old) },
+                None if last.is_some_and(|r| r.gamma.iter().any(|u| u.kind == WriteKind::Token && here(u.pos))) => CellKind::Unmasked,
+                None => CellKind::Token,
+            }
+        };
+        marks.push((kind, slot.filter(|&i| i != pos)));
+    }
+    let removed = match (lev, last) {
+        (Some(l), Some(r)) => removed_by(l, r, mask, text),
+        _ => Vec::new(),
+    };
+    (marks, removed)
+}
+
+/// What a Levenshtein step took off the canvas: deleted slots (drawn where they stood, before the first token
+/// that followed them) and tokens cut off the tail (drawn after the block's end).
+fn removed_by(l: &LevStep, r: &StepReport, mask: i64, text: &dyn Fn(i64) -> String) -> Vec<Removed> {
+    let mut out = Vec::new();
+    // Walk the step-start slots as `apply_edits` does: a kept slot takes one position, a split one two.
+    let mut next = l.start;
+    for i in 0..l.slots.len() as i64 {
+        let pos = l.start + i;
+        if l.deleted.contains(&pos) {
+            // The slot held a token (Delta) or a mask (Gamma) at the step start.
+            let id = r.delta.iter().find(|e| e.pos == pos).map(|e| e.old).unwrap_or(mask);
+            out.push(Removed { pos, id, text: text(id), mask: id == mask, why: RemovedWhy::Deleted, before: next });
+        } else {
+            next += if l.split.contains(&pos) { 2 } else { 1 };
+        }
+    }
+    let end = l.start + l.slots.len() as i64;
+    for &(pos, id) in &l.truncated {
+        out.push(Removed { pos, id, text: text(id), mask: id == mask, why: RemovedWhy::Truncated, before: end });
+    }
+    out
 }

@@ -11,6 +11,10 @@ pub enum Value {
     Message { text: String },
     /// A titled table.
     Table(Table),
+    /// Decoder steps: shown as their table, serialised as that table (type `table`) plus the complete
+    /// reports (`reports`, Levenshtein facts under `lev`), so JSON readers get what the compact cells abbreviate.
+    #[serde(rename = "table")]
+    Steps(Steps),
     /// The decoder's canvas with each token's status.
     Canvas(Canvas),
     /// A line chart over steps or positions.
@@ -24,6 +28,13 @@ pub struct Table {
     pub title: String,
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Cell>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Steps {
+    #[serde(flatten)]
+    pub table: Table,
+    pub reports: Vec<dllm_engine::decode::StepReport>,
 }
 
 /// A table cell; numbers keep their type in JSON.
@@ -90,6 +101,17 @@ pub enum CellKind {
     Unmasked,
     /// Edited by the last step (Delta), with the replaced token's text.
     Edited { old: String },
+    /// A mask the last step's SPLIT opened (LLaDA2.2 Levenshtein step).
+    Inserted,
+    /// A mask the last Levenshtein step appended at the block's tail (after deletions shortened it).
+    Padded,
+}
+
+impl CellKind {
+    /// Whether the position holds a mask (plain, inserted or padded).
+    pub fn is_mask(&self) -> bool {
+        matches!(self, CellKind::Mask | CellKind::Inserted | CellKind::Padded)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +125,33 @@ pub struct CanvasCell {
     pub p: Option<f32>,
     /// Top candidates under the last forward (text, p), for hover text.
     pub top: Vec<(String, f32)>,
+    /// The position this token held at the start of the last step, when a Levenshtein edit moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<i64>,
+}
+
+/// Why a token left the canvas in the last (Levenshtein) step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovedWhy {
+    /// DELETE removed the slot; the tokens after it shifted left.
+    Deleted,
+    /// SPLIT pushed it past the block's end.
+    Truncated,
+}
+
+/// A token the last step removed, shown struck out where it stood.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Removed {
+    /// Its position at the start of the step.
+    pub pos: i64,
+    pub id: i64,
+    pub text: String,
+    /// The slot held a mask (DELETE may remove a mask too).
+    pub mask: bool,
+    pub why: RemovedWhy,
+    /// The position (after the step) it is drawn before; for truncated tokens the block's end.
+    pub before: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +162,9 @@ pub struct Canvas {
     pub cells: Vec<CanvasCell>,
     /// Positions with p below this are shown as low-confidence.
     pub low_confidence: f32,
+    /// Tokens the last Levenshtein step deleted or cut off the block's tail (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<Removed>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -107,6 +107,8 @@ fn settings_presets_and_failed_commands_change_nothing() {
         ("poke 0 A", "generated positions"),
         ("delete 7", "no breakpoint 7"),
         ("break sideways", "unknown event"),
+        ("preset llada2.2", "no DELETE / SPLIT tokens"),
+        ("set edit_ops levenshtein", "no DELETE / SPLIT tokens"),
     ] {
         assert!(err(&mut s, line).contains(says), "{line}");
         assert_eq!(state(&mut s), before, "`{line}` changed the session");
@@ -396,4 +398,185 @@ fn rl_with_lora_on_given_prompts_then_merge() {
     ok(&mut s, "rl reset");
     let e = err(&mut s, "rl prompt");
     assert!(e.contains("missing TEXT"), "{e}");
+}
+
+/// DELETE / SPLIT ids of the test's LLaDA2.2-style checkpoint: reserved ids of the compact 128-token
+/// vocabulary (specials are 0..8, characters 8..104), so no text the tests type maps to them.
+const DEL: i64 = 120;
+const SPLIT: i64 = 121;
+
+/// Writes a random LLaDA2.2-style checkpoint into `dir`: the `micro` shape with DELETE / SPLIT ids, and their
+/// lm_head rows scaled so the model predicts them often (a random model would almost never pick 2 ids of 128).
+fn write_llada22(dir: &std::path::Path, scale: f64) {
+    let mut cfg = dllm_engine::presets::preset("micro").unwrap();
+    cfg.delete_token_id = Some(DEL);
+    cfg.split_token_id = Some(SPLIT);
+    let model = dllm_engine::presets::random_model(&cfg, 3, tch::Device::Cpu, dllm_engine::DType::F32).unwrap();
+    tch::no_grad(|| {
+        let vars = model.var_store().variables();
+        let w = &vars["lm_head.weight"];
+        for id in [DEL, SPLIT] {
+            let mut row = w.get(id);
+            row *= scale;
+        }
+    });
+    let opts = dllm_engine::checkpoint::SaveOptions { dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None };
+    dllm_engine::presets::write_checkpoint(&model, dir, opts).unwrap();
+    let tok = dllm_engine::presets::tokenizer_spec(cfg.vocab_size).to_json();
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
+}
+
+/// The value of type `t` in a command's output.
+fn find<'a>(v: &'a [Json], t: &str) -> &'a Json {
+    v.iter().find(|x| x["type"] == t).unwrap_or_else(|| panic!("no {t} in {v:?}"))
+}
+
+/// A canvas's ids and marks, without the last forward's probabilities (a rewind forgets that forward).
+fn marks(canvas: &Json) -> Json {
+    let cells: Vec<Json> = canvas["cells"].as_array().unwrap().iter().map(|c| serde_json::json!([c["id"], c["kind"], c["moved_from"]])).collect();
+    serde_json::json!([cells, canvas["removed"]])
+}
+
+#[test]
+fn levenshtein_steps_in_every_front_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write_llada22(dir.path(), 5.0);
+    let mut s = session();
+    let v = ok(&mut s, &format!("load {} device=cpu", dir.path().display()));
+    assert!(text(&v).contains("120 / 121 (LLaDA2.2"), "info names the edit ids: {v:?}");
+    assert!(text(&v).contains("preset llada2.2 applied"), "{v:?}");
+    assert!(text(&ok(&mut s, "settings")).contains("\"edit_ops\",\"levenshtein\""));
+    ok(&mut s, "prompt-ids 10,11,12");
+
+    // `break delete` stops on a step that deleted; its table names DEL and lists the step's facts, its JSON
+    // carries the complete report, and the canvas strikes the deleted slot out where it stood.
+    assert_eq!(ok(&mut s, "break delete")[0]["text"], "breakpoint 1: delete");
+    let v = ok(&mut s, "continue");
+    assert!(text(&v).contains("breakpoint 1 (delete)"), "{v:?}");
+    let table = find(&v, "table");
+    assert_eq!(table["columns"][8], "Levenshtein");
+    let report = &table["reports"][0];
+    let t = report["step"].as_i64().unwrap();
+    let deleted = report["lev"]["deleted"].as_array().unwrap();
+    assert!(!deleted.is_empty());
+    assert!(table["rows"][0][3].as_str().unwrap().contains(&format!("{}:DEL", deleted[0])) || table["rows"][0][4].as_str().unwrap().contains("→DEL"));
+    assert!(table["rows"][0][8].as_str().unwrap().contains(&format!("del {}", deleted[0])), "{table}");
+    let after = find(&v, "canvas").clone();
+    let g = text(&ok(&mut s, "gamma")) + &text(&ok(&mut s, "delta"));
+    assert!(g.contains("\"DELETE\""), "gamma / delta name the operation: {g}");
+    assert!(after["removed"].as_array().unwrap().iter().any(|r| r["why"] == "deleted" && r["pos"] == deleted[0]));
+    let shown = dllm_repl::render::render_all(&s.execute("canvas").unwrap());
+    assert!(shown.plain.contains("~~") && shown.plain.contains(" deleted"), "{}", shown.plain);
+    assert!(shown.html.contains("<del title=\"deleted by DELETE this step"), "{}", shown.html);
+    assert!(shown.ansi.contains("\x1b[2;9;31m"));
+
+    // Rewind to before it restores the state before the step exactly (the same as stepping there afresh),
+    // and stepping again redoes it exactly.
+    let before = find(&ok(&mut s, &format!("rewind {t}")), "canvas").clone();
+    ok(&mut s, "rewind 0");
+    let fresh = find(&ok(&mut s, &format!("step {t}")), "canvas").clone();
+    assert_eq!(marks(&before), marks(&fresh));
+    assert_ne!(marks(&before), marks(&after));
+    assert_eq!(find(&ok(&mut s, "step"), "canvas"), &after, "the step is redone exactly");
+
+    // Fork and diff across Levenshtein steps.
+    ok(&mut s, "fork strict");
+    ok(&mut s, "set threshold 0.95");
+    ok(&mut s, "step 4");
+    ok(&mut s, "switch main");
+    ok(&mut s, "step 4");
+    let d = ok(&mut s, "diff main strict");
+    assert_eq!(d[0]["rows"].as_array().unwrap().len() as i64, t + 5);
+    assert!(d[2]["text"].as_str().unwrap().starts_with("first diverging step") || d[2]["text"] == "identical step for step");
+
+    // DELETE / SPLIT are operations, not tokens: poke refuses them; topk names them.
+    let pos = report["span"][0].as_i64().unwrap().max(3);
+    assert!(err(&mut s, &format!("poke {pos} #{DEL}")).contains("DELETE edit operation"));
+    assert!(err(&mut s, &format!("poke {pos} #{SPLIT}")).contains("SPLIT edit operation"));
+    let window = find(&ok(&mut s, "step"), "table")["reports"][0]["span"][0].clone();
+    let k = ok(&mut s, &format!("topk {window} 128"));
+    let names: Vec<&str> = k[0]["rows"].as_array().unwrap().iter().map(|r| r[1].as_str().unwrap()).collect();
+    assert!(names.contains(&"DELETE") && names.contains(&"SPLIT"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("reserved_120") || n.contains("reserved_121")));
+
+    // remask works on a Levenshtein block and the next step runs from it.
+    let block = ok(&mut s, "block")[0]["text"].as_str().unwrap().to_string();
+    let from: i64 = block.split("(positions ").nth(1).unwrap().split("..").next().unwrap().parse().unwrap();
+    ok(&mut s, &format!("remask {}", from.max(3)));
+    ok(&mut s, "step");
+
+    // An insertion is marked on the canvas.
+    ok(&mut s, "delete all");
+    ok(&mut s, "break insert");
+    let v = ok(&mut s, "continue");
+    assert!(text(&v).contains("breakpoint 2 (insert)"), "{v:?}");
+    let table = find(&v, "table");
+    assert!(table["rows"][0][3].as_str().unwrap().contains(":SPLIT") || table["rows"][0][4].as_str().unwrap().contains("→SPLIT"), "{table}");
+    let lev = &table["reports"][0]["lev"];
+    let shown = dllm_repl::render::render_all(&s.execute("canvas").unwrap());
+    if !lev["inserted"].as_array().unwrap().is_empty() {
+        assert!(shown.plain.contains("+_"), "{}", shown.plain);
+        assert!(shown.html.contains("mask opened by SPLIT this step"));
+    }
+    if !lev["truncated"].as_array().unwrap().is_empty() {
+        assert!(shown.plain.contains("✂ ~~"), "{}", shown.plain);
+    }
+    for (e, says) in [("truncate", "truncate"), ("antiloop", "antiloop"), ("split", "insert")] {
+        assert!(ok(&mut s, &format!("break {e}"))[0]["text"].as_str().unwrap().ends_with(says));
+    }
+
+    // Run to the end: stats count the edits, export writes the Levenshtein trace.
+    ok(&mut s, "run");
+    let st = &ok(&mut s, "stats")[0]["data"];
+    assert!(st["deletions"].as_i64().unwrap() > 0 && st["insertions"].as_i64().unwrap() > 0, "{st}");
+    assert!(st.get("truncated").is_some() && st.get("antiloop").is_some());
+    let path = dir.path().join("trace.json");
+    ok(&mut s, &format!("export {}", path.display()));
+    let trace: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let steps = trace["steps"].as_array().unwrap();
+    for step in steps {
+        assert_eq!(step["tokens"].as_array().unwrap().len(), 4, "{step}");
+        for key in ["deleted", "split", "truncated", "final", "antiloop"] {
+            assert!(step.get(key).is_some(), "{key} missing in {step}");
+        }
+    }
+    assert!(steps.iter().any(|x| !x["deleted"].as_array().unwrap().is_empty()));
+    assert!(steps.iter().any(|x| x["final"] == true));
+
+    // Back to a model without edit ids: a threshold was chosen above, so only edit_ops goes back.
+    let v = ok(&mut s, "load builtin device=cpu");
+    assert!(text(&v).contains("edit_ops set to substitute"), "{v:?}");
+    let st = text(&ok(&mut s, "settings"));
+    assert!(st.contains("\"edit_ops\",\"substitute\"") && st.contains("\"threshold\",\"0.95\""), "{st}");
+    ok(&mut s, "prompt-ids 10,11,12");
+}
+
+#[test]
+fn a_chosen_preset_survives_loading_a_llada22_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_llada22(dir.path(), 5.0);
+    let mut s = session();
+    ok(&mut s, "preset Q");
+    let v = ok(&mut s, &format!("load {} device=cpu", dir.path().display()));
+    assert!(!text(&v).contains("llada2.2 applied"));
+    assert!(text(&ok(&mut s, "settings")).contains("\"edit_ops\",\"substitute\""));
+    ok(&mut s, "prompt-ids 10,11,12");
+    let v = ok(&mut s, "step");
+    assert!(find(&v, "table")["reports"][0].get("lev").is_none());
+    assert_eq!(find(&v, "table")["columns"].as_array().unwrap().len(), 8, "no Levenshtein column for substitution steps");
+    let st = &ok(&mut s, "stats")[0]["data"];
+    assert!(st.get("deletions").is_none(), "Levenshtein counters stay out of a substitution decode: {st}");
+    // A session started on the checkpoint (background load) says what it applied with its first command.
+    let mut s = Session::new(ModelSource { dir: Some(dir.path().into()), device: "cpu".into(), dtype: None });
+    ok(&mut s, "set gen_length 8");
+    let v = ok(&mut s, "prompt-ids 10,11,12");
+    assert!(v[0]["text"].as_str().unwrap().contains("preset llada2.2 applied"), "{v:?}");
+    assert!(!text(&ok(&mut s, "step")).contains("llada2.2 applied"), "told once");
+    // Nothing chosen: the automatic llada2.2 preset comes and goes with the model.
+    let mut s = session();
+    assert!(text(&ok(&mut s, &format!("load {} device=cpu", dir.path().display()))).contains("llada2.2 applied"));
+    let v = ok(&mut s, "load builtin device=cpu");
+    assert!(text(&v).contains("back to the default"), "{v:?}");
+    let st = text(&ok(&mut s, "settings"));
+    assert!(st.contains("\"edit_ops\",\"substitute\"") && st.contains("\"gen_length\",\"16\""), "layout kept: {st}");
 }

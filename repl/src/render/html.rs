@@ -4,8 +4,9 @@
 //! Everything that came from the model or the user goes through `escape`: token texts like `<|mask|>` and
 //! `<role>HUMAN</role>` are everywhere and must show as text, never become markup.
 
-use super::{fmt_cell, fmt_float, is_numeric, one_line, text::is_low, token_text};
-use crate::value::{Canvas, CanvasCell, CellKind, Table, Value};
+use super::text::{has_lev_marks, is_low, lev_summary};
+use super::{fmt_cell, fmt_float, is_numeric, one_line, token_text};
+use crate::value::{Canvas, CanvasCell, CellKind, Removed, RemovedWhy, Table, Value};
 use std::fmt::Write;
 
 const FONT: &str = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px";
@@ -36,6 +37,7 @@ pub(super) fn render(v: &Value, svg: Option<&str>) -> String {
     match v {
         Value::Message { text } => format!("<div style=\"{FONT};white-space:pre-wrap\">{}</div>", escape(text)),
         Value::Table(t) => table(t),
+        Value::Steps(s) => table(&s.table),
         Value::Canvas(c) => canvas(c),
         Value::Chart(c) => match svg {
             Some(s) => format!("<div>{s}</div>"),
@@ -92,8 +94,13 @@ fn hover(c: &CanvasCell) -> String {
         CellKind::Token => "token",
         CellKind::Unmasked => "unmasked this step",
         CellKind::Edited { .. } => "edited this step",
+        CellKind::Inserted => "mask opened by SPLIT this step",
+        CellKind::Padded => "mask padded at the block's tail this step",
     };
     let mut s = format!("pos {} · id {} · p {p} · {kind}", c.pos, c.id);
+    if let Some(from) = c.moved_from {
+        let _ = write!(s, "\nmoved from pos {from} (a DELETE or SPLIT before it shifted the block)");
+    }
     if let CellKind::Edited { old } = &c.kind {
         let _ = write!(s, "\nreplaced: {}", token_text(old));
     }
@@ -110,7 +117,8 @@ fn cell(c: &CanvasCell, threshold: f32) -> String {
     let base = "white-space:pre;padding:0 2px;margin:0 1px;border-radius:3px";
     let (style, body) = match &c.kind {
         CellKind::Prompt => ("color:#777;background:#f0f0f0", escape(&token_text(&c.text))),
-        CellKind::Mask => ("color:#999;background:#e4e4e4", "░".to_string()),
+        CellKind::Mask | CellKind::Padded => ("color:#999;background:#e4e4e4", "░".to_string()),
+        CellKind::Inserted => ("color:#004a5a;background:#aee9f5;font-weight:bold", "+░".to_string()),
         CellKind::Token => ("color:#222;background:#f7f7f7", escape(&token_text(&c.text))),
         CellKind::Unmasked => ("color:#0a4a0a;background:#bff0bf;font-weight:bold", escape(&token_text(&c.text))),
         CellKind::Edited { old } => (
@@ -123,7 +131,25 @@ fn cell(c: &CanvasCell, threshold: f32) -> String {
         ),
     };
     let low = if is_low(c, threshold) { ";border-bottom:2px solid #d00000" } else { "" };
-    format!("<span title=\"{}\" style=\"{base};{style}{low}\">{body}</span>", escape_attr(&hover(c)))
+    let moved = match c.moved_from {
+        Some(from) => format!("<sup style=\"color:#888;font-weight:normal\">↤{from}</sup>"),
+        None => String::new(),
+    };
+    format!("<span title=\"{}\" style=\"{base};{style}{low}\">{body}{moved}</span>", escape_attr(&hover(c)))
+}
+
+/// A token the last Levenshtein step removed, struck out (`<del>`), with what happened in its hover text.
+fn removed(r: &Removed) -> String {
+    let (colour, what) = match r.why {
+        RemovedWhy::Deleted => ("#b00000", "deleted by DELETE this step"),
+        RemovedWhy::Truncated => ("#8a2be2", "cut off the block's tail this step (SPLIT pushed it out)"),
+    };
+    let body = if r.mask { "░".to_string() } else { escape(&token_text(&r.text)) };
+    let title = format!("{what}\nwas at pos {} at the step start · id {}", r.pos, r.id);
+    format!(
+        "<del title=\"{}\" style=\"white-space:pre;padding:0 2px;margin:0 1px;color:{colour};opacity:.7\">{body}</del>",
+        escape_attr(&title)
+    )
 }
 
 /// Title with counts, then one row per block; the current block has an amber bar on its left.
@@ -134,12 +160,13 @@ fn canvas(c: &Canvas) -> String {
     let low = cells.iter().filter(|x| is_low(x, c.low_confidence)).count();
     let n = |f: fn(&CellKind) -> bool| cells.iter().filter(|x| f(&x.kind)).count();
     let mut h = format!("<div style=\"{FONT};line-height:1.9\">");
+    let lev = if has_lev_marks(c) { format!(" · {}", lev_summary(c)) } else { String::new() };
     let _ = write!(
         h,
-        "<div><b>{}</b> <span style=\"color:#888\">block {} · {} masked · {} unmasked · {} edited · {low} low (p&lt;{})</span></div>",
+        "<div><b>{}</b> <span style=\"color:#888\">block {} · {} masked · {} unmasked · {} edited · {low} low (p&lt;{}){lev}</span></div>",
         escape(&c.title),
         c.current_block,
-        n(|k| matches!(k, CellKind::Mask)),
+        n(CellKind::is_mask),
         n(|k| matches!(k, CellKind::Unmasked)),
         n(|k| matches!(k, CellKind::Edited { .. })),
         c.low_confidence,
@@ -152,9 +179,20 @@ fn canvas(c: &Canvas) -> String {
             h,
             "<div style=\"border-left:3px solid {bar};padding-left:4px\"><span style=\"color:#888;display:inline-block;min-width:3ch\">{block}</span>"
         );
+        // Deleted slots sit before the token that now follows them; cut-off tokens after the block's end.
+        let mut gone = c.removed.iter().filter(|r| r.why == RemovedWhy::Deleted && r.pos.div_euclid(bl) == block).peekable();
         while i < cells.len() && cells[i].pos.div_euclid(bl) == block {
+            while let Some(r) = gone.next_if(|r| r.before <= cells[i].pos) {
+                h.push_str(&removed(r));
+            }
             h.push_str(&cell(cells[i], c.low_confidence));
             i += 1;
+        }
+        gone.for_each(|r| h.push_str(&removed(r)));
+        let cut: Vec<&Removed> = c.removed.iter().filter(|r| r.why == RemovedWhy::Truncated && r.pos.div_euclid(bl) == block).collect();
+        if !cut.is_empty() {
+            h.push_str("<span title=\"cut off the block's tail\" style=\"color:#8a2be2;padding:0 2px\">✂</span>");
+            cut.iter().for_each(|r| h.push_str(&removed(r)));
         }
         h.push_str("</div>");
     }

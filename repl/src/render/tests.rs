@@ -50,6 +50,7 @@ fn cell(pos: i64, text: &str, kind: CellKind, p: Option<f32>) -> CanvasCell {
         kind,
         p,
         top: vec![("<|mask|>".into(), 0.5), (" a".into(), 0.25)],
+        moved_from: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn sample_canvas() -> Value {
         block_length: 4,
         current_block: 1,
         low_confidence: 0.3,
+        removed: Vec::new(),
         cells: vec![
             cell(0, "<role>HUMAN</role>", CellKind::Prompt, None),
             cell(1, "Hi", CellKind::Prompt, None),
@@ -193,4 +195,106 @@ fn degenerate_charts_have_no_nan() {
     assert_eq!(text::sparkline(&[1.0, 1.0], 40), "▄▄");
     assert_eq!(text::sparkline(&[0.0, 1.0, 2.0], 40), "▁▅█");
     assert_eq!(text::sparkline(&(0..100).map(f64::from).collect::<Vec<_>>(), 10).chars().count(), 10);
+}
+
+/// A hand-made LLaDA2.2 step on one block of 8 (prompt `<role> Hi`): slot 2 ` a` DELETE, slot 3 ` b` edited to
+/// ` x`, the mask at 4 unmasked to ` y`, SPLIT at ` c` (5) and ` d` (6); the block grows to 9 and ` e` (7)
+/// falls off the tail. After the step: `<role> Hi x y M c M d` (section 3.1's rules).
+fn lev_canvas() -> Value {
+    use dllm_engine::decode::{Edit, LevStep, StepReport, Unmask, WriteKind};
+    const M: i64 = 1;
+    let text = |t: i64| -> String {
+        match t {
+            10 => "<role>", 11 => "Hi", 20 => " a", 21 => " b", 22 => " c", 23 => " d", 24 => " e", 30 => " x", 31 => " y", M => "<|mask|>",
+            _ => "?",
+        }
+        .into()
+    };
+    let edit = |pos, old, new, kind| Edit { pos, old, new, p: 0.9, kind, old_text: String::new(), new_text: String::new() };
+    let report = StepReport {
+        step: 0,
+        block: 0,
+        block_step: 0,
+        gamma: vec![Unmask { pos: 4, token: 31, p: 0.8, kind: WriteKind::Token, text: String::new() }],
+        delta: vec![
+            edit(2, 20, 90, WriteKind::Delete),
+            edit(3, 21, 30, WriteKind::Token),
+            edit(5, 22, 91, WriteKind::Split),
+            edit(6, 23, 91, WriteKind::Split),
+        ],
+        masks_left: 2,
+        fallback: false,
+        ended_before: vec![],
+        block_ended: false,
+        advanced_to: None,
+        finished: false,
+        revised_blocks: vec![],
+        span: (0, 8),
+        forward_ms: 0.0,
+        total_ms: 0.0,
+        tpf: 0.0,
+        tokens: vec![10, 11, 30, 31, M, 22, M, 23],
+        lev: Some(LevStep {
+            start: 0,
+            slots: vec![Some(0), Some(1), None, Some(2), Some(3), Some(5), Some(7), None],
+            deleted: vec![2],
+            split: vec![5, 6],
+            inserted: vec![4, 6],
+            pad: 0,
+            truncated: vec![(7, 24)],
+            orig: vec![false; 8],
+            originals: 1,
+            introduced: 0,
+            need: 1,
+            post: 0,
+            final_round: false,
+            antiloop: vec![],
+        }),
+    };
+    let tokens = report.tokens.clone();
+    let (marks, removed) = crate::session::mark_cells(&tokens, 2, M, Some(&report), &text);
+    let cells = marks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, moved_from))| CanvasCell { pos: i as i64, id: tokens[i], text: text(tokens[i]), kind, p: None, top: vec![], moved_from })
+        .collect();
+    Value::Canvas(Canvas { title: "decode".into(), block_length: 8, current_block: 0, cells, low_confidence: 0.3, removed })
+}
+
+#[test]
+fn canvas_marks_a_levenshtein_step() {
+    let b = render(&lev_canvas());
+    let lines: Vec<&str> = b.plain.lines().collect();
+    assert_eq!(lines[0], "decode  block 0 · 2 masked · 1 unmasked · 1 edited · 0 low · 1 deleted · 2 inserted · 3 moved · 1 cut");
+    assert!(lines[2].contains("+_ inserted (SPLIT)") && lines[2].contains("~~tok~~ deleted"), "{}", lines[2]);
+    // The deleted ` a` stands where it stood, before ` x` (which moved from 3 to 2); ` c` kept its place
+    // behind SPLIT's mask; the cut ` e` comes after the block's end.
+    assert_eq!(lines[3], ">0 │ <role> Hi ~~·a~~ ·b→·x↤3 «·y»↤4 +_ ·c +_ ·d↤6 ✂ ~~·e~~");
+    assert!(b.ansi.contains("\x1b[2;9;31m·a\x1b[0m"), "deleted: dim red struck through");
+    assert!(b.ansi.contains("\x1b[1;36m+░\x1b[0m"), "inserted mask: cyan");
+    assert!(b.ansi.contains("\x1b[2;9;35m·e\x1b[0m"), "cut off: dim magenta struck through");
+    assert!(b.ansi.contains("\x1b[2m↤3\x1b[0m"));
+    let html = &b.html;
+    assert!(html.contains("<del title=\"deleted by DELETE this step&#10;was at pos 2 at the step start · id 20\""), "{html}");
+    assert!(html.contains("cut off the block&#39;s tail this step"));
+    assert_eq!(html.matches("<del ").count(), 2);
+    assert!(html.contains("mask opened by SPLIT this step"));
+    assert!(html.contains("moved from pos 3"));
+    assert!(html.contains("<sup style=\"color:#888;font-weight:normal\">↤3</sup>"));
+    // Deleted before ` x`, which is the third cell; cut after the last cell.
+    let del = html.find("<del ").unwrap();
+    assert!(html[..del].matches("<span title=").count() == 2);
+    assert!(html.rfind("<del ").unwrap() > html.rfind("<span title=\"pos 7").unwrap());
+    assert_eq!(b.json["cells"][4]["kind"], "inserted");
+    assert_eq!(b.json["cells"][2]["moved_from"], 3);
+    assert_eq!(b.json["removed"][0]["why"], "deleted");
+    assert_eq!(b.json["removed"][1]["why"], "truncated");
+    assert!(b.json["cells"][0].get("moved_from").is_none(), "no move, no field");
+}
+
+#[test]
+fn substitution_canvas_has_no_levenshtein_marks() {
+    let b = render(&sample_canvas());
+    assert!(!b.plain.contains("deleted") && !b.plain.contains('✂') && !b.html.contains("<del"));
+    assert!(b.json.get("removed").is_none());
 }

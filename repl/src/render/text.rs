@@ -2,7 +2,7 @@
 //! the two always show the same layout; only styling differs (plain marks what colour would otherwise show).
 
 use super::{display_width, fmt_cell, fmt_float, is_numeric, one_line, token_text};
-use crate::value::{Canvas, CanvasCell, CellKind, Chart, Table, Value};
+use crate::value::{Canvas, CanvasCell, CellKind, Chart, Removed, RemovedWhy, Table, Value};
 
 // SGR codes. Kept as constants so the canvas legend and the canvas itself cannot disagree.
 const BOLD: &str = "1";
@@ -11,6 +11,10 @@ const GREEN: &str = "1;32";
 const YELLOW: &str = "1;33";
 const OLD: &str = "2;9;33"; // dim, struck through: the token an edit replaced
 const LOW: &str = "4;31"; // underlined red: a decoded token the model is unsure of
+const INSERTED: &str = "1;36"; // bold cyan: a mask SPLIT opened
+const GONE: &str = "2;9;31"; // dim, struck through, red: a slot DELETE removed
+const CUT: &str = "2;9;35"; // dim, struck through, magenta: a token cut off the block's tail
+const CUT_MARK: &str = "✂";
 const MASK_ANSI: &str = "░";
 const MASK_PLAIN: &str = "_";
 
@@ -18,6 +22,7 @@ pub(super) fn render(v: &Value, ansi: bool) -> String {
     match v {
         Value::Message { text } => text.clone(),
         Value::Table(t) => table(t, ansi),
+        Value::Steps(s) => table(&s.table, ansi),
         Value::Canvas(c) => canvas(c, ansi),
         Value::Chart(c) => chart(c, ansi),
         Value::Data { title, data } => {
@@ -94,13 +99,15 @@ pub(super) fn is_low(c: &CanvasCell, threshold: f32) -> bool {
 /// One canvas position. Plain text has no colour, so there: masks `_`, this step's unmasked tokens `«tok»`,
 /// edits `old→new`, low confidence a trailing `?`. In ANSI: masks `░` dim, unmasked green, edits yellow with
 /// the old token struck through, low confidence underlined (red for older tokens, whose colour is free).
+/// Levenshtein steps add: SPLIT's new mask `+_` (`+░` cyan), and `↤N` after a token that moved from N.
 fn canvas_token(c: &CanvasCell, threshold: f32, ansi: bool) -> String {
     let t = token_text(&c.text);
     let low = is_low(c, threshold);
     let under = |code: &str| if low { format!("4;{code}") } else { code.to_string() };
     let s = match &c.kind {
         CellKind::Prompt => paint(&t, DIM, ansi),
-        CellKind::Mask => paint(if ansi { MASK_ANSI } else { MASK_PLAIN }, DIM, ansi),
+        CellKind::Mask | CellKind::Padded => paint(if ansi { MASK_ANSI } else { MASK_PLAIN }, DIM, ansi),
+        CellKind::Inserted => paint(&format!("+{}", if ansi { MASK_ANSI } else { MASK_PLAIN }), INSERTED, ansi),
         CellKind::Token => paint(&t, if low { LOW } else { "" }, ansi),
         CellKind::Unmasked if ansi => paint(&t, &under(GREEN), ansi),
         CellKind::Unmasked => format!("«{t}»"),
@@ -113,10 +120,29 @@ fn canvas_token(c: &CanvasCell, threshold: f32, ansi: bool) -> String {
             )
         }
     };
+    let s = match c.moved_from {
+        Some(from) => format!("{s}{}", paint(&format!("↤{from}"), DIM, ansi)),
+        None => s,
+    };
     if low && !ansi {
         format!("{s}?")
     } else {
         s
+    }
+}
+
+/// A token the last step removed: struck through (`~~tok~~` in plain text), red when deleted, magenta when cut
+/// off the tail.
+fn removed_token(r: &Removed, ansi: bool) -> String {
+    let t = match (r.mask, ansi) {
+        (true, true) => MASK_ANSI.to_string(),
+        (true, false) => MASK_PLAIN.to_string(),
+        (false, _) => token_text(&r.text),
+    };
+    if ansi {
+        paint(&t, if r.why == RemovedWhy::Deleted { GONE } else { CUT }, true)
+    } else {
+        format!("~~{t}~~")
     }
 }
 
@@ -128,15 +154,17 @@ fn canvas(c: &Canvas, ansi: bool) -> String {
     cells.sort_by_key(|x| x.pos);
     let bl = c.block_length.max(1);
     let count = |f: fn(&CellKind) -> bool| cells.iter().filter(|x| f(&x.kind)).count();
-    let masks = count(|k| matches!(k, CellKind::Mask));
+    let masks = count(CellKind::is_mask);
     let unmasked = count(|k| matches!(k, CellKind::Unmasked));
     let edited = count(|k| matches!(k, CellKind::Edited { .. }));
     let low = cells.iter().filter(|x| is_low(x, c.low_confidence)).count();
+    let lev = has_lev_marks(c);
+    let lev_counts = if lev { format!(" · {}", lev_summary(c)) } else { String::new() };
     let mut out = vec![format!(
         "{}  {}",
         paint(&one_line(&c.title), BOLD, ansi),
         paint(
-            &format!("block {} · {masks} masked · {unmasked} unmasked · {edited} edited · {low} low", c.current_block),
+            &format!("block {} · {masks} masked · {unmasked} unmasked · {edited} edited · {low} low{lev_counts}", c.current_block),
             DIM,
             ansi
         )
@@ -157,6 +185,20 @@ fn canvas(c: &Canvas, ansi: bool) -> String {
     } else {
         format!("legend: {MASK_PLAIN} mask  «unmasked»  old→new edited  tok? {th}")
     });
+    if lev {
+        // Only after a Levenshtein step, so the LLaDA2.1 canvas stays as it was.
+        let m = if ansi { MASK_ANSI } else { MASK_PLAIN };
+        let (ins, del, cut) = if ansi {
+            (paint(&format!("+{m}"), INSERTED, true), paint("tok", GONE, true), paint("tok", CUT, true))
+        } else {
+            (format!("+{m}"), "~~tok~~".to_string(), "~~tok~~".to_string())
+        };
+        out.push(format!(
+            "        {ins} inserted (SPLIT)  {del} deleted  tok{} moved from N  {} {cut} cut off the tail",
+            paint("↤N", DIM, ansi),
+            paint(CUT_MARK, INSERTED, ansi)
+        ));
+    }
     let last_block = cells.last().map(|x| x.pos.div_euclid(bl)).unwrap_or(0).max(c.current_block);
     let idx_width = last_block.to_string().len();
     let mut i = 0;
@@ -164,19 +206,55 @@ fn canvas(c: &Canvas, ansi: bool) -> String {
         let block = cells[i].pos.div_euclid(bl);
         let mut line = String::new();
         let mut prev_mask = None;
-        while i < cells.len() && cells[i].pos.div_euclid(bl) == block {
-            let is_mask = cells[i].kind == CellKind::Mask;
+        let mut push = |line: &mut String, s: String, is_mask: bool| {
             if prev_mask.is_some() && !(is_mask && prev_mask == Some(true)) {
                 line.push(' ');
             }
-            line.push_str(&canvas_token(cells[i], c.low_confidence, ansi));
+            line.push_str(&s);
             prev_mask = Some(is_mask);
+        };
+        // Deleted slots of this block, drawn before the token that now follows them.
+        let mut gone = c.removed.iter().filter(|r| r.why == RemovedWhy::Deleted && r.pos.div_euclid(bl) == block).peekable();
+        while i < cells.len() && cells[i].pos.div_euclid(bl) == block {
+            while let Some(r) = gone.next_if(|r| r.before <= cells[i].pos) {
+                push(&mut line, removed_token(r, ansi), false);
+            }
+            push(&mut line, canvas_token(cells[i], c.low_confidence, ansi), cells[i].kind.is_mask());
             i += 1;
+        }
+        for r in gone {
+            push(&mut line, removed_token(r, ansi), false);
+        }
+        let cut: Vec<String> = c
+            .removed
+            .iter()
+            .filter(|r| r.why == RemovedWhy::Truncated && r.pos.div_euclid(bl) == block)
+            .map(|r| removed_token(r, ansi))
+            .collect();
+        if !cut.is_empty() {
+            push(&mut line, format!("{} {}", paint(CUT_MARK, INSERTED, ansi), cut.join(" ")), false);
         }
         let marker = if block == c.current_block { paint(">", YELLOW, ansi) } else { " ".into() };
         out.push(format!("{marker}{block:>idx_width$} │ {line}"));
     }
     out.join("\n")
+}
+
+/// Whether the canvas carries a Levenshtein step's marks (insertions, padding, moves, removals).
+pub(super) fn has_lev_marks(c: &Canvas) -> bool {
+    !c.removed.is_empty() || c.cells.iter().any(|x| matches!(x.kind, CellKind::Inserted | CellKind::Padded) || x.moved_from.is_some())
+}
+
+/// "2 deleted · 1 inserted · 1 moved · 0 cut": the last Levenshtein step's effect on the canvas.
+pub(super) fn lev_summary(c: &Canvas) -> String {
+    let gone = |w: RemovedWhy| c.removed.iter().filter(|r| r.why == w).count();
+    format!(
+        "{} deleted · {} inserted · {} moved · {} cut",
+        gone(RemovedWhy::Deleted),
+        c.cells.iter().filter(|x| x.kind == CellKind::Inserted).count(),
+        c.cells.iter().filter(|x| x.moved_from.is_some()).count(),
+        gone(RemovedWhy::Truncated)
+    )
 }
 
 /// Per series: name, point count, min/max/last of y, and a sparkline of up to 40 buckets.

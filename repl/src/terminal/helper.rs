@@ -107,6 +107,7 @@ impl ReplHelper {
                 pairs(p.word, values.iter().map(String::as_str), false)
             }
             ("preset", 0) => pairs(p.word, PRESETS.iter().map(|s| s.0), false),
+            ("break", 0) => pairs(p.word, crate::commands::BREAK_EVENTS.iter().copied(), true),
             ("rl", 0) => pairs(p.word, RL_SUBCOMMANDS.iter().copied(), true),
             ("rl", 1) if p.done[0] == "set" => pairs(p.word, RL_SETTINGS.iter().map(|s| s.0), true),
             ("likelihood", _) => pairs(p.word, ESTIMATORS.iter().copied(), true),
@@ -287,7 +288,9 @@ mod tests {
         assert_eq!(complete("set thr"), (4, vec!["threshold ".to_string()]));
         assert_eq!(complete("set edit_timing a"), (16, vec!["after-masks".to_string(), "always".to_string()]));
         assert_eq!(complete("set top_k o").1, vec!["off"]);
-        assert_eq!(complete("preset ll").1, vec!["llada2.0"]);
+        assert_eq!(complete("preset ll").1, vec!["llada2.0", "llada2.2"]);
+        assert_eq!(complete("break de").1, vec!["delete "]);
+        assert_eq!(complete("break t").1, vec!["text ", "token ", "truncate "]);
         assert_eq!(complete("switch q").1, vec!["q-mode "]);
         assert_eq!(complete("checkout m").1, vec!["main "]);
         assert_eq!(complete("diff main q").1, vec!["q-mode "]);
