@@ -465,6 +465,11 @@ impl Decoder {
         self.eos_id
     }
 
+    /// The model's (DELETE, SPLIT) ids, when it has Levenshtein editing.
+    pub fn edit_ids(&self) -> Option<(i64, i64)> {
+        self.edit_ids
+    }
+
     /// Canvas positions whose keys and values are cached.
     pub fn cached_len(&self) -> i64 {
         self.committed
