@@ -52,26 +52,34 @@ pub struct Router {
 }
 
 /// Which rows of a forward share a routing pool: `of[t]` is the group of column `t` (int64 `[T]`, the same for
-/// every batch row, so groups never span two rows), numbered `0..count`.
+/// every batch row, so groups never span two rows), numbered `0..count`. `padded` (`[count * width]`) lists each
+/// group's columns in `width` slots, a short group's free slots pointing at column T (a -inf row the router
+/// appends), so the group maxima are one gather, a view and a max.
 #[derive(Debug)]
 pub struct RoutingGroups {
     of: Tensor,
+    padded: Tensor,
     count: i64,
+    width: i64,
 }
 
 impl RoutingGroups {
     /// Aligned groups of `block_size` over `len` columns whose first column is on a group boundary; the last
     /// group is short when `block_size` does not divide `len`.
     pub fn aligned(len: i64, block_size: i64, device: tch::Device) -> RoutingGroups {
-        let of = Tensor::arange(len, (Kind::Int64, device)).floor_divide_scalar(block_size);
-        RoutingGroups { of, count: (len + block_size - 1) / block_size }
+        let count = (len + block_size - 1) / block_size;
+        let opts = (Kind::Int64, device);
+        let of = Tensor::arange(len, opts).floor_divide_scalar(block_size);
+        let padded = Tensor::arange(count * block_size, opts).clamp_max(len);
+        RoutingGroups { of, padded, count, width: block_size }
     }
 
     /// Groups of a forward whose columns sit at canvas `positions` (e.g. the composite `[x_t ; x_0]` layout): a
     /// group starts where a position is a multiple of `block_size` or does not continue the previous column, so
     /// each contiguous run routes by its own aligned groups. A run must start on a group boundary.
     pub fn from_positions(positions: &[i64], block_size: i64, device: tch::Device) -> Result<RoutingGroups> {
-        let mut of = Vec::with_capacity(positions.len());
+        let t = positions.len() as i64;
+        let (mut of, mut padded) = (Vec::with_capacity(positions.len()), Vec::with_capacity(positions.len()));
         let mut count = 0i64;
         for (i, &p) in positions.iter().enumerate() {
             let run_start = i == 0 || p != positions[i - 1] + 1;
@@ -84,10 +92,13 @@ impl RoutingGroups {
             }
             if run_start || p % block_size == 0 {
                 count += 1;
+                padded.resize((count * block_size) as usize, t);
             }
             of.push(count - 1);
+            padded[((count - 1) * block_size + p % block_size) as usize] = i as i64;
         }
-        Ok(RoutingGroups { of: Tensor::from_slice(&of).to_device(device), count })
+        let to = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+        Ok(RoutingGroups { of: to(&of), padded: to(&padded), count, width: block_size })
     }
 }
 
@@ -111,8 +122,8 @@ impl Router {
         let (b, e) = (s.size()[0], s.size()[2]);
         // Selection never carries gradients: only the unbiased weights gathered below do.
         let sel = (s + expert_bias).detach();
-        let racing = Tensor::full([b, groups.count, e], f64::NEG_INFINITY, (Kind::Float, s.device()))
-            .index_reduce(1, &groups.of, &sel, "amax", true);
+        let pad = Tensor::full([b, 1, e], f64::NEG_INFINITY, (Kind::Float, s.device()));
+        let racing = Tensor::cat(&[&sel, &pad], 1).index_select(1, &groups.padded).view([b, groups.count, groups.width, e]).amax(2, false);
         let pool = racing.sort_stable(true, -1, true).1.narrow(-1, 0, cap);
         let outside = Tensor::ones([b, groups.count, e], (Kind::Float, s.device())).scatter_value(-1, &pool, 0.0);
         let outside = outside.index_select(1, &groups.of).eq(1.0);
@@ -413,12 +424,16 @@ mod tests {
     #[test]
     fn groups_follow_canvas_positions() {
         let of = |g: &RoutingGroups| (Vec::<i64>::try_from(&g.of).unwrap(), g.count);
+        let padded = |g: &RoutingGroups| Vec::<i64>::try_from(&g.padded).unwrap();
         // The composite layout with routing groups of 4: noisy positions 8..14 (a short group 12..14), then
         // clean positions 0..8. The jump back to 0 starts a new group even though 0 follows 13 in the input.
         let pos: Vec<i64> = (8..14).chain(0..8).collect();
         let g = RoutingGroups::from_positions(&pos, 4, tch::Device::Cpu).unwrap();
         assert_eq!(of(&g), (vec![0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], 4));
-        assert_eq!(of(&RoutingGroups::aligned(5, 2, tch::Device::Cpu)), (vec![0, 0, 1, 1, 2], 3));
+        // Column 14 is the -inf padding row.
+        assert_eq!(padded(&g), vec![0, 1, 2, 3, 4, 5, 14, 14, 6, 7, 8, 9, 10, 11, 12, 13]);
+        let g = RoutingGroups::aligned(5, 2, tch::Device::Cpu);
+        assert_eq!((of(&g), padded(&g)), ((vec![0, 0, 1, 1, 2], 3), vec![0, 1, 2, 3, 4, 5]));
         let e = RoutingGroups::from_positions(&[2, 3, 4], 4, tch::Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("routing-group boundary"), "{e}");
     }
