@@ -78,6 +78,16 @@ pub struct ForwardBench {
     /// Timed repetitions (after 2 warm-up runs).
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// MoE routing: preset (as the preset defines it), group (LLaDA2.1 group-limited), block (LLaDA2.2 block
+    /// routing on the same shape), or both (same weights, one process, the block/group ratio printed).
+    #[arg(long, default_value = "preset")]
+    routing: String,
+    /// Block routing's pool size (default: the preset's, else LLaDA2.2's share 48/256 of the experts, at least top-k).
+    #[arg(long)]
+    capacity: Option<i64>,
+    /// Block routing's group length (default: the preset's, else 32).
+    #[arg(long)]
+    routing_block: Option<i64>,
     #[arg(long)]
     json: bool,
 }
@@ -123,25 +133,82 @@ fn forward(a: &ForwardBench) -> Result<()> {
     }
     let device = dllm_engine::parse_device(&a.device)?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?.unwrap_or_else(|| DType::default_for(device));
-    let config = presets::preset(&a.preset)?;
+    let base = presets::preset(&a.preset)?;
+    let out = match a.routing.as_str() {
+        "preset" => forward_one(a, &base, device, dtype)?,
+        "group" => forward_one(a, &routed(a, &base, false)?, device, dtype)?,
+        "block" => forward_one(a, &routed(a, &base, true)?, device, dtype)?,
+        "both" => {
+            // Same weights (same seed and shapes) under both routings, alternated twice so that a noisy
+            // neighbour slows both alike; each routing keeps its faster round.
+            let (group, block) = (routed(a, &base, false)?, routed(a, &base, true)?);
+            let mut rounds = Vec::new();
+            for _ in 0..2 {
+                rounds.push((forward_one(a, &group, device, dtype)?, forward_one(a, &block, device, dtype)?));
+            }
+            let best = |pick: &dyn Fn(&(serde_json::Value, serde_json::Value)) -> &serde_json::Value| {
+                rounds.iter().map(pick).min_by(|x, y| x["block_forward_ms"].as_f64().partial_cmp(&y["block_forward_ms"].as_f64()).expect("finite")).expect("two rounds").clone()
+            };
+            let (g, b) = (best(&|r| &r.0), best(&|r| &r.1));
+            let ratio = |k: &str| b[k].as_f64().unwrap_or(f64::NAN) / g[k].as_f64().unwrap_or(f64::NAN);
+            json!({
+                "bench": "forward-routing",
+                "preset": a.preset,
+                "threads": tch::get_num_threads(),
+                "block_over_group_block_forward": ratio("block_forward_ms"),
+                "block_over_group_no_cache_forward": ratio("no_cache_forward_ms"),
+                "group": g,
+                "block": b,
+            })
+        }
+        other => bail!("unknown --routing {other:?}: expected preset, group, block or both"),
+    };
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// The preset's shape with LLaDA2.2 block routing on (`block`) or off (2.1 group-limited routing, the preset's
+/// own groups; a block-routed preset falls back to no expert groups).
+fn routed(a: &ForwardBench, base: &dllm_engine::Config, block: bool) -> Result<dllm_engine::Config> {
+    let mut raw: dllm_engine::RawConfig = serde_json::from_value(base.to_hf_json())?;
+    if block {
+        // LLaDA2.2's pool is 48 of 256 experts: the same share by default, never fewer than top-k.
+        let share = (base.num_experts * 48 + 255) / 256;
+        raw.expert_capacity = Some(a.capacity.unwrap_or_else(|| base.expert_capacity.unwrap_or(share).max(base.num_experts_per_tok)));
+        raw.block_size = Some(a.routing_block.unwrap_or_else(|| base.block_size.unwrap_or(32)));
+    } else {
+        if base.block_routing().is_some() {
+            raw.n_group = Some(1);
+        }
+        (raw.expert_capacity, raw.block_size, raw.delete_token_id, raw.split_token_id) = (None, None, None, None);
+    }
+    Ok(dllm_engine::Config::resolve(&raw)?)
+}
+
+fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, dtype: DType) -> Result<serde_json::Value> {
     let mem_before = gpu_memory_used(device);
     let t0 = Instant::now();
-    let model = presets::random_model(&config, 0, device, dtype)?;
+    let model = presets::random_model(config, 0, device, dtype)?;
     sync(device);
     let build_s = t0.elapsed().as_secs_f64();
     let mask = BlockMask::block_causal(a.block);
     let vocab = config.vocab_size;
-    let ids = |len: i64| Tensor::randint(vocab, [a.batch, len], (Kind::Int64, device));
+    // Seeded so that both routings of `--routing both` see the same tokens.
+    let ids = |len: i64, seed: u64| dllm_engine::with_global_seed(seed, || Tensor::randint(vocab, [a.batch, len], (Kind::Int64, device)));
 
     // The cached case: prefix committed once, then the block alone.
     let mut cache = KvCache::new();
     let t0 = Instant::now();
     if a.prefix > 0 {
-        let _ = model.forward(&ids(a.prefix), &mut cache, a.prefix, mask)?;
+        let _ = model.forward(&ids(a.prefix, 1), &mut cache, a.prefix, mask)?;
     }
     sync(device);
     let prefill_s = t0.elapsed().as_secs_f64();
-    let block = ids(a.block);
+    let block = ids(a.block, 2);
     let mut cached = Vec::new();
     for i in 0..a.iters + 2 {
         let t = Instant::now();
@@ -153,7 +220,7 @@ fn forward(a: &ForwardBench) -> Result<()> {
         }
     }
     // The same logits without a cache: prefix and block recomputed every time (the reference decoder's cost).
-    let full_ids = ids(a.prefix + a.block);
+    let full_ids = ids(a.prefix + a.block, 3);
     let mut full = Vec::new();
     for i in 0..a.iters.min(5) + 1 {
         let t = Instant::now();
@@ -166,9 +233,15 @@ fn forward(a: &ForwardBench) -> Result<()> {
     }
     let mem_after = gpu_memory_used(device);
     let (cached, full) = (median(cached), median(full));
-    let out = json!({
+    let routing = match config.block_routing() {
+        Some((c, b)) => format!("block (pool {c} of {} per {b} positions)", config.num_experts),
+        None if config.group_limited() => format!("group (top-{} of {} groups)", config.topk_group, config.n_group),
+        None => "top-k".into(),
+    };
+    Ok(json!({
         "bench": "forward",
         "preset": a.preset,
+        "routing": routing,
         "device": format!("{device:?}").to_lowercase(),
         "dtype": dtype.to_string(),
         "threads": tch::get_num_threads(),
@@ -185,13 +258,7 @@ fn forward(a: &ForwardBench) -> Result<()> {
         "kv_cache_bytes": cache.bytes(),
         "gpu_memory_used_bytes": mem_after,
         "gpu_memory_before_bytes": mem_before,
-    });
-    if a.json {
-        println!("{out}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    }
-    Ok(())
+    }))
 }
 
 fn load(a: &LoadBench) -> Result<()> {

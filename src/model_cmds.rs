@@ -69,10 +69,32 @@ pub fn summary(l: &Loaded) -> serde_json::Value {
         "experts": c.num_experts,
         "experts_per_token": c.num_experts_per_tok,
         "vocab_size": c.vocab_size,
+        "routing": routing_json(c),
+        "delete_id": c.delete_token_id,
+        "split_id": c.split_token_id,
         "mask_id": l.tokenizer.mask_id,
         "eos_id": l.tokenizer.eos_id,
         "cuda": dllm_engine::cuda_status(),
     })
+}
+
+/// How the MoE layers route: LLaDA2.2 block routing or the 2.1 group-limited top-k.
+fn routing_json(c: &dllm_engine::Config) -> serde_json::Value {
+    match c.block_routing() {
+        Some((capacity, block_size)) => json!({"kind": "block", "expert_capacity": capacity, "block_size": block_size}),
+        None if c.group_limited() => json!({"kind": "group", "n_group": c.n_group, "topk_group": c.topk_group}),
+        None => json!({"kind": "top-k"}),
+    }
+}
+
+fn routing_text(c: &dllm_engine::Config) -> String {
+    match c.block_routing() {
+        Some((capacity, block_size)) => {
+            format!("block: a pool of {capacity} of {} experts per {block_size} positions (LLaDA2.2)", c.num_experts)
+        }
+        None if c.group_limited() => format!("group-limited: top-{} of {} expert groups", c.topk_group, c.n_group),
+        None => "top-k over all experts".into(),
+    }
 }
 
 pub fn info(a: &InfoArgs) -> Result<()> {
@@ -99,15 +121,23 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         c.num_shared_experts,
         c.vocab_size
     );
+    if c.has_moe() {
+        println!("routing    {}", routing_text(c));
+    }
     println!("parameters {} ({:.1} MiB of weights)", m.num_parameters(), m.weight_bytes() as f64 / (1 << 20) as f64);
     println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
-    println!("tokens     mask {} eos {} pad {}", l.tokenizer.mask_id, l.tokenizer.eos_id, l.tokenizer.pad_id);
+    let edits = match (c.delete_token_id, c.split_token_id) {
+        (Some(d), Some(s)) => format!(" delete {d} split {s}"),
+        _ => String::new(),
+    };
+    println!("tokens     mask {} eos {} pad {}{edits}", l.tokenizer.mask_id, l.tokenizer.eos_id, l.tokenizer.pad_id);
     Ok(())
 }
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Model shape: micro, tiny, mid, llada2-mini, llada2-flash.
+    /// Model shape: micro, tiny, mid, llada2-mini, llada2-flash (LLaDA2.1 routing); micro-2.2, tiny-2.2,
+    /// llada2.2-mini, llada2.2-flash (LLaDA2.2 block routing and edit tokens).
     #[arg(long)]
     pub preset: String,
     #[arg(long, default_value_t = 0)]

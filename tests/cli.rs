@@ -61,6 +61,23 @@ fn forward_json_matches_the_numpy_reference_top_k() {
 }
 
 #[test]
+fn block_routed_checkpoint_summary_shows_routing_and_edit_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    ok(&["init-model", "--preset", "micro-2.2", "--seed", "1", "--out", d]);
+    let s: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", "--device", "cpu", "--model", d])).unwrap();
+    assert_eq!(s["routing"], serde_json::json!({"kind": "block", "expert_capacity": 4, "block_size": 4}));
+    assert_eq!((s["delete_id"].as_i64(), s["split_id"].as_i64()), (Some(126), Some(127)));
+    let text = ok(&["info", "--device", "cpu", "--model", d]);
+    assert!(text.contains("routing    block: a pool of 4 of 8 experts per 4 positions"), "{text}");
+    assert!(text.contains("delete 126 split 127"), "{text}");
+    // A 2.1 checkpoint reports group-limited routing and no edit ids.
+    let s: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", "--device", "cpu"])).unwrap();
+    assert_eq!(s["routing"]["kind"], "group");
+    assert!(s["delete_id"].is_null());
+}
+
+#[test]
 fn default_model_summary_names_the_embedded_model() {
     let s: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", "--device", "cpu"])).unwrap();
     assert_eq!(s["embedded"], true);

@@ -37,10 +37,11 @@ fn reference_logits(dir: &Path, ids: &[i64], block: i64, attention: &str) -> Ten
 }
 
 fn variant(name: &str) -> Config {
-    let base = presets::preset("micro").unwrap();
+    let base = presets::preset(if name == "micro-2.2" { "micro-2.2" } else { "micro" }).unwrap();
     let mut raw: dllm_engine::RawConfig = serde_json::from_value(base.to_hf_json()).unwrap();
     match name {
-        "micro" => {}
+        // LLaDA2.2 block routing: pools of 4 of 8 experts per routing group of 4 (14 ids: a short final group).
+        "micro" | "micro-2.2" => {}
         // Every optional tensor and branch the other way: biases, tied embeddings, no shared expert,
         // a single expert group, top-3, plain multi-head attention, full RoPE.
         "variant" => {
@@ -89,6 +90,13 @@ fn micro_per_expert_f32_matches_numpy() {
 #[test]
 fn micro_fused_bf16_sharded_matches_numpy() {
     check(&variant("micro"), SaveOptions { dtype: DType::Bf16, fused_experts: true, shard_bytes: Some(50_000) }, 2);
+}
+
+#[test]
+fn block_routed_micro_2_2_matches_numpy() {
+    let config = variant("micro-2.2");
+    assert_eq!(config.block_routing(), Some((4, 4)));
+    check(&config, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None }, 4);
 }
 
 #[test]

@@ -85,23 +85,31 @@ mod tests {
     #[test]
     fn each_noisy_block_sees_what_the_decoder_sees() {
         // The composite logits of noisy block b equal a plain block-causal forward of
-        // clean[..b*B] ++ noisy block b, for every b: one forward replaces a loop over blocks.
-        let model = random_model(&preset("micro").unwrap(), 3, Device::Cpu, DType::F32).unwrap();
-        let block = 4;
+        // clean[..b*B] ++ noisy block b, for every b: one forward replaces a loop over blocks. With LLaDA2.2
+        // block routing (micro-2.2: groups of 4) each half routes by its own aligned groups, which holds for
+        // diffusion blocks of one and of two routing groups.
+        for (name, block) in [("micro", 4), ("micro-2.2", 4), ("micro-2.2", 8)] {
+            check_against_block_loop(name, block);
+        }
+    }
+
+    fn check_against_block_loop(name: &str, block: i64) {
+        let model = random_model(&preset(name).unwrap(), 3, Device::Cpu, DType::F32).unwrap();
+        let nb = 16 / block;
         let clean: Vec<Vec<i64>> = (0..2).map(|r| (0..16).map(|i| (i * 7 + r * 5) % 100 + 8).collect()).collect();
         let noisy: Vec<Vec<i64>> = clean.iter().map(|c| c.iter().enumerate().map(|(i, &t)| if i % 3 == 0 { 1 } else { t }).collect()).collect();
         let first = 1;
         let comp = build(&noisy, &clean, block, first).unwrap();
         let logits = tch::no_grad(|| model.forward_masked(&comp.ids, &comp.positions, &comp.allowed, None).unwrap());
         for r in 0..2usize {
-            for b in first..4 {
+            for b in first..nb {
                 let mut seq = clean[r][..(b * block) as usize].to_vec();
                 seq.extend_from_slice(&noisy[r][(b * block) as usize..((b + 1) * block) as usize]);
                 let ids = Tensor::from_slice(&seq).view([1, -1]);
                 let want = model.forward(&ids, &mut KvCache::new(), b * block, BlockMask::block_causal(block)).unwrap().get(0);
                 let got = logits.get(r as i64).narrow(0, (b - first) * block, block);
                 let diff = (got - want).abs().max().double_value(&[]);
-                assert!(diff < 1e-5, "row {r} block {b}: {diff}");
+                assert!(diff < 1e-5, "{name}, block length {block}, row {r} block {b}: {diff}");
             }
         }
     }

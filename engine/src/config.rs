@@ -8,8 +8,24 @@
 //! builds a 1024-wide model. Here the fields that fix tensor shapes are required, so such a file fails
 //! while reading the config, naming the field, instead of later with a shape mismatch.
 //!
-//! Fields the official code never reads (`score_function`, `router_dtype`, `norm_topk_prob`, `rotary_dim`,
-//! `sliding_window`, ...) are accepted and ignored; they are not branched on (llada2.md section 1).
+//! LLaDA2.2 (llada2.2.md sections 1-2) adds block routing: `expert_capacity` (the pool size C) turns it on and
+//! `block_size` is the routing group; `rope_parameters` (transformers 5) carries the RoPE fields and is read in
+//! preference to the top-level ones; `dtype` replaces `torch_dtype`; `delete_token_id` / `split_token_id` are the
+//! Levenshtein edit tokens. A block-routed config without the edit ids gets the published 156930 / 156931 when
+//! its vocabulary holds them (llada2.2.md section 1.1 note: the real config.json may not declare them).
+//!
+//! Audit, field by field: a field that changes the computation and that the engine does not implement is an
+//! error naming the field, never silently ignored.
+//! - Errors: `model_type` other than llada2_moe, `hidden_act` other than silu, a non-null `rope_scaling`,
+//!   `rope_parameters.rope_type` other than "default", `quantization_config` (FP8/int weights), `expert_capacity`
+//!   without `block_size` or the reverse.
+//! - Accepted and not branched on, because the official code never reads them (llada2.md section 1):
+//!   `score_function`, `router_dtype`, `moe_router_enable_expert_bias`, `norm_topk_prob`, `rotary_dim`,
+//!   `sliding_window`, `use_sliding_window` (even when true: the HF model applies no window), `max_window_layers`,
+//!   `norm_head`, `norm_softmax`, `use_rmsnorm`. `n_group` / `topk_group` are read, but block routing does not use
+//!   them (llada2.2.md section 2.1), so they are validated only on the group-limited path.
+//! - `dtype` / `torch_dtype` name the storage dtype; the loader takes each tensor's dtype from the safetensors
+//!   header and the compute dtype from the caller, so they only have to be a float type.
 
 use std::path::Path;
 
@@ -51,7 +67,31 @@ pub struct RawConfig {
     pub mask_token_id: Option<i64>,
     pub delete_token_id: Option<i64>,
     pub split_token_id: Option<i64>,
+    /// LLaDA2.2 block routing: the pool size C (present iff block routing is on).
+    pub expert_capacity: Option<i64>,
+    /// LLaDA2.2 routing group length (32 in the released checkpoints); present iff `expert_capacity` is.
+    pub block_size: Option<i64>,
+    /// transformers-5 RoPE fields, read in preference to the top-level `rope_theta` / `partial_rotary_factor`.
+    pub rope_parameters: Option<RopeParameters>,
+    /// Storage dtype (transformers 5 name; older files write `torch_dtype`).
+    pub dtype: Option<String>,
+    pub torch_dtype: Option<String>,
+    /// Quantised checkpoints (FP8, ...) are not supported; kept only to refuse them by name.
+    pub quantization_config: Option<serde_json::Value>,
 }
+
+/// `rope_parameters` of a transformers-5 config.json. Unknown keys are ignored (they belong to rope types
+/// other than "default", which are refused).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RopeParameters {
+    pub rope_type: Option<String>,
+    pub rope_theta: Option<f64>,
+    pub partial_rotary_factor: Option<f64>,
+}
+
+/// The published LLaDA2.2 edit-token ids (llada2.2.md section 0, item 4).
+pub const LLADA22_DELETE_ID: i64 = 156930;
+pub const LLADA22_SPLIT_ID: i64 = 156931;
 
 /// The resolved model configuration. Field names follow config.json.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,6 +130,10 @@ pub struct Config {
     /// before it. `None` for models without Levenshtein editing (LLaDA2.0/2.1).
     pub delete_token_id: Option<i64>,
     pub split_token_id: Option<i64>,
+    /// LLaDA2.2 block routing: pool size C per routing group. `None`: the 2.1 group-limited routing.
+    pub expert_capacity: Option<i64>,
+    /// LLaDA2.2 routing group length; `Some` exactly when `expert_capacity` is.
+    pub block_size: Option<i64>,
 }
 
 impl Config {
@@ -134,6 +178,29 @@ impl Config {
                 return Err(bad("rope_scaling", format!("only null (plain RoPE) is supported, found {s}")));
             }
         }
+        if let Some(q) = &raw.quantization_config {
+            if !q.is_null() {
+                return Err(bad("quantization_config", "quantised checkpoints are not supported (dequantise to bf16 first)".into()));
+            }
+        }
+        let rope = raw.rope_parameters.clone().unwrap_or_default();
+        if let Some(t) = &rope.rope_type {
+            if t != "default" {
+                return Err(bad("rope_parameters.rope_type", format!("only \"default\" (plain RoPE) is supported, found {t:?}")));
+            }
+        }
+        for (field, v) in [("dtype", &raw.dtype), ("torch_dtype", &raw.torch_dtype)] {
+            if let Some(d) = v {
+                if !["float32", "bfloat16", "float16"].contains(&d.as_str()) {
+                    return Err(bad(field, format!("expected float32, bfloat16 or float16, found {d:?}")));
+                }
+            }
+        }
+        match (raw.expert_capacity, raw.block_size) {
+            (Some(_), None) => return Err(bad("block_size", "missing: expert_capacity (block routing) needs the routing block size".into())),
+            (None, Some(_)) => return Err(bad("expert_capacity", "missing: block_size is given, but block routing is on only with expert_capacity".into())),
+            _ => {}
+        }
         let hidden_size = required(raw.hidden_size, "hidden_size")?;
         let num_hidden_layers = required(raw.num_hidden_layers, "num_hidden_layers")?;
         let num_attention_heads = required(raw.num_attention_heads, "num_attention_heads")?;
@@ -163,6 +230,16 @@ impl Config {
             Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_i64()),
             Some(other) => return Err(bad("eos_token_id", format!("expected an integer or a list, found {other}"))),
         };
+        // Edit ids: read as given; a block-routed (2.2) config that names neither gets the published ids when
+        // its vocabulary holds them. A small-vocabulary block-routed config without ids has no edit tokens.
+        let (delete_token_id, split_token_id) = match (raw.delete_token_id, raw.split_token_id) {
+            (None, None) if raw.expert_capacity.is_some() && vocab_size > LLADA22_SPLIT_ID => {
+                (Some(LLADA22_DELETE_ID), Some(LLADA22_SPLIT_ID))
+            }
+            (Some(_), None) => return Err(bad("split_token_id", "missing: delete_token_id is given, and edits need both".into())),
+            (None, Some(_)) => return Err(bad("delete_token_id", "missing: split_token_id is given, and edits need both".into())),
+            ids => ids,
+        };
         let cfg = Config {
             vocab_size,
             hidden_size,
@@ -177,8 +254,8 @@ impl Config {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-5),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(16384),
-            rope_theta: raw.rope_theta.unwrap_or(10000.0),
-            partial_rotary_factor: raw.partial_rotary_factor.unwrap_or(0.5),
+            rope_theta: rope.rope_theta.or(raw.rope_theta).unwrap_or(10000.0),
+            partial_rotary_factor: rope.partial_rotary_factor.or(raw.partial_rotary_factor).unwrap_or(0.5),
             num_experts,
             num_shared_experts: raw.num_shared_experts.unwrap_or(0),
             num_experts_per_tok,
@@ -190,8 +267,10 @@ impl Config {
             pad_token_id: raw.pad_token_id,
             eos_token_id,
             mask_token_id: raw.mask_token_id,
-            delete_token_id: raw.delete_token_id,
-            split_token_id: raw.split_token_id,
+            delete_token_id,
+            split_token_id,
+            expert_capacity: raw.expert_capacity,
+            block_size: raw.block_size,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -239,7 +318,15 @@ impl Config {
             if self.num_experts_per_tok > self.num_experts {
                 return bad("num_experts_per_tok", format!("{} exceeds num_experts {}", self.num_experts_per_tok, self.num_experts));
             }
-            if self.group_limited() {
+            if let Some(cap) = self.expert_capacity {
+                if cap < self.num_experts_per_tok || cap > self.num_experts {
+                    return bad(
+                        "expert_capacity",
+                        format!("{cap} must be in num_experts_per_tok..=num_experts ({}..={})", self.num_experts_per_tok, self.num_experts),
+                    );
+                }
+            }
+            if self.expert_capacity.is_none() && self.group_limited() {
                 if self.num_experts % self.n_group != 0 {
                     return bad("n_group", format!("{} does not divide num_experts {}", self.n_group, self.num_experts));
                 }
@@ -261,10 +348,47 @@ impl Config {
                 return bad("num_shared_experts", format!("must be >= 0, found {}", self.num_shared_experts));
             }
         }
+        if let Some(bs) = self.block_size {
+            if bs < 1 {
+                return bad("block_size", format!("must be >= 1, found {bs}"));
+            }
+        }
+        self.validate_edit_ids()?;
         if self.intermediate_size <= 0 && self.first_k_dense_replace > 0 {
             return bad("intermediate_size", format!("must be positive, found {}", self.intermediate_size));
         }
         Ok(())
+    }
+
+    /// DELETE and SPLIT must be two distinct ordinary vocabulary ids that are neither the mask nor EOS (the
+    /// decoder tells them apart by id).
+    fn validate_edit_ids(&self) -> Result<()> {
+        let bad = |field: &str, message: String| Err(Error::Config { file: None, field: field.into(), message });
+        let (Some(del), Some(split)) = (self.delete_token_id, self.split_token_id) else { return Ok(()) };
+        if del == split {
+            return bad("split_token_id", format!("{split} is also delete_token_id"));
+        }
+        for (field, id) in [("delete_token_id", del), ("split_token_id", split)] {
+            if !(0..self.vocab_size).contains(&id) {
+                return bad(field, format!("{id} is outside the vocabulary 0..{}", self.vocab_size));
+            }
+            if Some(id) == self.mask_token_id {
+                return bad(field, format!("{id} is also mask_token_id"));
+            }
+            if Some(id) == self.eos_token_id {
+                return bad(field, format!("{id} is also eos_token_id"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(expert_capacity, block_size)` when the MoE layers use LLaDA2.2 block routing (`moe.rs`), `None` for the
+    /// 2.1 group-limited routing. A block-routed forward must start on a routing-group boundary.
+    pub fn block_routing(&self) -> Option<(i64, i64)> {
+        match (self.expert_capacity, self.block_size) {
+            (Some(c), Some(b)) if self.has_moe() => Some((c, b)),
+            _ => None,
+        }
     }
 
     /// Dimensions of each head that RoPE rotates (`head_dim * partial_rotary_factor`, as the HF code computes it).
@@ -314,6 +438,13 @@ impl Config {
         obj.insert("router_dtype".into(), "fp32".into());
         obj.insert("moe_router_enable_expert_bias".into(), true.into());
         obj.insert("norm_topk_prob".into(), true.into());
+        if self.expert_capacity.is_some() {
+            // The 2.2 layout (llada2.2.md section 1.1): RoPE fields also in rope_parameters, as transformers 5 writes.
+            obj.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"rope_type": "default", "rope_theta": self.rope_theta, "partial_rotary_factor": self.partial_rotary_factor}),
+            );
+        }
         obj.retain(|_, v| !v.is_null());
         v
     }

@@ -26,10 +26,10 @@ mod weights;
 
 pub use chat_template::{ChatTemplate, SpecialTokens};
 pub use checkpoint_dir::{load, load_builtin, Loaded, BUILTIN};
-pub use config::{Config, RawConfig};
+pub use config::{Config, RawConfig, RopeParameters};
 pub use device::{cuda_device_count, cuda_status, load_cuda_backend, parse_device, DType};
 pub use error::{Error, Result};
 pub use model::{apply_rope, block_causal_mask, rms_norm, rope_tables, BlockMask, KvCache, MaskKind, Model};
-pub use moe::Router;
+pub use moe::{Router, RoutingGroups};
 pub use tokenizer::{Role, Tokenizer, TokenizerSpec};
 pub use weights::{with_global_seed, RandomInit, Role as WeightRole, WeightSource};

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::lora::{Adapters, FfnLora, LayerLora};
-use crate::moe::Moe;
+use crate::moe::{Moe, RoutingGroups};
 use crate::weights::{Role, WeightSource};
 
 /// How queries see keys. The mask is cut into blocks of `block_length` from position 0.
@@ -291,12 +291,14 @@ struct Layer {
 }
 
 impl Layer {
-    /// One pre-norm decoder layer; `loads` collects the routed experts' token counts of an MoE layer.
+    /// One pre-norm decoder layer; `loads` collects the routed experts' token counts of an MoE layer;
+    /// `groups`: the forward's routing groups on a block-routed model.
     fn forward(
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
         bias: &AttnBias,
+        groups: Option<&RoutingGroups>,
         slot: &mut Option<(Tensor, Tensor)>,
         commit: i64,
         loads: Option<&mut Vec<Vec<i64>>>,
@@ -307,7 +309,7 @@ impl Layer {
         let f = match &self.ffn {
             Ffn::Dense(m) => m.forward(&y, lora.map(|(l, s)| (&l.ffn, s))),
             Ffn::Moe(m) => {
-                let (out, counts) = m.forward_counted(&y, lora);
+                let (out, counts) = m.forward_counted(&y, groups, lora);
                 if let Some(loads) = loads {
                     loads.push(counts);
                 }
@@ -478,10 +480,18 @@ impl Model {
         let pos = positions.to_device(dev);
         let rope = (cos.index_select(0, &pos), sin.index_select(0, &pos));
         let bias = AttnBias::Bool(allowed.to_device(dev).view([1, 1, t, t]));
+        let groups = match c.block_routing() {
+            Some((_, bs)) => {
+                let pos = Vec::<i64>::try_from(&positions.to_device(Device::Cpu).to_kind(Kind::Int64))
+                    .map_err(|e| Error::invalid("positions", format!("{:?}", positions.kind()), e.to_string()))?;
+                Some(RoutingGroups::from_positions(&pos, bs, dev)?)
+            }
+            None => None,
+        };
         let mut x = Tensor::embedding(&self.embed, &ids.to_device(dev), -1, false, false);
         let mut loads = loads;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope, &bias, &mut None, 0, loads.as_deref_mut(), self.layer_lora(i));
+            x = layer.forward(&x, &rope, &bias, groups.as_ref(), &mut None, 0, loads.as_deref_mut(), self.layer_lora(i));
         }
         Ok(self.norm.forward(&x).linear(&self.lm_head, None::<&Tensor>).to_kind(Kind::Float))
     }
@@ -608,6 +618,17 @@ impl Model {
                 format!("the cache must end on a block boundary (block length {bl})"),
             ));
         }
+        if let Some((_, bs)) = self.config.block_routing() {
+            // Block routing pools experts per aligned group of canvas positions, so a forward must start on a
+            // group boundary and a commit must leave the cache on one.
+            if start % bs != 0 || (commit > 0 && (start + commit) % bs != 0) {
+                return Err(Error::invalid(
+                    "KV cache",
+                    format!("{start} cached + {commit} committed"),
+                    format!("a block-routed forward must start on a routing-group boundary (block_size {bs})"),
+                ));
+            }
+        }
         if let Some((k, _)) = cache.layers.first() {
             if k.size()[0] != b {
                 return Err(Error::invalid("input ids", format!("batch {b}"), format!("the cache holds batch {}", k.size()[0])));
@@ -644,8 +665,10 @@ impl Model {
         } else {
             cache.layers.drain(..).map(Some).collect()
         };
+        // check_forward made `start` a group boundary, so the input's groups are aligned from its first column.
+        let groups = c.block_routing().map(|(_, bs)| RoutingGroups::aligned(l, bs, dev));
         for (i, (layer, slot)) in self.layers.iter().zip(slots.iter_mut()).enumerate() {
-            x = layer.forward(&x, &rope, &bias, slot, commit, None, self.layer_lora(i));
+            x = layer.forward(&x, &rope, &bias, groups.as_ref(), slot, commit, None, self.layer_lora(i));
         }
         if slots.iter().all(Option::is_some) {
             cache.layers = slots.into_iter().flatten().collect();

@@ -7,13 +7,21 @@
 //! experts, renormalised (when more than one is chosen), times `routed_scaling_factor`. The weighted sum is
 //! accumulated in fp32; the shared experts are added unweighted.
 //!
+//! LLaDA2.2 block routing (llada2.2.md section 2.1), on when the config has `expert_capacity`: the same sigmoid
+//! scores and biased selection scores, but per routing group of `block_size` consecutive positions the pool is
+//! the C = `expert_capacity` experts with the largest maximum selection score over the group's rows, and each
+//! token takes its top-k inside the pool by its own selection score; weights as above. `n_group` / `topk_group`
+//! are not used on this path. Groups follow canvas positions ([`RoutingGroups`]): they never span two rows of a
+//! batch, and a short final group routes over the rows it has. Both the pool and the per-token choice use a
+//! stable descending sort, so ties go to the lower expert id (as minnow does; `topk`'s tie order is unspecified).
+//!
 //! Dispatch groups tokens by expert: one gather, one SwiGLU and one scatter-add per active expert, never a
 //! per-token loop.
 
 use tch::{Kind, Tensor};
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lora::{FfnLora, LayerLora};
 use crate::model::{swiglu, Mlp, Weights};
 use crate::weights::Role;
@@ -39,6 +47,59 @@ pub struct Router {
     pub n_group: i64,
     pub topk_group: i64,
     pub routed_scaling_factor: f64,
+    /// LLaDA2.2 block routing: the pool size C (`expert_capacity`). `None`: group-limited routing.
+    pub capacity: Option<i64>,
+}
+
+/// Which rows of a forward share a routing pool: `of[t]` is the group of column `t` (int64 `[T]`, the same for
+/// every batch row, so groups never span two rows), numbered `0..count`. `padded` (`[count * width]`) lists each
+/// group's columns in `width` slots, a short group's free slots pointing at column T (a -inf row the router
+/// appends), so the group maxima are one gather, a view and a max.
+#[derive(Debug)]
+pub struct RoutingGroups {
+    of: Tensor,
+    padded: Tensor,
+    count: i64,
+    width: i64,
+}
+
+impl RoutingGroups {
+    /// Aligned groups of `block_size` over `len` columns whose first column is on a group boundary; the last
+    /// group is short when `block_size` does not divide `len`.
+    pub fn aligned(len: i64, block_size: i64, device: tch::Device) -> RoutingGroups {
+        let count = (len + block_size - 1) / block_size;
+        let opts = (Kind::Int64, device);
+        let of = Tensor::arange(len, opts).floor_divide_scalar(block_size);
+        let padded = Tensor::arange(count * block_size, opts).clamp_max(len);
+        RoutingGroups { of, padded, count, width: block_size }
+    }
+
+    /// Groups of a forward whose columns sit at canvas `positions` (e.g. the composite `[x_t ; x_0]` layout): a
+    /// group starts where a position is a multiple of `block_size` or does not continue the previous column, so
+    /// each contiguous run routes by its own aligned groups. A run must start on a group boundary.
+    pub fn from_positions(positions: &[i64], block_size: i64, device: tch::Device) -> Result<RoutingGroups> {
+        let t = positions.len() as i64;
+        let (mut of, mut padded) = (Vec::with_capacity(positions.len()), Vec::with_capacity(positions.len()));
+        let mut count = 0i64;
+        for (i, &p) in positions.iter().enumerate() {
+            let run_start = i == 0 || p != positions[i - 1] + 1;
+            if run_start && p % block_size != 0 {
+                return Err(Error::invalid(
+                    "positions",
+                    p,
+                    format!("a run of positions must start on a routing-group boundary (block_size {block_size})"),
+                ));
+            }
+            if run_start || p % block_size == 0 {
+                count += 1;
+                padded.resize((count * block_size) as usize, t);
+            }
+            of.push(count - 1);
+            padded[((count - 1) * block_size + p % block_size) as usize] = i as i64;
+        }
+        let to = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+        Ok(RoutingGroups { of: to(&of), padded: to(&padded), count, width: block_size })
+    }
 }
 
 impl Router {
@@ -49,7 +110,29 @@ impl Router {
             n_group: if c.group_limited() { c.n_group } else { 1 },
             topk_group: c.topk_group,
             routed_scaling_factor: c.routed_scaling_factor,
+            capacity: c.block_routing().map(|(cap, _)| cap),
         }
+    }
+
+    /// Block routing. From router probabilities `s` (`[B, T, E]`, fp32, after sigmoid), the expert bias and
+    /// the routing groups of the T columns, the chosen experts `[B, T, top_k]` (int64) and their weights
+    /// `[B, T, top_k]` (fp32). Panics if the router has no capacity (a programming error, not input).
+    pub fn route_blocks(&self, s: &Tensor, expert_bias: &Tensor, groups: &RoutingGroups) -> (Tensor, Tensor) {
+        let cap = self.capacity.expect("route_blocks on a router without expert_capacity");
+        let (b, e) = (s.size()[0], s.size()[2]);
+        // Selection never carries gradients: only the unbiased weights gathered below do.
+        let sel = (s + expert_bias).detach();
+        let pad = Tensor::full([b, 1, e], f64::NEG_INFINITY, (Kind::Float, s.device()));
+        let racing = Tensor::cat(&[&sel, &pad], 1).index_select(1, &groups.padded).view([b, groups.count, groups.width, e]).amax(2, false);
+        let pool = racing.sort_stable(true, -1, true).1.narrow(-1, 0, cap);
+        let outside = Tensor::ones([b, groups.count, e], (Kind::Float, s.device())).scatter_value(-1, &pool, 0.0);
+        let outside = outside.index_select(1, &groups.of).eq(1.0);
+        let idx = sel.masked_fill(&outside, f64::NEG_INFINITY).sort_stable(true, -1, true).1.narrow(-1, 0, self.top_k);
+        let mut w = s.gather(-1, &idx, false);
+        if self.top_k > 1 {
+            w = &w / (w.sum_dim_intlist(-1, true, Kind::Float) + 1e-20);
+        }
+        (idx, w * self.routed_scaling_factor)
     }
 
     /// From router probabilities `s` (`[T, E]`, fp32, after sigmoid) and the expert bias, the chosen experts
@@ -101,14 +184,21 @@ impl Moe {
         self.shared.as_ref()
     }
 
-    /// `x`: `[B, L, H]` -> `[B, L, H]`, and the number of tokens routed to each expert. `lora`: the layer's
-    /// adapters, if any.
-    pub(crate) fn forward_counted(&self, x: &Tensor, lora: Option<(&LayerLora, f64)>) -> (Tensor, Vec<i64>) {
+    /// `x`: `[B, L, H]` -> `[B, L, H]`, and the number of tokens routed to each expert. `groups`: the routing
+    /// groups of the L columns (block routing; ignored by group-limited routing). `lora`: the layer's adapters.
+    pub(crate) fn forward_counted(&self, x: &Tensor, groups: Option<&RoutingGroups>, lora: Option<(&LayerLora, f64)>) -> (Tensor, Vec<i64>) {
         let size = x.size();
         let h = size[2];
         let flat = x.reshape([-1, h]);
         let logits = flat.to_kind(Kind::Float).linear(&self.gate.to_kind(Kind::Float), None::<&Tensor>);
-        let (idx, w) = self.router.route(&logits.sigmoid(), &self.expert_bias);
+        let (idx, w) = match (self.router.capacity, groups) {
+            (Some(_), Some(g)) => {
+                let (idx, w) = self.router.route_blocks(&logits.sigmoid().view([size[0], size[1], -1]), &self.expert_bias, g);
+                (idx.reshape([-1, self.router.top_k]), w.reshape([-1, self.router.top_k]))
+            }
+            (Some(_), None) => panic!("a block-routed MoE layer needs the forward's routing groups"),
+            (None, _) => self.router.route(&logits.sigmoid(), &self.expert_bias),
+        };
         let (routed, counts) = self.dispatch(&flat, &idx, &w, lora.map(|(l, s)| (&l.ffn, s)));
         let routed = routed.to_kind(x.kind());
         let out = match &self.shared {
@@ -168,7 +258,7 @@ mod tests {
     use super::*;
 
     fn router(n_group: i64, topk_group: i64, top_k: i64) -> Router {
-        Router { num_experts: 8, top_k, n_group, topk_group, routed_scaling_factor: 2.5 }
+        Router { num_experts: 8, top_k, n_group, topk_group, routed_scaling_factor: 2.5, capacity: None }
     }
 
     fn ids(t: &Tensor) -> Vec<i64> {
@@ -240,5 +330,111 @@ mod tests {
         let (idx, w) = router(1, 1, 1).route(&s, &Tensor::zeros([8], (Kind::Float, tch::Device::Cpu)));
         assert_eq!(ids(&idx), vec![1]);
         assert!((w.double_value(&[0, 0]) - 0.4 * 2.5).abs() < 1e-6);
+    }
+
+    // Block routing. Six experts, pool C = 3, routing groups of 2 positions.
+    fn block_router(top_k: i64) -> Router {
+        Router { num_experts: 6, top_k, n_group: 1, topk_group: 1, routed_scaling_factor: 2.5, capacity: Some(3) }
+    }
+
+    fn scores(rows: &[[f32; 6]]) -> Tensor {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        Tensor::from_slice(&flat).view([1, rows.len() as i64, 6])
+    }
+
+    fn no_bias() -> Tensor {
+        Tensor::zeros([6], (Kind::Float, tch::Device::Cpu))
+    }
+
+    fn rows_i(t: &Tensor) -> Vec<Vec<i64>> {
+        (0..t.size()[1]).map(|r| Vec::<i64>::try_from(&t.get(0).get(r)).unwrap()).collect()
+    }
+
+    fn rows_f(t: &Tensor) -> Vec<Vec<f32>> {
+        (0..t.size()[1]).map(|r| Vec::<f32>::try_from(&t.get(0).get(r)).unwrap()).collect()
+    }
+
+    fn close(got: &[Vec<f32>], want: &[&[f32]]) {
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.iter().zip(w.iter()).all(|(a, b)| (a - b).abs() < 1e-6), "{got:?} != {want:?}");
+        }
+    }
+
+    const ROWS: [[f32; 6]; 3] = [
+        [0.9, 0.1, 0.2, 0.3, 0.4, 0.5],
+        [0.1, 0.8, 0.2, 0.3, 0.35, 0.1],
+        [0.3, 0.2, 0.6, 0.1, 0.7, 0.4],
+    ];
+
+    #[test]
+    fn block_pool_then_per_token_top_k_hand_checked() {
+        // Group 0 = rows 0-1: column max [0.9, 0.8, 0.2, 0.3, 0.4, 0.5], pool = {0, 1, 5}.
+        //   row 0 in the pool: 0.9, 0.1, 0.5 -> experts 0, 5; weights 0.9/1.4*2.5, 0.5/1.4*2.5.
+        //   row 1 in the pool: 0.1, 0.8, 0.1 -> expert 1, then 0 and 5 tie at 0.1 and the lower id (0) wins.
+        //   Unpooled, row 1 would have taken expert 4 (0.35): the pool is what keeps it out.
+        // Group 1 = row 2 alone (a short final group): pool = its own top 3 {4, 2, 5}; experts 4, 2. Expert 0
+        //   (0.9 in group 0) plays no part: groups do not share pools.
+        let groups = RoutingGroups::aligned(3, 2, tch::Device::Cpu);
+        let (idx, w) = block_router(2).route_blocks(&scores(&ROWS), &no_bias(), &groups);
+        assert_eq!(rows_i(&idx), vec![vec![0, 5], vec![1, 0], vec![4, 2]]);
+        close(&rows_f(&w), &[&[0.9 / 1.4 * 2.5, 0.5 / 1.4 * 2.5], &[0.8 / 0.9 * 2.5, 0.1 / 0.9 * 2.5], &[0.7 / 1.3 * 2.5, 0.6 / 1.3 * 2.5]]);
+    }
+
+    #[test]
+    fn block_ties_go_to_the_lower_expert_id() {
+        // All scores equal: the pool is {0, 1, 2} and every token takes experts 0 and 1, weights 2.5/2.
+        let s = Tensor::full([1, 4, 6], 0.5, (Kind::Float, tch::Device::Cpu));
+        let (idx, w) = block_router(2).route_blocks(&s, &no_bias(), &RoutingGroups::aligned(4, 2, tch::Device::Cpu));
+        assert_eq!(rows_i(&idx), vec![vec![0, 1]; 4]);
+        close(&rows_f(&w), &[&[1.25f32, 1.25][..]; 4]);
+    }
+
+    #[test]
+    fn block_bias_selects_but_never_weights() {
+        // Row 2 alone, bias -1 on expert 4: selection scores [0.3, 0.2, 0.6, 0.1, -0.3, 0.4], pool {2, 5, 0},
+        // experts 2 and 5; weights from the unbiased 0.6 and 0.4: 0.6/1.0*2.5 and 0.4/1.0*2.5.
+        let bias = Tensor::from_slice(&[0f32, 0., 0., 0., -1., 0.]);
+        let (idx, w) = block_router(2).route_blocks(&scores(&ROWS[2..]), &bias, &RoutingGroups::aligned(1, 2, tch::Device::Cpu));
+        assert_eq!(rows_i(&idx), vec![vec![2, 5]]);
+        close(&rows_f(&w), &[&[1.5, 1.0]]);
+    }
+
+    #[test]
+    fn block_single_expert_weight_is_not_divided() {
+        // k = 1: row 2 takes expert 4 with weight 0.7 * 2.5 (no division by the sum).
+        let (idx, w) = block_router(1).route_blocks(&scores(&ROWS[2..]), &no_bias(), &RoutingGroups::aligned(1, 2, tch::Device::Cpu));
+        assert_eq!(rows_i(&idx), vec![vec![4]]);
+        close(&rows_f(&w), &[&[1.75]]);
+    }
+
+    #[test]
+    fn block_batch_rows_never_share_a_pool() {
+        // Row 0 of the batch is the hand-checked group 0; row 1 has large scores on experts 3, 4, 5 that would
+        // take over a shared pool. Row 0's result must be the one computed alone.
+        let groups = RoutingGroups::aligned(2, 2, tch::Device::Cpu);
+        let alone = block_router(2).route_blocks(&scores(&ROWS[..2]), &no_bias(), &groups);
+        let other = scores(&[[0.1, 0.1, 0.1, 0.99, 0.98, 0.97], [0.1, 0.1, 0.1, 0.99, 0.98, 0.97]]);
+        let batch = Tensor::cat(&[scores(&ROWS[..2]), other], 0);
+        let (idx, w) = block_router(2).route_blocks(&batch, &no_bias(), &groups);
+        assert_eq!(Vec::<i64>::try_from(&idx.get(0).reshape([-1])).unwrap(), vec![0, 5, 1, 0]);
+        assert!(idx.get(0).equal(&alone.0.get(0)) && w.get(0).equal(&alone.1.get(0)));
+        assert_eq!(Vec::<i64>::try_from(&idx.get(1).reshape([-1])).unwrap(), vec![3, 4, 3, 4]);
+    }
+
+    #[test]
+    fn groups_follow_canvas_positions() {
+        let of = |g: &RoutingGroups| (Vec::<i64>::try_from(&g.of).unwrap(), g.count);
+        let padded = |g: &RoutingGroups| Vec::<i64>::try_from(&g.padded).unwrap();
+        // The composite layout with routing groups of 4: noisy positions 8..14 (a short group 12..14), then
+        // clean positions 0..8. The jump back to 0 starts a new group even though 0 follows 13 in the input.
+        let pos: Vec<i64> = (8..14).chain(0..8).collect();
+        let g = RoutingGroups::from_positions(&pos, 4, tch::Device::Cpu).unwrap();
+        assert_eq!(of(&g), (vec![0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3], 4));
+        // Column 14 is the -inf padding row.
+        assert_eq!(padded(&g), vec![0, 1, 2, 3, 4, 5, 14, 14, 6, 7, 8, 9, 10, 11, 12, 13]);
+        let g = RoutingGroups::aligned(5, 2, tch::Device::Cpu);
+        assert_eq!((of(&g), padded(&g)), ((vec![0, 0, 1, 1, 2], 3), vec![0, 1, 2, 3, 4, 5]));
+        let e = RoutingGroups::from_positions(&[2, 3, 4], 4, tch::Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("routing-group boundary"), "{e}");
     }
 }

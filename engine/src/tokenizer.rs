@@ -20,6 +20,9 @@ pub const MASK_TOKEN: &str = "<|mask|>";
 pub const EOS_TOKEN: &str = "<|endoftext|>";
 pub const ROLE_END_TOKEN: &str = "<|role_end|>";
 const BOS_TOKEN: &str = "<|startoftext|>";
+/// LLaDA2.2 edit tokens of generated tokenizers (the real checkpoint's names for 156930/156931 are unknown).
+pub const DELETE_TOKEN: &str = "<|delete|>";
+pub const SPLIT_TOKEN: &str = "<|split|>";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,6 +191,14 @@ impl TokenizerSpec {
     pub fn compact(vocab_size: i64) -> TokenizerSpec {
         let names = [EOS_TOKEN, MASK_TOKEN, "<|startoftext|>", ROLE_END_TOKEN, "<|unk|>", "<role>HUMAN</role>", "<role>ASSISTANT</role>", "<role>SYSTEM</role>"];
         TokenizerSpec { vocab_size, specials: names.iter().enumerate().map(|(i, n)| (i as i64, n.to_string())).collect() }
+    }
+
+    /// Adds the LLaDA2.2 edit tokens at the config's `delete_token_id` / `split_token_id`. Only block-routed
+    /// presets call it, so the tokenizers of the other presets (and of the embedded model) are unchanged.
+    pub fn with_edit_tokens(mut self, delete: i64, split: i64) -> TokenizerSpec {
+        self.specials.push((delete, DELETE_TOKEN.into()));
+        self.specials.push((split, SPLIT_TOKEN.into()));
+        self
     }
 
     /// The official special ids of LLaDA2.x (157184-token vocabulary).

@@ -469,10 +469,13 @@ fn edit_threshold_off_keeps_levenshtein_writes_to_the_mask_channel() {
 
 mod common;
 
-/// A random micro model (block routing once its config has it) with edit ids 120 / 121 whose lm_head rows are
-/// scaled up, so DELETE and SPLIT win often enough for the comparisons to exercise the shifts.
+/// A random block-routed `micro-2.2` model (pools of 4 of 8 experts per 4 positions) with edit ids 120 / 121
+/// whose lm_head rows are scaled up, so DELETE and SPLIT win often enough for the comparisons to exercise the
+/// shifts.
 fn random_lev_model(seed: u64) -> dllm_engine::Model {
-    let cfg = dllm_engine::Config { delete_token_id: Some(DEL), split_token_id: Some(SPLIT), ..common::micro() };
+    let base = dllm_engine::presets::preset("micro-2.2").unwrap();
+    assert_eq!(base.block_routing(), Some((4, 4)));
+    let cfg = dllm_engine::Config { delete_token_id: Some(DEL), split_token_id: Some(SPLIT), ..base };
     let model = common::spiky_model(&cfg, seed);
     let lm = &model.var_store().variables()["lm_head.weight"];
     tch::no_grad(|| {

@@ -621,3 +621,118 @@ fn chat_template_that_raises_is_an_error_at_chat_time() {
     let err = tok.chat(&[(Role::Human, "u")], true).unwrap_err().to_string();
     assert!(err.contains("chat_template.jinja") && err.contains("no system role"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------- config.json of LLaDA2.2
+
+/// The config.json of a preset, edited, then resolved.
+fn resolve_edited(preset: &str, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> dllm_engine::Result<Config> {
+    let mut v = dllm_engine::presets::preset(preset).unwrap().to_hf_json();
+    edit(v.as_object_mut().unwrap());
+    Config::from_json(&v.to_string())
+}
+
+fn field_error(r: dllm_engine::Result<Config>, field: &str, parts: &[&str]) {
+    match r {
+        Err(err @ Error::Config { .. }) => {
+            assert!(matches!(&err, Error::Config { field: f, .. } if f == field), "{err:?}");
+            assert_mentions(&err, parts);
+        }
+        other => panic!("expected a Config error about {field}, got {other:?}"),
+    }
+}
+
+#[test]
+fn block_routing_needs_both_capacity_and_block_size() {
+    field_error(resolve_edited("micro-2.2", |c| drop(c.remove("block_size"))), "block_size", &["expert_capacity"]);
+    field_error(resolve_edited("micro-2.2", |c| drop(c.remove("expert_capacity"))), "expert_capacity", &["block_size"]);
+    field_error(resolve_edited("micro-2.2", |c| drop(c.insert("block_size".into(), json!(0)))), "block_size", &[">= 1", "0"]);
+    // 1 <= num_experts_per_tok (2) <= expert_capacity <= num_experts (8).
+    for cap in [1, 9] {
+        field_error(resolve_edited("micro-2.2", |c| drop(c.insert("expert_capacity".into(), json!(cap)))), "expert_capacity", &[&cap.to_string(), "2..=8"]);
+    }
+    assert_eq!(resolve_edited("micro-2.2", |_| {}).unwrap().block_routing(), Some((4, 4)));
+    assert_eq!(resolve_edited("micro", |_| {}).unwrap().block_routing(), None);
+}
+
+#[test]
+fn block_routing_does_not_use_expert_groups() {
+    // n_group 3 does not divide 8 experts: an error for group-limited routing, irrelevant to block routing.
+    let three = |c: &mut serde_json::Map<String, Value>| drop(c.insert("n_group".into(), json!(3)));
+    assert!(resolve_edited("micro-2.2", three).is_ok());
+    field_error(resolve_edited("micro", three), "n_group", &["does not divide"]);
+}
+
+#[test]
+fn rope_parameters_are_preferred_over_the_top_level_fields() {
+    let cfg = resolve_edited("micro-2.2", |c| {
+        c.insert("rope_theta".into(), json!(600000.0));
+        c.insert("rope_parameters".into(), json!({"rope_type": "default", "rope_theta": 3e6, "partial_rotary_factor": 1.0}));
+    })
+    .unwrap();
+    assert_eq!((cfg.rope_theta, cfg.partial_rotary_factor), (3e6, 1.0));
+    // Only in rope_parameters (the top-level fields may be absent).
+    let cfg = resolve_edited("micro", |c| {
+        c.remove("rope_theta");
+        c.remove("partial_rotary_factor");
+        c.insert("rope_parameters".into(), json!({"rope_theta": 12345.0}));
+    })
+    .unwrap();
+    assert_eq!((cfg.rope_theta, cfg.partial_rotary_factor), (12345.0, 0.5));
+    let yarn = |c: &mut serde_json::Map<String, Value>| drop(c.insert("rope_parameters".into(), json!({"rope_type": "yarn", "factor": 4.0})));
+    field_error(resolve_edited("micro-2.2", yarn), "rope_parameters.rope_type", &["default", "yarn"]);
+}
+
+#[test]
+fn edit_ids_default_to_the_published_ones_only_for_block_routed_full_vocabularies() {
+    let no_ids = |c: &mut serde_json::Map<String, Value>| {
+        c.remove("delete_token_id");
+        c.remove("split_token_id");
+    };
+    let ids = |c: Config| (c.delete_token_id, c.split_token_id);
+    assert_eq!(ids(resolve_edited("llada2.2-mini", no_ids).unwrap()), (Some(156930), Some(156931)));
+    assert_eq!(ids(resolve_edited("micro-2.2", no_ids).unwrap()), (None, None), "small vocabulary: no edit tokens");
+    assert_eq!(ids(resolve_edited("llada2-mini", no_ids).unwrap()), (None, None), "2.1: no edit tokens");
+    assert_eq!(ids(resolve_edited("micro-2.2", |_| {}).unwrap()), (Some(126), Some(127)), "read as given");
+}
+
+#[test]
+fn edit_ids_are_validated_by_name() {
+    let set = |field: &'static str, v: i64| move |c: &mut serde_json::Map<String, Value>| drop(c.insert(field.into(), json!(v)));
+    field_error(resolve_edited("micro-2.2", set("split_token_id", 126)), "split_token_id", &["126", "delete_token_id"]);
+    field_error(resolve_edited("micro-2.2", set("delete_token_id", 128)), "delete_token_id", &["128", "vocabulary 0..128"]);
+    field_error(resolve_edited("micro-2.2", set("delete_token_id", -1)), "delete_token_id", &["-1"]);
+    field_error(resolve_edited("micro-2.2", set("mask_token_id", 127)), "split_token_id", &["mask_token_id"]);
+    // The compact tokenizer's EOS is id 0.
+    field_error(resolve_edited("micro-2.2", set("delete_token_id", 0)), "delete_token_id", &["eos_token_id"]);
+    field_error(resolve_edited("micro-2.2", |c| drop(c.remove("split_token_id"))), "split_token_id", &["missing"]);
+}
+
+#[test]
+fn storage_dtype_quantisation_and_sliding_window_fields() {
+    // `dtype` (transformers 5) and `torch_dtype` only name the storage type; a non-float one is refused.
+    assert!(resolve_edited("micro-2.2", |c| drop(c.insert("dtype".into(), json!("bfloat16")))).is_ok());
+    field_error(resolve_edited("micro-2.2", |c| drop(c.insert("dtype".into(), json!("int8")))), "dtype", &["int8"]);
+    field_error(resolve_edited("micro", |c| drop(c.insert("torch_dtype".into(), json!("float8_e4m3fn")))), "torch_dtype", &["float8"]);
+    let fp8 = |c: &mut serde_json::Map<String, Value>| drop(c.insert("quantization_config".into(), json!({"quant_method": "fp8"})));
+    field_error(resolve_edited("micro-2.2", fp8), "quantization_config", &["not supported"]);
+    // The official code never reads the sliding-window fields (llada2.md section 1): accepted, no window.
+    let window = |c: &mut serde_json::Map<String, Value>| {
+        c.insert("use_sliding_window".into(), json!(true));
+        c.insert("sliding_window".into(), json!(2));
+    };
+    assert_eq!(resolve_edited("micro-2.2", window).unwrap(), dllm_engine::presets::preset("micro-2.2").unwrap());
+}
+
+#[test]
+fn block_routed_checkpoint_loads_with_its_routing_and_edit_tokens() {
+    let cfg = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let init = dllm_engine::RandomInit::new(1, 0.02, Device::Cpu, DType::F32);
+    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), f32_opts()).unwrap();
+    let written: Value = serde_json::from_slice(&std::fs::read(dir.path().join(CONFIG)).unwrap()).unwrap();
+    assert_eq!((written["expert_capacity"].clone(), written["block_size"].clone(), written["dtype"].clone()), (json!(4), json!(4), json!("float32")));
+    let loaded = load_dir(dir.path()).unwrap();
+    assert_eq!(loaded.model.config(), &cfg);
+    assert_eq!(loaded.tokenizer.token_text(126), "<|delete|>");
+    assert_eq!(loaded.tokenizer.token_text(127), "<|split|>");
+}

@@ -92,6 +92,15 @@ def load_config(model_dir):
     with open(os.path.join(model_dir, "config.json")) as f:
         raw = {k: v for k, v in json.load(f).items() if v is not None}
     c = dict(raw)
+    # transformers-5 files (LLaDA2.2) carry the RoPE fields in rope_parameters, preferred over the top level.
+    rp = raw.get("rope_parameters") or {}
+    if rp.get("rope_type", "default") != "default":
+        raise ValueError("only rope_parameters.rope_type 'default' is supported by this reference")
+    for key in ("rope_theta", "partial_rotary_factor"):
+        if key in rp:
+            c[key] = rp[key]
+    if ("expert_capacity" in raw) != ("block_size" in raw):
+        raise ValueError("block routing needs both expert_capacity and block_size")
     c.setdefault("use_qk_norm", True)
     c.setdefault("partial_rotary_factor", 0.5)
     c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
@@ -205,9 +214,37 @@ def moe_route(logits, expert_bias, top_k, n_group, topk_group, scaling):
     return idx, w * scaling
 
 
+def moe_route_blocks(logits, expert_bias, top_k, capacity, block_size, scaling):
+    """LLaDA2.2 block routing (llada2.2.md section 2.1) for one sequence's logits [T, E], group by group.
+
+    Rows [g, g + block_size) form a group (the last one may be short). The group's pool is the `capacity` experts
+    with the largest max over its rows of s' = sigmoid + bias; each row takes its top_k pool experts by its own s'.
+    Weights: unbiased sigmoid over (sum + 1e-20) times scaling (no division for top_k = 1). Ties go to the lower
+    expert id (stable sorts). n_group / topk_group play no part."""
+    T, E = logits.shape
+    s = sigmoid(logits)
+    sel = s + expert_bias
+    idx = np.zeros((T, top_k), dtype=np.int64)
+    for g in range(0, T, block_size):
+        rows = range(g, min(g + block_size, T))
+        pool = np.argsort(-sel[g:g + block_size].max(axis=0), kind="stable")[:capacity]
+        for t in rows:
+            masked = np.full(E, -np.inf)
+            masked[pool] = sel[t, pool]
+            idx[t] = np.argsort(-masked, kind="stable")[:top_k]
+    w = np.take_along_axis(s, idx, axis=-1)
+    if top_k > 1:
+        w = w / (w.sum(axis=-1, keepdims=True) + 1e-20)
+    return idx, w * scaling
+
+
 def moe(x, p, cfg):
-    idx, w = moe_route(x @ p["gate"].T, p["expert_bias"], cfg["num_experts_per_tok"], cfg["n_group"],
-                       cfg["topk_group"], cfg["routed_scaling_factor"])
+    if "expert_capacity" in cfg:
+        idx, w = moe_route_blocks(x @ p["gate"].T, p["expert_bias"], cfg["num_experts_per_tok"],
+                                  cfg["expert_capacity"], cfg["block_size"], cfg["routed_scaling_factor"])
+    else:
+        idx, w = moe_route(x @ p["gate"].T, p["expert_bias"], cfg["num_experts_per_tok"], cfg["n_group"],
+                           cfg["topk_group"], cfg["routed_scaling_factor"])
     out = np.zeros_like(x)
     for e in np.unique(idx):
         tok, slot = np.nonzero(idx == e)
@@ -342,6 +379,18 @@ def selftest():
     bias = np.array([-1.0] * 4 + [-0.8] * 4)
     idx, w = moe_route(lg, bias, 2, 2, 1, 2.5)
     check("route: dropped experts are -inf, not 0", idx.tolist() == [[4, 5]] and np.allclose(w, [[1.25, 1.25]]))
+
+    # Block routing, 6 experts, pool 3, groups of 2 (the hand-checked case of engine/src/moe.rs). Group 0 = rows
+    # 0-1 has column max [0.9, 0.8, 0.2, 0.3, 0.4, 0.5], pool {0, 1, 5}; row 1 then ties 0 and 5 at 0.1 and takes
+    # the lower id. Row 2 is a short group alone: pool {4, 2, 5}.
+    s = np.array([[0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.8, 0.2, 0.3, 0.35, 0.1], [0.3, 0.2, 0.6, 0.1, 0.7, 0.4]])
+    lg = np.log(s / (1 - s))
+    idx, w = moe_route_blocks(lg, np.zeros(6), 2, 3, 2, 2.5)
+    check("block route: pool per group, top-2 inside it, ties to the lower id", idx.tolist() == [[0, 5], [1, 0], [4, 2]]
+          and np.allclose(w, [[0.9 / 1.4 * 2.5, 0.5 / 1.4 * 2.5], [0.8 / 0.9 * 2.5, 0.1 / 0.9 * 2.5],
+                              [0.7 / 1.3 * 2.5, 0.6 / 1.3 * 2.5]]))
+    idx, w = moe_route_blocks(lg[2:], np.array([0, 0, 0, 0, -1.0, 0]), 2, 3, 2, 2.5)
+    check("block route: the bias selects, the weights stay unbiased", idx.tolist() == [[2, 5]] and np.allclose(w, [[1.5, 1.0]]))
 
     print(f"{len(failures)} failed" if failures else "selftest passed")
     return 1 if failures else 0

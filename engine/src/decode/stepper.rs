@@ -70,6 +70,10 @@ impl Denoiser for Model {
     fn edit_tokens(&self) -> Option<(i64, i64)> {
         self.config().delete_token_id.zip(self.config().split_token_id)
     }
+
+    fn routing_block(&self) -> Option<i64> {
+        self.config().block_routing().map(|(_, block_size)| block_size)
+    }
 }
 
 /// What a write put at a slot: a token, or one of LLaDA2.2's edit operations.

@@ -22,7 +22,7 @@ pub fn spiky_model(config: &Config, seed: u64) -> Model {
 
 pub fn save(model: &Model, dir: &Path, opts: SaveOptions) {
     presets::write_checkpoint(model, dir, opts).unwrap();
-    let tok = presets::tokenizer_spec(model.config().vocab_size).to_json();
+    let tok = presets::tokenizer_spec_for(model.config()).to_json();
     std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
 }
 
