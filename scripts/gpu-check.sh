@@ -47,6 +47,25 @@ print(f"top-5 ids identical at {len(a)} positions; max |p_cpu - p_dev| = {worst:
 assert worst < 1e-4
 PY
 
+echo "== LLaDA2.2 block routing: same logits on $device as on cpu (random micro-2.2 checkpoint, f32)"
+ck22=$(mktemp -d)
+"$BIN" init-model --preset micro-2.2 --seed 7 --std 0.3 --spread --out "$ck22" >/dev/null
+ids22=5,17,99,3,42,8,0,11
+"$BIN" forward --model "$ck22" --ids $ids22 --block-length 4 --top-k 5 --device cpu --json >"$OUT/forward22-cpu.json"
+"$BIN" forward --model "$ck22" --ids $ids22 --block-length 4 --top-k 5 --device "$device" --json >"$OUT/forward22-dev.json"
+python3 - "$OUT/forward22-cpu.json" "$OUT/forward22-dev.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p))["positions"] for p in sys.argv[1:3])
+worst = max(abs(s[1] - t[1]) for x, y in zip(a, b) for s, t in zip(x["top"], y["top"]))
+assert all([t[0] for t in x["top"]] == [t[0] for t in y["top"]] for x, y in zip(a, b)), "top-5 ids differ"
+print(f"block-routed: top-5 ids identical at {len(a)} positions; max |p_cpu - p_dev| = {worst:.2e}")
+assert worst < 1e-4
+PY
+
+echo "== LLaDA2.2 Levenshtein decode on $device (llada2.2 preset; trace with deletions / insertions)"
+"$BIN" decode --model "$ck22" --device "$device" --prompt-ids 10,11,12 --gen-length 24 --block-length 4 \
+  --preset llada2.2 --trace "$OUT/trace22.json" --json | tee "$OUT/decode22.json"
+
 echo "== $preset ($dtype): a $block-token block forward after a $prefix-token cached prefix"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/gpu-mem.csv" &
@@ -56,6 +75,10 @@ fi
   --iters "$iters" --json | tee "$OUT/bench-forward.json"
 "$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
   --batch 4 --iters "$iters" --json | tee "$OUT/bench-forward-batch4.json"
+if [ -n "${DRY_RUN:-}" ]; then preset22=micro-2.2; else preset22=llada2.2-mini; fi
+echo "== $preset22 ($dtype): block routing against group routing, same weights (ratio block / group)"
+"$BIN" bench forward --preset "$preset22" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+  --iters "$iters" --routing both --json | tee "$OUT/bench-forward-routing.json"
 if [ -n "${smi:-}" ]; then
   kill "$smi" 2>/dev/null || true
   echo "peak GPU memory used (nvidia-smi): $(sort -n "$OUT/gpu-mem.csv" | tail -1) MiB"
