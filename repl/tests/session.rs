@@ -580,3 +580,32 @@ fn a_chosen_preset_survives_loading_a_llada22_model() {
     let st = text(&ok(&mut s, "settings"));
     assert!(st.contains("\"edit_ops\",\"substitute\"") && st.contains("\"gen_length\",\"16\""), "layout kept: {st}");
 }
+
+#[test]
+fn a_llada22_checkpoint_renders_chat_prompts_with_its_own_template() {
+    let mut s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let cfg = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let init = dllm_engine::RandomInit::new(1, 0.02, tch::Device::Cpu, dllm_engine::DType::F32);
+    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
+        dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
+    // A template that renders "[hi]>" for `chat hi`: five characters, five tokens of the character vocabulary
+    // (the Ling template would give <role>HUMAN</role> hi <|role_end|> <role>ASSISTANT</role> = 5 tokens too,
+    // so the check reads the prompt's text).
+    std::fs::write(dir.path().join("chat_template.jinja"), "{% for m in messages %}[{{ m['content'] | trim }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}").unwrap();
+    let v = ok(&mut s, &format!("load {d} device=cpu"));
+    assert!(text(&v).contains("preset llada2.2 applied"), "{v:?}");
+    ok(&mut s, "set block_length 4");
+    ok(&mut s, "set gen_length 4");
+    let chat = ok(&mut s, "chat \" hi \"");
+    assert!(chat[0]["text"].as_str().unwrap().starts_with("prompt: 5 tokens"), "{chat:?}");
+    let canvas = ok(&mut s, "canvas");
+    let prompt: String = canvas[0]["cells"].as_array().unwrap().iter().filter(|c| c["kind"] == "prompt").map(|c| c["text"].as_str().unwrap()).collect();
+    assert_eq!(prompt, "[hi]>", "the checkpoint's template (with its `trim`) rendered the prompt");
+    // A broken template fails the load, naming the file and the line; the loaded model stays.
+    std::fs::write(dir.path().join("chat_template.jinja"), "ok\n\n{% if x %}unclosed").unwrap();
+    let e = err(&mut s, &format!("load {d} device=cpu"));
+    assert!(e.contains("chat_template.jinja") && e.contains("line"), "{e}");
+    assert!(text(&ok(&mut s, "info")).contains(d), "a failed load keeps the old model");
+}
