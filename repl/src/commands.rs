@@ -44,7 +44,7 @@ pub static TABLE: &[Command] = &[
         "Lists each setting with its value and meaning. `set` changes one.", false, settings),
     cmd!("set", [], "set NAME VALUE", "Change a decoding setting (applies from the next step)",
         "Changes a setting for this branch (from its next step) and for later decodes. `settings` lists\nthem. `off` disables optional ones.\n\nExamples:\n  set threshold 0.8\n  set edit_threshold off\n  set temperature 0.7", false, set),
-    cmd!("preset", [], "preset NAME", "Apply a named preset (Q, S, llada2.0, sglang, diffusers)",
+    cmd!("preset", [], "preset NAME", "Apply a named preset (Q, S, llada2.0, sglang, diffusers, llada2.2, sglang-indel)",
         "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources. Loading a model with DELETE / SPLIT tokens\n(LLaDA2.2) applies llada2.2 unless a preset or setting was chosen; Levenshtein presets are refused\nfor models without them.\n\nExamples:\n  preset S\n  preset", false, preset),
     cmd!("step", ["s"], "step [N]", "Run N forward passes (default 1) and show Gamma and Delta",
         "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. Ctrl-C stops between steps.\n\nExamples:\n  step\n  step 5", true, step),
