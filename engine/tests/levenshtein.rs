@@ -549,3 +549,27 @@ fn a_levenshtein_batch_decodes_each_row_exactly_as_alone() {
         }
     }
 }
+
+#[test]
+fn nan_logits_fail_the_step_naming_it_and_change_nothing() {
+    let broken = Cell::new(false);
+    let broken = std::rc::Rc::new(broken);
+    let b2 = broken.clone();
+    let m = Scripted::new(move |_, pos, _| if b2.get() { vec![(5, f32::NAN)] } else { vec![(10 + pos, 0.9)] });
+    for preset in ["llada2.2", "S"] {
+        let mut s = DecodeSettings::official(6);
+        s.apply_preset(preset).unwrap();
+        s.block_length = 4;
+        let mut d = decoder(&[7], s, &m);
+        broken.set(false);
+        step(&mut d, &m);
+        let (canvas, cursor, steps) = (d.canvas().to_vec(), d.cursor(), d.reports().count());
+        broken.set(true);
+        let e = d.step(&m).unwrap_err().to_string();
+        assert!(e.contains("step 1 (block 0)") && e.contains("NaN or infinite logits"), "{preset}: {e}");
+        assert_eq!((d.canvas(), d.cursor(), d.reports().count()), (&canvas[..], cursor, steps), "{preset}: nothing changed");
+        broken.set(false);
+        d.run(&m).unwrap();
+        assert!(d.is_finished(), "{preset}: the decode goes on once the model is sound");
+    }
+}

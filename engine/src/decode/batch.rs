@@ -101,6 +101,11 @@ impl BatchDecoder {
             let tf = Instant::now();
             let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
             let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
+            let (first, plan) = &active[0];
+            if let Err(e) = super::stepper::check_finite(&logits, self.rows[*first].cursor().forwards, plan.cursor.block) {
+                self.cache.truncate(start);
+                return Err(e);
+            }
             self.committed = start + commit;
             let mut out = Vec::with_capacity(active.len());
             for (i, plan) in active {

@@ -163,6 +163,19 @@ pub struct Stats {
     pub antiloop: i64,
 }
 
+/// A forward's logits must be finite for the rules to mean anything: NaN or infinite values (a broken
+/// checkpoint, an overflowing dtype) fail the step with an error naming it, instead of deciding on garbage.
+pub(crate) fn check_finite(logits: &Tensor, step: i64, block: i64) -> Result<()> {
+    if logits.isfinite().all().int64_value(&[]) == 1 {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "logits",
+        format!("step {step} (block {block})"),
+        "the model produced NaN or infinite logits: the checkpoint's weights or config (e.g. rope_theta) are broken, or the dtype overflows; nothing was changed",
+    ))
+}
+
 /// What one forward pass did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
@@ -662,6 +675,11 @@ impl Decoder {
         let tf = Instant::now();
         let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
         let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
+        if let Err(e) = check_finite(&logits, plan.before.forwards, plan.cursor.block) {
+            // The step fails as a whole: the cache keeps only what it held before the forward.
+            self.cache.truncate(start);
+            return Err(e);
+        }
         self.committed = start + commit;
         Ok(Some(self.apply(plan, &logits.get(0), forward_ms)))
     }
@@ -703,7 +721,7 @@ impl Decoder {
             masks.iter().copied().filter(|&pos| cand.probs[at(pos)] as f64 > self.settings.threshold).collect();
         let fallback = passing.len() < k;
         let chosen = if fallback {
-            masks.sort_by(|&a, &c| cand.probs[at(c)].partial_cmp(&cand.probs[at(a)]).expect("finite p").then(a.cmp(&c)));
+            masks.sort_by(|&a, &c| cand.probs[at(c)].total_cmp(&cand.probs[at(a)]).then(a.cmp(&c)));
             let mut top: Vec<i64> = masks[..k].to_vec();
             top.sort();
             top
