@@ -278,6 +278,15 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         let bad = |field: &str, message: String| Err(Error::Config { file: None, field: field.into(), message });
+        // Numbers that feed the forward directly: a negative theta or epsilon gives NaN logits at the first step.
+        for (field, v) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps), ("routed_scaling_factor", self.routed_scaling_factor)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(field, format!("must be a positive finite number, found {v}"));
+            }
+        }
+        if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
+            return bad("partial_rotary_factor", format!("must be in (0, 1], found {}", self.partial_rotary_factor));
+        }
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

@@ -736,3 +736,13 @@ fn block_routed_checkpoint_loads_with_its_routing_and_edit_tokens() {
     assert_eq!(loaded.tokenizer.token_text(126), "<|delete|>");
     assert_eq!(loaded.tokenizer.token_text(127), "<|split|>");
 }
+
+#[test]
+fn numbers_that_would_make_nan_logits_are_config_errors() {
+    for (field, value) in [("rope_theta", "-1e9"), ("rms_norm_eps", "0"), ("routed_scaling_factor", "-2.5"), ("partial_rotary_factor", "1.5")] {
+        let mut v = serde_json::to_value(micro().to_hf_json()).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        let e = Config::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains(field), "{field} = {value}: {e}");
+    }
+}
