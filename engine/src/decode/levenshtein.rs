@@ -49,10 +49,19 @@ pub struct Applied {
     pub truncated: Vec<(usize, i64)>,
 }
 
+/// The token ids `apply_edits` acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EditTokens {
+    pub mask: i64,
+    pub delete: i64,
+    pub split: i64,
+}
+
 /// Applies a step's writes `new` to the step-start block `old` (section 3.1): prompt slots (`..plen`) are
 /// copied; DELETE drops a slot; SPLIT becomes (a non-original MASK, the token the slot held at the step start);
 /// the result is cut to the block's length or padded with non-original masks. Flags travel with their slots.
-pub fn apply_edits(new: &[i64], old: &[i64], orig: &[bool], plen: usize, mask: i64, delete: i64, split: i64) -> Applied {
+pub fn apply_edits(new: &[i64], old: &[i64], orig: &[bool], plen: usize, ids: EditTokens) -> Applied {
+    let EditTokens { mask, delete, split } = ids;
     let b = old.len();
     let mut tokens = Vec::with_capacity(b + 4);
     let mut flags = Vec::with_capacity(b + 4);
@@ -408,7 +417,7 @@ impl Decoder {
         }
 
         // Apply the edits: shifts, insertions, pad or cut.
-        let a = apply_edits(&new, &old, &flags, plen, mask, del, split);
+        let a = apply_edits(&new, &old, &flags, plen, EditTokens { mask, delete: del, split });
         let mut writes = Vec::new();
         for i in 0..b {
             if a.tokens[i] != old[i] {
@@ -538,12 +547,13 @@ mod tests {
     const M: i64 = 1;
     const D: i64 = 90;
     const S: i64 = 91;
+    const IDS: EditTokens = EditTokens { mask: M, delete: D, split: S };
 
     #[test]
     fn delete_shifts_left_and_pads_with_non_original_masks() {
         let old = [7, 8, 10, 11, 12, 13];
         let new = [7, 8, 10, D, 12, 13];
-        let a = apply_edits(&new, &old, &[false, false, true, true, true, true], 2, M, D, S);
+        let a = apply_edits(&new, &old, &[false, false, true, true, true, true], 2, IDS);
         assert_eq!(a.tokens, vec![7, 8, 10, 12, 13, M]);
         assert_eq!(a.orig, vec![false, false, true, true, true, false]);
         assert_eq!(a.slots, vec![Some(0), Some(1), Some(2), None, Some(3), Some(4)]);
@@ -555,7 +565,7 @@ mod tests {
         // The section 3.1 example: [p, p, a, b, c, d] with SPLIT at the four suffix slots -> [p, p, M, a, M, b].
         let old = [7, 8, 20, 21, 22, 23];
         let new = [7, 8, S, S, S, S];
-        let a = apply_edits(&new, &old, &[false, false, true, false, true, true], 2, M, D, S);
+        let a = apply_edits(&new, &old, &[false, false, true, false, true, true], 2, IDS);
         assert_eq!(a.tokens, vec![7, 8, M, 20, M, 21]);
         assert_eq!(a.orig, vec![false, false, false, true, false, false]);
         assert_eq!(a.inserted, vec![2, 4]);
@@ -568,7 +578,7 @@ mod tests {
     fn split_on_an_original_mask_adds_one_introduced_mask_before_it() {
         let old = [7, M, M];
         let new = [7, S, 30];
-        let a = apply_edits(&new, &old, &[false, true, true], 1, M, D, S);
+        let a = apply_edits(&new, &old, &[false, true, true], 1, IDS);
         assert_eq!(a.tokens, vec![7, M, M]);
         assert_eq!(a.orig, vec![false, false, true]);
         // Slot 2's freshly written 30 is what falls off the tail.
@@ -580,7 +590,7 @@ mod tests {
     fn prompt_slots_never_move_even_when_written() {
         let old = [7, 8, 9, 10];
         let new = [D, S, D, 11];
-        let a = apply_edits(&new, &old, &[false, false, true, true], 2, M, D, S);
+        let a = apply_edits(&new, &old, &[false, false, true, true], 2, IDS);
         assert_eq!(a.tokens, vec![7, 8, 11, M]);
     }
 }

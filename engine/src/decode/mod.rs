@@ -11,6 +11,6 @@ mod stepper;
 pub use batch::BatchDecoder;
 pub use events::Event;
 pub use sampler::Rng;
-pub use levenshtein::{apply_edits, Applied, LevStep, LoopMemory, Redraw};
+pub use levenshtein::{apply_edits, Applied, EditTokens, LevStep, LoopMemory, Redraw};
 pub use settings::{AntiLoop, CapAction, DecodeSettings, EditOps, EditTiming, Editing, FinalForbid, FinalTrigger, PostCounter, PRESETS, SETTINGS};
 pub use stepper::{Cursor, Decoder, DecoderState, Denoiser, Edit, Entry, EntryKind, Stats, StepReport, Unmask, WriteKind};
