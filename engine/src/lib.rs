@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod composite;
 mod config;
 pub mod decode;
+pub mod edit_labels;
 pub mod eval;
 pub mod likelihood;
 pub mod rl;
