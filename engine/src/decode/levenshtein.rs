@@ -456,19 +456,8 @@ impl Decoder {
             antiloop: redraws,
         };
 
-        self.cursor.forwards += 1;
-        self.cursor.block_step += 1;
-        self.last = Some(LastForward { from: ws, dist: cand.dist });
         let block_ended = a.tokens == old && !a.tokens[plen..].contains(&mask);
-        let mut advanced_to = None;
-        if block_ended {
-            let mut c = self.cursor;
-            self.end_block(&mut c);
-            self.cursor = c;
-            if !self.cursor.finished {
-                advanced_to = Some(self.cursor.block);
-            }
-        }
+        let advanced_to = self.close_step(LastForward { from: ws, dist: cand.dist }, block_ended);
         let report = StepReport {
             step: before.forwards,
             block,

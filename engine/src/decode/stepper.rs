@@ -760,19 +760,8 @@ impl Decoder {
         let mut revised_blocks: Vec<i64> = delta.iter().map(|e| e.pos / b).filter(|&blk| blk < block).collect();
         revised_blocks.dedup();
 
-        self.cursor.forwards += 1;
-        self.cursor.block_step += 1;
-        self.last = Some(LastForward { from: ws, dist: cand.dist });
         let block_ended = masks_at_start == 0 && delta.is_empty();
-        let mut advanced_to = None;
-        if block_ended {
-            let mut c = self.cursor;
-            self.end_block(&mut c);
-            self.cursor = c;
-            if !self.cursor.finished {
-                advanced_to = Some(self.cursor.block);
-            }
-        }
+        let advanced_to = self.close_step(LastForward { from: ws, dist: cand.dist }, block_ended);
         let report = StepReport {
             step: before.forwards,
             block,
@@ -795,6 +784,21 @@ impl Decoder {
         };
         self.journal.push(Entry { before, writes, kind: EntryKind::Step(report.clone()), lev: None });
         report
+    }
+
+    /// Counts the forward a step just applied and keeps its distribution; when the step ended its block, moves
+    /// on (or finishes). Returns the block moved to.
+    pub(super) fn close_step(&mut self, last: LastForward, block_ended: bool) -> Option<i64> {
+        self.cursor.forwards += 1;
+        self.cursor.block_step += 1;
+        self.last = Some(last);
+        if !block_ended {
+            return None;
+        }
+        let mut c = self.cursor;
+        self.end_block(&mut c);
+        self.cursor = c;
+        (!self.cursor.finished).then_some(self.cursor.block)
     }
 
     /// Ends the block `c` is on: the decode finishes (last block, or EOS early stop) or moves on.
