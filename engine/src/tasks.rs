@@ -12,9 +12,17 @@
 //! | sort | `sort ` + digits | the digits ascending |
 //! | add | `a+b=` (1-3 digit numbers) | the sum |
 //! | order | `order ` + digits | ascending OR descending: AMBIGUOUS, both accepted, 50/50 in training |
+//! | dedup | `dedup ` + letters in runs (`aabccc`) | one letter per run (`abc`) |
+//! | expand | `expand ` + letter-count pairs (`a3b1c2`) | the runs written out (`aaabcc`) |
 //!
 //! `order` is where parallel drafting breaks: a confident model is split between two answers, so positions
 //! drafted in the same step can come from different answers; token editing repairs the mix.
+//!
+//! `dedup` and `expand` ([`EDIT_TASKS`], the LLaDA2.2 length tasks) are where a draft's LENGTH goes wrong:
+//! the token at answer position i depends on counting runs (dedup) or summing counts (expand) before it, so a
+//! parallel draft that miscounts by one duplicates or drops a letter and shifts everything after it. A
+//! substitution can only repair that by rewriting every later token; a DELETE or an INSERT repairs it in one
+//! edit. [`TASKS`] is the LLaDA2.1 suite `builtin:tiny` was trained on; [`ALL_TASKS`] adds the length tasks.
 //!
 //! Lengths: letters and digits strings have 3..=8 characters at the base level and 9..=10 at the hard level
 //! (1 in 8 instances); additions use 1..=3 digit numbers. The train split and the held-out split draw from the
@@ -33,10 +41,21 @@ pub enum Task {
     Sort,
     Add,
     Order,
+    Dedup,
+    Expand,
 }
 
-/// Every task, in table order.
+/// The LLaDA2.1 suite (what `builtin:tiny` was trained on), in table order.
 pub const TASKS: [Task; 5] = [Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Order];
+
+/// The length tasks, where Levenshtein editing (DELETE / INSERT) repairs what substitution cannot cheaply.
+pub const EDIT_TASKS: [Task; 2] = [Task::Dedup, Task::Expand];
+
+/// Every task, in table order (`all` in task lists).
+pub const ALL_TASKS: [Task; 7] = [Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Order, Task::Dedup, Task::Expand];
+
+/// The longest answer of `expand` (answer and EOS fill the 16 generated tokens).
+const EXPAND_MAX: usize = 15;
 
 /// The tokens generated after a task prompt: the longest answer (10 characters) plus EOS fits in two blocks of 8.
 pub const GEN_LENGTH: i64 = 16;
@@ -77,20 +96,25 @@ impl Task {
             Task::Sort => "sort",
             Task::Add => "add",
             Task::Order => "order",
+            Task::Dedup => "dedup",
+            Task::Expand => "expand",
         }
     }
 
     pub fn from_name(name: &str) -> Result<Task> {
-        TASKS.into_iter().find(|t| t.name() == name.trim().to_ascii_lowercase()).ok_or_else(|| {
-            let names: Vec<&str> = TASKS.iter().map(|t| t.name()).collect();
+        ALL_TASKS.into_iter().find(|t| t.name() == name.trim().to_ascii_lowercase()).ok_or_else(|| {
+            let names: Vec<&str> = ALL_TASKS.iter().map(|t| t.name()).collect();
             Error::invalid("task", name, format!("known tasks: {}", names.join(", ")))
         })
     }
 
-    /// Parses a comma-separated list (`all` = every task).
+    /// Parses a comma-separated list (`all` = every task, `2.1` = [`TASKS`], `edit` = [`EDIT_TASKS`]).
     pub fn parse_list(list: &str) -> Result<Vec<Task>> {
-        if list.trim() == "all" {
-            return Ok(TASKS.to_vec());
+        match list.trim() {
+            "all" => return Ok(ALL_TASKS.to_vec()),
+            "2.1" => return Ok(TASKS.to_vec()),
+            "edit" | "length" => return Ok(EDIT_TASKS.to_vec()),
+            _ => {}
         }
         list.split(',').map(Task::from_name).collect()
     }
@@ -99,7 +123,8 @@ impl Task {
     pub fn recognises(self, text: &str) -> bool {
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         match self {
-            Task::Copy | Task::Reverse => {
+            Task::Expand => text.strip_prefix("expand ").and_then(parse_runs).is_some(),
+            Task::Copy | Task::Reverse | Task::Dedup => {
                 text.strip_prefix(self.name()).and_then(|r| r.strip_prefix(' ')).is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()))
             }
             Task::Sort | Task::Order => text.strip_prefix(self.name()).and_then(|r| r.strip_prefix(' ')).is_some_and(digits),
@@ -144,6 +169,28 @@ impl Task {
                 let answers = if up == down { vec![up] } else { vec![up, down] };
                 (format!("order {s}"), answers)
             }
+            Task::Dedup => {
+                // `len` runs of 1-3 copies of a letter, neighbours different.
+                let runs = distinct_runs(rng, len);
+                let text: String = runs.iter().map(|&c| c.to_string().repeat(1 + below(rng, 3))).collect();
+                (format!("dedup {text}"), vec![runs.into_iter().collect()])
+            }
+            Task::Expand => {
+                // 2-5 runs of 1-4 copies, at most EXPAND_MAX letters in all.
+                let k = 2 + below(rng, 4);
+                let letters = distinct_runs(rng, k);
+                let mut total = 0;
+                let mut pairs = String::new();
+                let mut answer = String::new();
+                for (i, c) in letters.into_iter().enumerate() {
+                    let left = k - i - 1;
+                    let n = (1 + below(rng, 4)).min(EXPAND_MAX - total - left);
+                    total += n;
+                    pairs.push_str(&format!("{c}{n}"));
+                    answer.push_str(&c.to_string().repeat(n));
+                }
+                (format!("expand {pairs}"), vec![answer])
+            }
         };
         Example { task: self, text, answers }
     }
@@ -156,6 +203,10 @@ impl Task {
             Task::Reverse => arg("reverse ").is_some_and(|s| response == s.chars().rev().collect::<String>()),
             Task::Sort => arg("sort ").is_some_and(|s| response == sorted(&s, false)),
             Task::Order => arg("order ").is_some_and(|s| response == sorted(&s, false) || response == sorted(&s, true)),
+            Task::Dedup => arg("dedup ").is_some_and(|s| response == dedup(&s)),
+            Task::Expand => arg("expand ").and_then(|s| parse_runs(&s)).is_some_and(|runs| {
+                response == runs.iter().map(|&(c, n)| c.to_string().repeat(n)).collect::<String>()
+            }),
             Task::Add => {
                 let Some((a, b)) = text.strip_suffix('=').and_then(|t| t.split_once('+')) else { return false };
                 match (a.parse::<u64>(), b.parse::<u64>()) {
@@ -177,6 +228,36 @@ pub fn instances(task: Task, seed: u64, n: usize) -> Vec<Example> {
 /// A uniform integer in `0..n` (n > 0).
 pub fn below(rng: &mut Rng, n: usize) -> usize {
     ((rng.next_u64() >> 11) % n as u64) as usize
+}
+
+/// `n` random lowercase letters, each different from the one before.
+fn distinct_runs(rng: &mut Rng, n: usize) -> Vec<char> {
+    let mut out: Vec<char> = Vec::with_capacity(n);
+    while out.len() < n {
+        let c = (b'a' + below(rng, 26) as u8) as char;
+        if out.last() != Some(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One letter per run of equal letters.
+fn dedup(s: &str) -> String {
+    let mut c: Vec<char> = s.chars().collect();
+    c.dedup();
+    c.into_iter().collect()
+}
+
+/// `a3b1c2` as (letter, count) pairs: lowercase letters each followed by one digit 1-9.
+fn parse_runs(s: &str) -> Option<Vec<(char, usize)>> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() % 2 != 0 {
+        return None;
+    }
+    b.chunks(2)
+        .map(|p| (p[0].is_ascii_lowercase() && (b'1'..=b'9').contains(&p[1])).then(|| (p[0] as char, (p[1] - b'0') as usize)))
+        .collect()
 }
 
 fn sorted(s: &str, descending: bool) -> String {
@@ -212,11 +293,16 @@ mod tests {
         assert!(!Task::Add.verify("99+1=", "0100") && !Task::Add.verify("99+1=", "10"));
         assert!(!Task::Add.verify("garbage", "1"), "a malformed prompt never verifies");
         assert!(!Task::Copy.verify("reverse abc", "abc"), "the rule belongs to the task");
+        assert!(Task::Dedup.verify("dedup aabccca", "abca"));
+        assert!(!Task::Dedup.verify("dedup aabccca", "abbca") && !Task::Dedup.verify("dedup aabccca", "aca"), "a duplicate or a drop is wrong");
+        assert!(Task::Expand.verify("expand a3b1c2", "aaabcc"));
+        assert!(!Task::Expand.verify("expand a3b1c2", "aaaabcc") && !Task::Expand.verify("expand a3b1c2", "aabcc"));
+        assert!(!Task::Expand.verify("expand a3b", "aaab") && !Task::Expand.verify("expand a0", ""), "malformed runs never verify");
     }
 
     #[test]
     fn generated_answers_pass_their_verifier_and_are_deterministic() {
-        for task in TASKS {
+        for task in ALL_TASKS {
             let a = instances(task, 7, 300);
             assert_eq!(a, instances(task, 7, 300), "{task:?}");
             assert_ne!(a, instances(task, 8, 300), "{task:?}: seeds differ");
@@ -229,10 +315,16 @@ mod tests {
                 assert!(ex.text.chars().all(|c| ALPHABET.contains(c)), "{ex:?}");
             }
             let hard = a.iter().filter(|e| e.task != Task::Add && e.answers[0].len() >= 9).count();
-            if task != Task::Add {
+            if task != Task::Add && task != Task::Expand {
                 assert!((15..=70).contains(&hard), "{task:?}: about 1 in 8 instances at the hard level, got {hard}/300");
             }
         }
+        for ex in instances(Task::Expand, 9, 300).iter().chain(&instances(Task::Dedup, 9, 300)) {
+            assert!(ex.task.recognises(&ex.text), "{ex:?}");
+            assert!(ex.answers[0].len() >= 2, "{ex:?}");
+        }
+        let d = instances(Task::Dedup, 9, 300);
+        assert!(d.iter().filter(|e| e.text.len() - "dedup ".len() > e.answers[0].len()).count() > 250, "most dedup inputs hold a run");
         let order = instances(Task::Order, 1, 100);
         assert!(order.iter().filter(|e| e.answers.len() == 2).count() > 90, "order is ambiguous");
     }
@@ -242,7 +334,7 @@ mod tests {
         let config = crate::presets::preset("tiny").unwrap();
         let json = serde_json::to_vec(&crate::presets::tokenizer_spec(config.vocab_size).to_json()).unwrap();
         let tok = Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &config).unwrap();
-        for task in TASKS {
+        for task in ALL_TASKS {
             for ex in instances(task, 3, 20) {
                 let p = ex.prompt();
                 let ids = tok.encode(&p).unwrap();
@@ -265,8 +357,10 @@ mod tests {
     #[test]
     fn task_names_parse() {
         assert_eq!(Task::parse_list("copy,add").unwrap(), vec![Task::Copy, Task::Add]);
-        assert_eq!(Task::parse_list("all").unwrap().len(), 5);
+        assert_eq!(Task::parse_list("all").unwrap().len(), 7);
+        assert_eq!(Task::parse_list("2.1").unwrap(), TASKS);
+        assert_eq!(Task::parse_list("edit").unwrap(), EDIT_TASKS);
         let e = Task::from_name("mul").unwrap_err().to_string();
-        assert!(e.contains("known tasks: copy, reverse, sort, add, order"), "{e}");
+        assert!(e.contains("known tasks: copy, reverse, sort, add, order, dedup, expand"), "{e}");
     }
 }

@@ -36,6 +36,28 @@ fn smoke_run_lowers_the_loss_on_both_streams() {
 }
 
 #[test]
+fn a_levenshtein_smoke_run_learns_and_writes_a_llada22_checkpoint() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::preset("smoke-2.2").unwrap();
+    let h = train::run(cfg.clone(), dir.path(), false, |_, _| true).unwrap();
+    let first = |f: fn(&train::StepMetrics) -> f64| mean(&h[..20].iter().map(f).collect::<Vec<_>>());
+    let last = |f: fn(&train::StepMetrics) -> f64| mean(&h[h.len() - 20..].iter().map(f).collect::<Vec<_>>());
+    let (m0, m1) = (first(|m| m.m2t_loss), last(|m| m.m2t_loss));
+    let (t0, t1) = (first(|m| m.t2t_loss), last(|m| m.t2t_loss));
+    assert!(m1 < 0.6 * m0, "M2T loss {m0:.3} -> {m1:.3}");
+    assert!(t1 < 0.3 * t0, "Levenshtein T2T loss {t0:.3} -> {t1:.3}");
+    assert!(h.iter().any(|m| m.mtf) && h.iter().all(|m| !m.skipped), "the Levenshtein MTF round runs");
+    let loaded = dllm_engine::load(dir.path(), tch::Device::Cpu, None).unwrap();
+    let c = loaded.model.config();
+    assert_eq!((c.delete_token_id, c.split_token_id), (Some(126), Some(127)));
+    assert!(c.block_routing().is_some());
+    assert_eq!(loaded.tokenizer.token_text(126), "<|delete|>");
+    // The run is resumable like any other.
+    assert!(train::latest_checkpoint(dir.path()).unwrap().is_some());
+}
+
+#[test]
 fn an_interrupted_run_resumes_exactly() {
     tch::set_num_threads(1);
     let mut cfg = smoke(24);

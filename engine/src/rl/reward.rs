@@ -116,7 +116,7 @@ impl RlPrompt {
         if text.is_empty() {
             return Err(Error::invalid("prompt", spec, "the prompt text is empty"));
         }
-        let task = crate::tasks::TASKS.into_iter().find(|t| t.recognises(&text));
+        let task = crate::tasks::ALL_TASKS.into_iter().find(|t| t.recognises(&text));
         Ok(RlPrompt { answers: answer.iter().cloned().collect(), text, task, answer })
     }
 }

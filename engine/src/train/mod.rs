@@ -9,6 +9,12 @@
 //! cosine), gradient clipping, and expert-bias load balancing. The choices the paper leaves open are
 //! documented in docs/training.md.
 //!
+//! On a LLaDA2.2 model (its config has DELETE / SPLIT ids) the T2T stream is Levenshtein T2T (see
+//! [`noise`]): targets are LCS edit labels, and MTF is a second labelling round: the draft forward's writes
+//! (masks above u, and every visible slot whose argmax differs, as the `llada2.2` decoder at tau_edit 0) are
+//! applied with DELETE / SPLIT like a decoding step, and the edited draft is labelled again against the clean
+//! block.
+//!
 //! Runs are deterministic from the seed: step k draws its examples and noise from a generator seeded by
 //! (seed, k), so a resumed run continues exactly where the interrupted one was.
 
@@ -21,10 +27,10 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 pub use adamw::{learning_rate, AdamW};
-pub use noise::{canvas, corruption_ids, noised_batch, noised_groups, Batch, NoiseConfig};
+pub use noise::{canvas, corruption_ids, edit_targets, noised_batch, noised_groups, suffixes, Batch, NoiseConfig};
 
 use crate::checkpoint::{self, SaveOptions};
-use crate::decode::Rng;
+use crate::decode::{apply_edits, EditTokens, Rng};
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -59,11 +65,16 @@ pub struct TrainConfig {
     pub block: i64,
 }
 
+/// Steps of the `tiny-2.2` run.
+const TINY22_STEPS: i64 = 5000;
+
 /// (name, what it is).
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", "the embedded model: tiny shape (1.7M parameters), M2T + T2T + MTF, 4,000 steps of 128 sequences"),
     ("m2t", "the control: as tiny, but M2T only (no T2T stream, no MTF)"),
+    ("tiny-2.2", "the embedded LLaDA2.2 model: tiny-2.2 shape (block routing, DELETE / SPLIT), M2T + Levenshtein T2T + MTF, all seven tasks"),
     ("smoke", "a test run: micro shape, 300 steps of 32 sequences, copy and reverse"),
+    ("smoke-2.2", "a test run: micro-2.2 shape, 300 steps of 32 sequences, copy and dedup, Levenshtein T2T"),
 ];
 
 impl TrainConfig {
@@ -90,6 +101,15 @@ impl TrainConfig {
         };
         match name {
             "tiny" => Ok(base),
+            "tiny-2.2" => Ok(TrainConfig {
+                model: "tiny-2.2".into(),
+                steps: TINY22_STEPS,
+                task_mix: vec![
+                    Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Add, Task::Add, Task::Order,
+                    Task::Dedup, Task::Dedup, Task::Expand, Task::Expand,
+                ],
+                ..base
+            }),
             "m2t" => Ok(TrainConfig { t2t: false, mtf: false, ..base }),
             "smoke" => Ok(TrainConfig {
                 model: "micro".into(),
@@ -100,6 +120,18 @@ impl TrainConfig {
                 mtf_from: 0.5,
                 checkpoint_every: 100,
                 task_mix: vec![Task::Copy, Task::Reverse],
+                ..base
+            }),
+            "smoke-2.2" => Ok(TrainConfig {
+                preset: name.into(),
+                model: "micro-2.2".into(),
+                steps: 300,
+                batch: 32,
+                lr: 3e-3,
+                warmup: 20,
+                mtf_from: 0.5,
+                checkpoint_every: 100,
+                task_mix: vec![Task::Copy, Task::Dedup],
                 ..base
             }),
             _ => {
@@ -141,6 +173,8 @@ pub struct Trainer {
     opt: AdamW,
     pub step: i64,
     corrupt: Vec<i64>,
+    /// (DELETE, SPLIT) of a LLaDA2.2 model: Levenshtein T2T.
+    edits: Option<(i64, i64)>,
 }
 
 impl Trainer {
@@ -153,11 +187,12 @@ impl Trainer {
 
     fn with_model(cfg: TrainConfig, model: Model, step: i64) -> Result<Trainer> {
         let config = model.config().clone();
-        let tokenizer_json = serde_json::to_string(&crate::presets::tokenizer_spec(config.vocab_size).to_json()).expect("json");
+        let tokenizer_json = serde_json::to_string(&crate::presets::tokenizer_spec_for(&config).to_json()).expect("json");
         let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), Path::new("tokenizer.json"), &config)?;
         let corrupt = corruption_ids(&tokenizer)?;
         let opt = AdamW::new(model.var_store(), (0.9, 0.95), cfg.weight_decay);
-        Ok(Trainer { cfg, model, tokenizer, tokenizer_json, opt, step, corrupt })
+        let edits = config.delete_token_id.zip(config.split_token_id);
+        Ok(Trainer { cfg, model, tokenizer, tokenizer_json, opt, step, corrupt, edits })
     }
 
     /// The latest complete checkpoint under `out/train`, if any.
@@ -194,7 +229,7 @@ impl Trainer {
             rows.push(canvas(&self.tokenizer, &ex, answer, self.cfg.block)?);
         }
         let groups = self.cfg.batch.div_ceil(32);
-        noised_groups(&rows, groups, &self.tokenizer, &self.corrupt, NoiseConfig { t2t: self.cfg.t2t, block: self.cfg.block }, rng)
+        noised_groups(&rows, groups, &self.tokenizer, &self.corrupt, NoiseConfig { t2t: self.cfg.t2t, block: self.cfg.block, edits: self.edits.filter(|_| self.cfg.t2t) }, rng)
     }
 
     /// One optimiser step.
@@ -208,11 +243,11 @@ impl Trainer {
         let (mut m_sum, mut m_n, mut v_sum, mut v_n) = (zero(), zero(), zero(), zero());
         let (mut loads, mut tokens) = (Vec::new(), 0);
         for batch in &groups {
-            let (masked, visible, ids) = self.multi_turn(batch, mtf, &mut rng)?;
+            let (masked, visible, ids, targets) = self.multi_turn(batch, mtf, &mut rng)?;
             let input = &batch.input;
             let mut group_loads = Vec::new();
             let logits = self.model.forward_masked(&ids, &input.positions, &input.allowed, Some(&mut group_loads))?.narrow(1, 0, input.noisy_len);
-            let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &batch.targets.unsqueeze(-1), false).squeeze_dim(-1);
+            let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
             let (mf, vf) = (masked.to_kind(Kind::Float), visible.to_kind(Kind::Float));
             m_sum = m_sum - (&logp * &mf).sum(Kind::Float);
             v_sum = v_sum - (&logp * &vf).sum(Kind::Float);
@@ -259,24 +294,72 @@ impl Trainer {
 
     /// Multi-turn Forward on one group: for a `mtf_prob` share of the rows, a no-grad draft forward, and masked
     /// positions whose draft confidence exceeds the row's u ~ U[0.3, 0.9] take the draft's argmax. Returns the
-    /// masked and visible positions and the input ids after it (unchanged when `on` is false).
-    fn multi_turn(&self, batch: &Batch, on: bool, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
+    /// masked and visible positions, the input ids and the targets after it (unchanged when `on` is false). On
+    /// a LLaDA2.2 model the round is a Levenshtein step ([`Trainer::edit_round`]).
+    fn multi_turn(&self, batch: &Batch, on: bool, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let input = &batch.input;
         if !on {
-            return Ok((batch.masked.shallow_clone(), batch.visible.shallow_clone(), input.ids.shallow_clone()));
+            return Ok((batch.masked.shallow_clone(), batch.visible.shallow_clone(), input.ids.shallow_clone(), batch.targets.shallow_clone()));
         }
         let (b, nl) = (input.ids.size()[0], input.noisy_len);
         let draft = tch::no_grad(|| self.model.forward_masked(&input.ids, &input.positions, &input.allowed, None))?.narrow(1, 0, nl);
         let (conf, arg) = draft.softmax(-1, Kind::Float).max_dim(-1, false);
         let rows: Vec<bool> = (0..b).map(|_| rng.uniform() < self.cfg.mtf_prob).collect();
         let u: Vec<f32> = (0..b).map(|_| (0.3 + 0.6 * rng.uniform()) as f32).collect();
+        if let Some(edits) = self.edits.filter(|_| self.cfg.t2t) {
+            return self.edit_round(batch, &conf, &arg, &rows, &u, edits);
+        }
         let fill = batch
             .masked
             .logical_and(&conf.gt_tensor(&Tensor::from_slice(&u).view([b, 1])))
             .logical_and(&Tensor::from_slice(&rows).view([b, 1]));
         let noisy = arg.where_self(&fill, &input.ids.narrow(1, 0, nl));
         let ids = Tensor::cat(&[noisy, input.ids.narrow(1, nl, input.ids.size()[1] - nl)], 1);
-        Ok((batch.masked.logical_and(&fill.logical_not()), batch.visible.logical_or(&fill), ids))
+        Ok((batch.masked.logical_and(&fill.logical_not()), batch.visible.logical_or(&fill), ids, batch.targets.shallow_clone()))
+    }
+
+    /// The Levenshtein MTF round: in each chosen row's response blocks, masks whose draft confidence exceeds
+    /// the row's u and every visible slot whose argmax differs from it take the argmax (DELETE and SPLIT
+    /// included), the writes are applied as a decoding step applies them ([`apply_edits`]: deletions shift the
+    /// block left, SPLIT opens a mask, the tail is padded with masks or cut), and the edited draft is labelled
+    /// again against the clean block: the report's later rounds, on the model's own edits.
+    fn edit_round(&self, batch: &Batch, conf: &Tensor, arg: &Tensor, rows: &[bool], u: &[f32], (delete, split): (i64, i64)) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let input = &batch.input;
+        let (b, nl, total) = (rows.len(), input.noisy_len as usize, input.ids.size()[1] as usize);
+        let start = input.noisy_start as usize;
+        let flat = |t: &Tensor| -> Result<Vec<i64>> { Ok(Vec::<i64>::try_from(t.flatten(0, -1))?) };
+        let mut ids = flat(&input.ids)?;
+        let (arg, conf) = (flat(arg)?, Vec::<f32>::try_from(conf.flatten(0, -1))?);
+        let mut targets = flat(&batch.targets)?;
+        let mask = self.tokenizer.mask_id;
+        let et = EditTokens { mask, delete, split };
+        for r in (0..b).filter(|&r| rows[r]) {
+            let (clean, p) = (&batch.clean[r], batch.prompts[r]);
+            let row = &mut ids[r * total..r * total + nl];
+            for (s0, be) in suffixes(p, clean.len(), self.cfg.block) {
+                let (a, z) = (s0 - start, be - start);
+                let old = row[a..z].to_vec();
+                let new: Vec<i64> = (a..z)
+                    .map(|i| {
+                        let (g, c) = (arg[r * nl + i], conf[r * nl + i]);
+                        let write = if row[i] == mask { c > u[r] } else { g != row[i] };
+                        if write { g } else { row[i] }
+                    })
+                    .collect();
+                let applied = apply_edits(&new, &old, &vec![true; old.len()], 0, et);
+                row[a..z].copy_from_slice(&applied.tokens);
+            }
+            let mut canvas = clean.clone();
+            canvas[start..].copy_from_slice(&row[..nl]);
+            let t = edit_targets(&canvas, clean, p, self.cfg.block, mask, (delete, split));
+            targets[r * nl..(r + 1) * nl].copy_from_slice(&t[start..]);
+        }
+        let ids = Tensor::from_slice(&ids).view([b as i64, total as i64]);
+        let noisy = ids.narrow(1, 0, nl as i64);
+        let response = batch.masked.logical_or(&batch.visible);
+        let masked = noisy.eq(mask).logical_and(&response);
+        let visible = noisy.ne(mask).logical_and(&response);
+        Ok((masked, visible, ids, Tensor::from_slice(&targets).view([b as i64, nl as i64])))
     }
 
     /// Writes the model (config.json, model.safetensors in the official per-expert layout, tokenizer.json) to

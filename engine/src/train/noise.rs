@@ -11,12 +11,19 @@
 //!   blocks are common, as at the start of decoding); each response token is masked with probability sigma.
 //! - T2T: a ratio r ~ U[0.1, 0.3] per example; each VISIBLE response token is replaced with probability r by a
 //!   random token of the task alphabet or EOS (in-distribution mistakes, the kind a draft makes).
+//! - Levenshtein T2T (LLaDA2.2 models, which have DELETE / SPLIT ids): instead of substitutions alone, each
+//!   response block's suffix is redrawn by [`crate::edit_noise::draft_block`] at rate r (substitutions,
+//!   drops, stutters and insertions, the block's length kept from the clean continuation), then each slot is
+//!   masked with probability sigma, and every slot's target is its LCS edit label against the clean block
+//!   ([`crate::edit_labels::lcs_labels`], MASK a wildcard): the token it should hold, DELETE or SPLIT.
 //! - The prompt is never noised and carries no loss.
 
 use tch::Tensor;
 
 use crate::composite::{self, Composite};
 use crate::decode::Rng;
+use crate::edit_labels::lcs_labels;
+use crate::edit_noise::{draft_block, OpMix};
 use crate::error::{Error, Result};
 use crate::tasks::{self, below, Example, GEN_LENGTH};
 use crate::tokenizer::Tokenizer;
@@ -27,6 +34,9 @@ pub struct NoiseConfig {
     /// The T2T stream (random-token corruption of visible tokens, loss on every visible response token).
     pub t2t: bool,
     pub block: i64,
+    /// Levenshtein T2T with these (DELETE, SPLIT) ids; None = substitutions only (LLaDA2.1).
+    #[serde(default)]
+    pub edits: Option<(i64, i64)>,
 }
 
 /// A noised batch and what is supervised where.
@@ -40,6 +50,9 @@ pub struct Batch {
     pub visible: Tensor,
     /// Canvas tokens in the batch (rows x canvas length), for throughput.
     pub tokens: i64,
+    /// The clean canvases (padded to the batch width) and prompt lengths, for relabelling after MTF.
+    pub clean: Vec<Vec<i64>>,
+    pub prompts: Vec<usize>,
 }
 
 /// The clean canvas of `ex` with `answer`, and its prompt length.
@@ -94,11 +107,20 @@ pub fn noised_batch(rows: &[(Vec<i64>, usize)], tok: &Tokenizer, corrupt: &[i64]
         let sigma = if rng.uniform() < 0.8 { uniform(rng, 0.3, 0.8) } else { uniform(rng, 0.8, 1.0) };
         let r = uniform(rng, 0.1, 0.3);
         let mut n = c.clone();
-        for tok_i in n.iter_mut().skip(*p) {
-            if rng.uniform() < sigma {
-                *tok_i = tok.mask_id;
-            } else if cfg.t2t && rng.uniform() < r {
-                *tok_i = corrupt[below(rng, corrupt.len())];
+        if let (true, Some(_)) = (cfg.t2t, cfg.edits) {
+            for (s0, be) in suffixes(*p, width, cfg.block) {
+                let draft = draft_block(&c[s0..be], &c[be..], tok.eos_id, r, OpMix::DEFAULT, corrupt, rng);
+                for (slot, d) in n[s0..be].iter_mut().zip(draft) {
+                    *slot = if rng.uniform() < sigma { tok.mask_id } else { d };
+                }
+            }
+        } else {
+            for tok_i in n.iter_mut().skip(*p) {
+                if rng.uniform() < sigma {
+                    *tok_i = tok.mask_id;
+                } else if cfg.t2t && rng.uniform() < r {
+                    *tok_i = corrupt[below(rng, corrupt.len())];
+                }
             }
         }
         response.push(*p);
@@ -113,8 +135,12 @@ pub fn noised_batch(rows: &[(Vec<i64>, usize)], tok: &Tokenizer, corrupt: &[i64]
     let mut masked = Vec::with_capacity(rows.len() * len);
     let mut visible = Vec::with_capacity(rows.len() * len);
     for ((c, n), &p) in clean.iter().zip(&noisy).zip(&response) {
+        let t = match cfg.edits {
+            Some(ids) => edit_targets(n, c, p, cfg.block, tok.mask_id, ids),
+            None => c.clone(),
+        };
+        targets.extend_from_slice(&t[start..start + len]);
         for i in start..start + len {
-            targets.push(c[i]);
             let resp = i >= p;
             masked.push(resp && n[i] == tok.mask_id);
             visible.push(resp && n[i] != tok.mask_id);
@@ -127,5 +153,96 @@ pub fn noised_batch(rows: &[(Vec<i64>, usize)], tok: &Tokenizer, corrupt: &[i64]
         masked: Tensor::from_slice(&masked).view(shape),
         visible: Tensor::from_slice(&visible).view(shape),
         tokens: b * width as i64,
+        clean,
+        prompts: response,
     })
+}
+
+/// The response part of every block of a canvas of `width` tokens: (first response slot, block end).
+pub fn suffixes(prompt: usize, width: usize, block: i64) -> impl Iterator<Item = (usize, usize)> {
+    let block = block as usize;
+    (prompt / block..width.div_ceil(block)).map(move |b| ((b * block).max(prompt), ((b + 1) * block).min(width))).filter(|(s, e)| s < e)
+}
+
+/// Per canvas position, what the model is trained to predict at the noisy canvas `noisy` whose clean form is
+/// `clean`: the clean token in the prompt, and in every response block the LCS edit label's target (the token
+/// the slot should hold, DELETE or SPLIT).
+pub fn edit_targets(noisy: &[i64], clean: &[i64], prompt: usize, block: i64, mask: i64, (delete, split): (i64, i64)) -> Vec<i64> {
+    let mut t = clean.to_vec();
+    for (s0, be) in suffixes(prompt, clean.len(), block) {
+        for (slot, label) in t[s0..be].iter_mut().zip(lcs_labels(&noisy[s0..be], &clean[s0..be], mask)) {
+            *slot = label.target(delete, split);
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{apply_edits, EditTokens};
+    use crate::tasks::ALL_TASKS;
+
+    fn tokenizer(preset: &str) -> (Tokenizer, (i64, i64)) {
+        let config = crate::presets::preset(preset).unwrap();
+        let json = serde_json::to_vec(&crate::presets::tokenizer_spec_for(&config).to_json()).unwrap();
+        let tok = Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &config).unwrap();
+        (tok, (config.delete_token_id.unwrap(), config.split_token_id.unwrap()))
+    }
+
+    #[test]
+    fn edit_targets_label_each_response_block_against_its_clean_form() {
+        let (m, del, split) = (1, 90, 91);
+        // Prompt of 3, blocks of 4: block 0 holds the prompt and one response slot.
+        let clean = [7, 7, 7, 20, 21, 22, 23, 24, 0, 0, 0, 0];
+        let noisy = [7, 7, 7, m, 21, 21, 22, 23, 24, 0, 0, 0];
+        let t = edit_targets(&noisy, &clean, 3, 4, m, (del, split));
+        assert_eq!(&t[..4], &clean[..4], "the prompt and a mask that stands for its token");
+        // The stutter goes (one twin), the rest is kept; 24 comes back as the pad mask's M2T target next round.
+        assert_eq!(&t[4..8], &[del, 21, 22, 23]);
+        // Block 2: 24, pushed in from block 1, stands where an EOS should: substituted.
+        assert_eq!(t[8..], [0, 0, 0, 0]);
+        assert_eq!(lcs_labels(&noisy[8..], &clean[8..], m).iter().map(|l| l.letter()).collect::<String>(), "SKKK");
+        assert_eq!(suffixes(3, 12, 4).collect::<Vec<_>>(), vec![(3, 4), (4, 8), (8, 12)]);
+        assert_eq!(suffixes(4, 12, 4).collect::<Vec<_>>(), vec![(4, 8), (8, 12)]);
+    }
+
+    #[test]
+    fn levenshtein_batches_train_delete_and_split_and_their_labels_repair_the_drafts() {
+        let (tok, (del, split)) = tokenizer("tiny-2.2");
+        let corrupt = corruption_ids(&tok).unwrap();
+        let mut rng = Rng::new(5);
+        let rows: Vec<(Vec<i64>, usize)> = (0..64)
+            .map(|i| {
+                let ex = ALL_TASKS[i % ALL_TASKS.len()].generate(&mut rng);
+                canvas(&tok, &ex, &ex.answers[0], 8).unwrap()
+            })
+            .collect();
+        let cfg = NoiseConfig { t2t: true, block: 8, edits: Some((del, split)) };
+        let b = noised_batch(&rows, &tok, &corrupt, cfg, &mut rng).unwrap();
+        let (start, len) = (b.input.noisy_start as usize, b.input.noisy_len as usize);
+        let targets = Vec::<i64>::try_from(b.targets.flatten(0, -1)).unwrap();
+        let noisy = Vec::<i64>::try_from(b.input.ids.narrow(1, 0, len as i64).flatten(0, -1)).unwrap();
+        let count = |id: i64| targets.iter().filter(|&&t| t == id).count();
+        assert!(count(del) > 10 && count(split) > 5, "{} DELETE and {} SPLIT targets", count(del), count(split));
+        let et = EditTokens { mask: tok.mask_id, delete: del, split };
+        let (mut before, mut after) = (0, 0);
+        for (r, (clean, p)) in b.clean.iter().zip(&b.prompts).enumerate() {
+            let row = &noisy[r * len..(r + 1) * len];
+            let trow = &targets[r * len..(r + 1) * len];
+            assert_eq!(&row[..p.saturating_sub(start)], &clean[start..(*p).max(start)], "the prompt is never noised");
+            for (s0, be) in suffixes(*p, clean.len(), 8) {
+                let (x, t, y) = (&row[s0 - start..be - start], &trow[s0 - start..be - start], &clean[s0..be]);
+                let wrong = |v: &[i64]| v.iter().zip(y).filter(|(a, b)| **a != tok.mask_id && a != b).count();
+                let applied = apply_edits(t, x, &vec![true; x.len()], 0, et);
+                assert!(wrong(&applied.tokens) <= wrong(x), "labels {t:?} made {x:?} worse against {y:?}: {:?}", applied.tokens);
+                (before, after) = (before + wrong(x), after + wrong(&applied.tokens));
+            }
+        }
+        assert!(before > 50 && after * 4 < before, "wrong tokens before {before}, after applying the labels {after}");
+        // Without edit ids the 2.1 stream: targets are the clean canvas.
+        let plain = noised_batch(&rows, &tok, &corrupt, NoiseConfig { edits: None, ..cfg }, &mut Rng::new(5)).unwrap();
+        let t = Vec::<i64>::try_from(plain.targets.flatten(0, -1)).unwrap();
+        assert!(!t.contains(&del) && !t.contains(&split));
+    }
 }
