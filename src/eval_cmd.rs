@@ -14,10 +14,12 @@ use crate::model_cmds::ModelArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Comma-separated tasks (copy, reverse, sort, add, order), or `all`.
+    /// Comma-separated tasks (copy, reverse, sort, add, order, dedup, expand), `all`, `2.1` (the first five) or
+    /// `edit` (dedup, expand).
     #[arg(long, default_value = "all")]
     pub tasks: String,
-    /// Decoding preset (Q, S, llada2.0, sglang, diffusers); eos_early_stop stays on unless --set turns it off.
+    /// Decoding preset (Q, S, llada2.0, llada2.2, sglang, sglang-indel, diffusers); eos_early_stop stays on
+    /// unless --set turns it off.
     #[arg(long, default_value = "Q")]
     pub preset: String,
     /// Any setting, as NAME=VALUE (repeatable), e.g. --set edit_threshold=off --set threshold=0.9 --set mbe_window=1.
@@ -29,6 +31,10 @@ pub struct EvalArgs {
     /// Rows decoded together (with mbe_window > 0 every instance is decoded alone).
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
+    /// Route a block-routed (LLaDA2.2) model's experts per token instead, with the same weights (the block
+    /// routing ablation): `block` (the checkpoint's own routing) or `token`.
+    #[arg(long, default_value = "block")]
+    pub routing: String,
     /// Print one JSON object (the report).
     #[arg(long)]
     pub json: bool,
@@ -50,27 +56,73 @@ fn settings(a: &EvalArgs) -> Result<DecodeSettings> {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let opts = EvalOptions { tasks: Task::parse_list(&a.tasks)?, n: a.n, settings: settings(a)?, batch: a.batch };
     opts.validate()?;
-    let loaded = a.model.load()?;
+    let mut loaded = a.model.load()?;
+    let pool = loaded.model.config().block_routing();
+    match a.routing.as_str() {
+        "block" => {}
+        "token" => loaded.model.route_per_token().context("--routing token")?,
+        other => bail!("--routing {other:?}: expected block or token"),
+    }
     let mut report = evaluate(&loaded.model, &loaded.tokenizer, &opts)?;
     report.settings.preset = Some(a.preset.clone());
+    let experts = experts_per_block(&loaded, &opts.tasks, a.n.min(64))?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        let (mean, most): (Vec<f64>, Vec<usize>) = experts.into_iter().unzip();
+        v["routing"] = serde_json::json!({ "mode": a.routing, "experts_per_block": mean, "experts_per_block_max": most, "pool": pool.map(|p| p.0) });
+        println!("{v}");
     } else {
         print!("{}", table(&report));
         println!("model {}; {}; {:.1} s", loaded.dir.display(), settings_line(&report), report.seconds);
+        if !experts.is_empty() {
+            let c = loaded.model.config();
+            let per: Vec<String> = experts.iter().map(|(mean, most)| format!("{mean:.2} (max {most})")).collect();
+            let pool = pool.map_or("no pool: routed per token".to_string(), |p| format!("pool {} of {}", p.0, c.num_experts));
+            println!("distinct experts per {BLOCK_LENGTH}-token block, per MoE layer: {} (routing {}; {pool})", per.join(" "), a.routing);
+        }
     }
     Ok(())
 }
 
+/// Per MoE layer, the mean number of distinct experts the tokens of a block use, over the clean canvases
+/// (prompt, answer, EOS) of the first `n` held-out instances of each task.
+fn experts_per_block(l: &dllm_engine::Loaded, tasks: &[Task], n: usize) -> Result<Vec<(f64, usize)>> {
+    if l.model.config().num_experts == 0 || n == 0 {
+        return Ok(vec![]);
+    }
+    let mut out: Vec<(f64, usize, usize)> = Vec::new();
+    for &task in tasks {
+        for ex in dllm_engine::tasks::instances(task, dllm_engine::tasks::HELD_OUT_SEED, n) {
+            let (ids, _) = dllm_engine::train::canvas(&l.tokenizer, &ex, &ex.answers[0], BLOCK_LENGTH)?;
+            let t = tch::Tensor::from_slice(&ids).view([1, -1]).to_device(l.model.device());
+            let per_layer = l.model.experts_per_group(&t, BLOCK_LENGTH)?;
+            out.resize(per_layer.len(), (0.0, 0, 0));
+            for (o, (mean, most)) in out.iter_mut().zip(per_layer) {
+                *o = (o.0 + mean, o.1 + 1, o.2.max(most));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(s, c, most)| (s / c.max(1) as f64, most)).collect())
+}
+
 fn table(r: &EvalReport) -> String {
-    let mut out = format!("{:<8} {:>5} {:>9} {:>6} {:>6} {:>6} {:>11}\n", "task", "n", "accuracy", "TPF", "steps", "edits", "ceiling TPF");
-    let mut line = |name: &str, n: usize, acc: f64, tpf: f64, steps: f64, edits: f64, ceiling: f64| {
-        out += &format!("{name:<8} {n:>5} {:>8.1}% {tpf:>6.2} {steps:>6.2} {edits:>6.2} {ceiling:>11.2}\n", acc * 100.0);
+    let lev = r.deletions > 0.0 || r.insertions > 0.0;
+    let mut out = format!("{:<8} {:>5} {:>9} {:>6} {:>6} {:>6}", "task", "n", "accuracy", "TPF", "steps", "edits");
+    if lev {
+        out += &format!(" {:>6} {:>6}", "del", "ins");
+    }
+    out += &format!(" {:>11}\n", "ceiling TPF");
+    let mut line = |name: &str, n: usize, acc: f64, tpf: f64, steps: f64, edits: f64, di: (f64, f64), ceiling: f64| {
+        out += &format!("{name:<8} {n:>5} {:>8.1}% {tpf:>6.2} {steps:>6.2} {edits:>6.2}", acc * 100.0);
+        if lev {
+            out += &format!(" {:>6.2} {:>6.2}", di.0, di.1);
+        }
+        out += &format!(" {ceiling:>11.2}\n");
     };
     for t in &r.tasks {
-        line(t.task.name(), t.n, t.accuracy, t.tpf, t.steps, t.edits, t.ceiling_tpf);
+        line(t.task.name(), t.n, t.accuracy, t.tpf, t.steps, t.edits, (t.deletions, t.insertions), t.ceiling_tpf);
     }
-    line("all", r.total, r.accuracy, r.tpf, r.steps, r.edits, r.ceiling_tpf);
+    line("all", r.total, r.accuracy, r.tpf, r.steps, r.edits, (r.deletions, r.insertions), r.ceiling_tpf);
     out
 }
 

@@ -112,6 +112,9 @@ pub struct TaskReport {
     pub steps: f64,
     /// Mean edits (Delta writes) per instance.
     pub edits: f64,
+    /// Mean DELETE and SPLIT (INSERT) writes per instance (Levenshtein decoding; 0 otherwise).
+    pub deletions: f64,
+    pub insertions: f64,
     /// Sum of decoded tokens / sum of the forwards a confident model would need for the same blocks.
     pub ceiling_tpf: f64,
     /// Up to [`MAX_FAILURES`] wrong answers, in instance order.
@@ -130,6 +133,9 @@ pub struct EvalReport {
     pub steps: f64,
     /// Mean edits per instance.
     pub edits: f64,
+    /// Mean DELETE and SPLIT writes per instance.
+    pub deletions: f64,
+    pub insertions: f64,
     pub correct: usize,
     pub total: usize,
     /// Instances per task.
@@ -212,6 +218,8 @@ fn run(model: &dyn Denoiser, tok: &Tokenizer, opts: &EvalOptions, alone: bool) -
             tpf: t.tpf(),
             steps: t.steps(),
             edits: t.edits(),
+            deletions: ratio(t.deletions as f64, t.count as f64),
+            insertions: ratio(t.insertions as f64, t.count as f64),
             ceiling_tpf: t.ceiling_tpf(),
             failures,
         });
@@ -223,6 +231,8 @@ fn run(model: &dyn Denoiser, tok: &Tokenizer, opts: &EvalOptions, alone: bool) -
         ceiling_tpf: all.ceiling_tpf(),
         steps: all.steps(),
         edits: all.edits(),
+        deletions: ratio(all.deletions as f64, all.count as f64),
+        insertions: ratio(all.insertions as f64, all.count as f64),
         correct: all.correct,
         total: all.count,
         n: opts.n,
@@ -251,17 +261,21 @@ struct Totals {
     tokens: i64,
     forwards: i64,
     edits: i64,
+    deletions: i64,
+    insertions: i64,
     ceiling_forwards: i64,
 }
 
 impl Totals {
     fn of(outcomes: &[&Outcome], per_block: i64) -> Totals {
-        let mut t = Totals { count: outcomes.len(), correct: 0, tokens: 0, forwards: 0, edits: 0, ceiling_forwards: 0 };
+        let mut t = Totals { count: outcomes.len(), correct: 0, tokens: 0, forwards: 0, edits: 0, deletions: 0, insertions: 0, ceiling_forwards: 0 };
         for o in outcomes {
             t.correct += usize::from(o.correct);
             t.tokens += o.row.stats.tokens;
             t.forwards += o.row.stats.forwards;
             t.edits += o.row.stats.edits;
+            t.deletions += o.row.stats.deletions as i64;
+            t.insertions += o.row.stats.insertions as i64;
             t.ceiling_forwards += per_block * o.row.blocks;
         }
         t

@@ -496,6 +496,59 @@ impl Model {
         Ok(self.norm.forward(&x).linear(&self.lm_head, None::<&Tensor>).to_kind(Kind::Float))
     }
 
+    /// Routes every token on its own (LLaDA2.0/2.1 group-limited top-k) with the same weights: the ablation of
+    /// block routing. An error on a model that already routes per token.
+    pub fn route_per_token(&mut self) -> Result<()> {
+        if self.config.block_routing().is_none() {
+            return Err(Error::invalid("routing", "token", "the model already routes every token on its own (its config has no expert_capacity / block_size)"));
+        }
+        self.config.expert_capacity = None;
+        self.config.block_size = None;
+        let router = crate::moe::Router::from_config(&self.config);
+        for l in &mut self.layers {
+            if let Ffn::Moe(m) = &mut l.ffn {
+                m.set_router(router.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Per MoE layer, the mean and the largest number of distinct routed experts that the tokens of an
+    /// aligned `group` of positions use, over every full group of `ids` (`[B, L]` canvases from position 0, one
+    /// block-causal forward with blocks of `group`). Under block routing it is at most `expert_capacity`;
+    /// routed per token it shows how many experts a block would touch.
+    pub fn experts_per_group(&self, ids: &Tensor, group: i64) -> Result<Vec<(f64, usize)>> {
+        let moes: Vec<&Moe> = self.layers.iter().filter_map(|l| if let Ffn::Moe(m) = &l.ffn { Some(m) } else { None }).collect();
+        moes.iter().for_each(|m| drop(m.trace(true)));
+        let out = tch::no_grad(|| self.forward(ids, &mut KvCache::new(), 0, BlockMask::block_causal(group)));
+        let traces: Vec<Vec<Tensor>> = moes.iter().map(|m| m.trace(false)).collect();
+        drop(out?);
+        let (b, l) = (ids.size()[0], ids.size()[1]);
+        let groups = l / group;
+        traces
+            .into_iter()
+            .map(|t| {
+                let idx = t.into_iter().next().ok_or_else(|| Error::invalid("routing trace", "empty", "the forward routed nothing"))?;
+                let k = idx.size()[2];
+                let idx = Vec::<i64>::try_from(idx.to_device(Device::Cpu).flatten(0, -1))?;
+                let (mut total, mut most) = (0usize, 0usize);
+                for r in 0..b as usize {
+                    for g in 0..groups as usize {
+                        let mut used: Vec<i64> = (g * group as usize..(g + 1) * group as usize)
+                            .flat_map(|p| (0..k as usize).map(move |j| (p, j)))
+                            .map(|(p, j)| idx[(r * l as usize + p) * k as usize + j])
+                            .collect();
+                        used.sort_unstable();
+                        used.dedup();
+                        total += used.len();
+                        most = most.max(used.len());
+                    }
+                }
+                Ok((total as f64 / (b * groups).max(1) as f64, most))
+            })
+            .collect()
+    }
+
     /// Auxiliary-loss-free load balancing (the tiny-model recipe): per MoE layer,
     /// `expert_bias += rate * sign(mean load - load of the expert)`, with `loads` as [`Model::forward_masked`]
     /// collected them. The bias only steers selection; it is a buffer, not trained by gradient.

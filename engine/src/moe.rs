@@ -37,6 +37,8 @@ pub(crate) struct Moe {
     down_proj: Tensor,
     shared: Option<Mlp>,
     router: Router,
+    /// When Some, every forward appends its chosen experts `[B, L, top_k]` (diagnostics: [`crate::Model::experts_per_group`]).
+    trace: std::sync::Mutex<Option<Vec<Tensor>>>,
 }
 
 /// The routing hyper-parameters, separate so routing can be tested on hand-made scores.
@@ -172,7 +174,7 @@ impl Moe {
         } else {
             None
         };
-        Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c) })
+        Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c), trace: Default::default() })
     }
 
     /// The fused routed experts' gate, up and down weights.
@@ -182,6 +184,16 @@ impl Moe {
 
     pub(crate) fn shared(&self) -> Option<&Mlp> {
         self.shared.as_ref()
+    }
+
+    pub(crate) fn set_router(&mut self, router: Router) {
+        self.router = router;
+    }
+
+    /// Starts (`on`) or ends recording the chosen experts; returns what was recorded.
+    pub(crate) fn trace(&self, on: bool) -> Vec<Tensor> {
+        let mut t = self.trace.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *t, on.then(Vec::new)).unwrap_or_default()
     }
 
     /// `x`: `[B, L, H]` -> `[B, L, H]`, and the number of tokens routed to each expert. `groups`: the routing
@@ -199,6 +211,9 @@ impl Moe {
             (Some(_), None) => panic!("a block-routed MoE layer needs the forward's routing groups"),
             (None, _) => self.router.route(&logits.sigmoid(), &self.expert_bias),
         };
+        if let Some(t) = self.trace.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            t.push(idx.view([size[0], size[1], -1]).shallow_clone());
+        }
         let (routed, counts) = self.dispatch(&flat, &idx, &w, lora.map(|(l, s)| (&l.ffn, s)));
         let routed = routed.to_kind(x.kind());
         let out = match &self.shared {

@@ -108,3 +108,25 @@ fn composite_layout_must_start_its_halves_on_group_boundaries() {
     let err = model.forward_masked(&comp.ids, &comp.positions, &comp.allowed, None).unwrap_err().to_string();
     assert!(err.contains("routing-group boundary"), "{err}");
 }
+
+#[test]
+fn the_same_weights_routed_per_token_and_the_experts_a_block_uses() {
+    // route_per_token is the 2.1 router on the same weights: it equals a checkpoint built without block routing.
+    let cfg = micro22();
+    let x = ids(&cfg, 4, 32, 3);
+    let mut model = spiky_model(&cfg, 1);
+    let pooled = full(&model, &x, 4);
+    let pooled_use = model.experts_per_group(&x, 4).unwrap();
+    model.route_per_token().unwrap();
+    let per_token = full(&model, &x, 4);
+    let plain = full(&spiky_model(&edited(&cfg, |r| (r.expert_capacity, r.block_size) = (None, None)), 1), &x, 4);
+    assert!(max_abs_diff(&per_token, &plain) < 1e-5, "{}", max_abs_diff(&per_token, &plain));
+    assert!(max_abs_diff(&pooled, &per_token) > 1e-2);
+    let token_use = model.experts_per_group(&x, 4).unwrap();
+    assert_eq!((pooled_use.len(), token_use.len()), (2, 2), "one number per MoE layer");
+    // A pool of 4 bounds what a routing group of 4 tokens uses; per token the same group reaches past it.
+    assert!(pooled_use.iter().all(|&(mean, most)| mean >= 2.0 && most <= 4), "{pooled_use:?}");
+    assert!(token_use.iter().any(|&(_, most)| most > 4), "{token_use:?}");
+    let e = model.route_per_token().unwrap_err().to_string();
+    assert!(e.contains("already routes every token on its own"), "{e}");
+}
