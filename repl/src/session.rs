@@ -71,11 +71,32 @@ impl ModelSource {
             d => dllm_engine::parse_device(d).map_err(|e| e.to_string())?,
         };
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose().map_err(|e| e.to_string())?;
-        match &self.dir {
-            Some(dir) => dllm_engine::load(dir, device, dtype).map_err(|e| e.to_string()),
-            None => dllm_engine::load_builtin(device, dtype).map_err(|e| e.to_string()),
+        let loaded = match &self.dir {
+            Some(dir) => dllm_engine::load(dir, device, dtype),
+            None => dllm_engine::load_builtin(device, dtype),
         }
+        .map_err(|e| e.to_string())?;
+        small_model_threads(&loaded);
+        Ok(loaded)
     }
+}
+
+/// Models below this many parameters run on one CPU thread (see [`small_model_threads`]).
+const SMALL_MODEL: i64 = 20_000_000;
+
+/// libtorch's OpenMP threads spin while they wait, and on a shared machine that collapses: a forward of the
+/// embedded model took 1.35 s at two threads with a training run on the other core, against 6 ms at one thread
+/// (docs/performance.md). For a model this small one thread costs little on a quiet machine, so a session on
+/// the CPU uses one, unless `OMP_NUM_THREADS` chooses; loading a larger model afterwards restores libtorch's
+/// own count.
+fn small_model_threads(l: &Loaded) {
+    static DEFAULT: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    if std::env::var_os("OMP_NUM_THREADS").is_some() {
+        return;
+    }
+    let default = *DEFAULT.get_or_init(tch::get_num_threads);
+    let small = l.model.device() == tch::Device::Cpu && l.model.num_parameters() < SMALL_MODEL;
+    tch::set_num_threads(if small { 1 } else { default });
 }
 
 enum ModelSlot {
@@ -155,7 +176,11 @@ impl Session {
         if let ModelSlot::Loading(_) = &self.model {
             let ModelSlot::Loading(h) = std::mem::replace(&mut self.model, ModelSlot::Failed(String::new())) else { unreachable!() };
             self.model = match h.join() {
-                Ok(Ok(l)) => ModelSlot::Ready(Box::new(l)),
+                Ok(Ok(l)) => {
+                    // Again on this thread: OpenMP thread counts are per thread.
+                    small_model_threads(&l);
+                    ModelSlot::Ready(Box::new(l))
+                }
                 Ok(Err(e)) => ModelSlot::Failed(e),
                 Err(_) => ModelSlot::Failed("the loader thread panicked".into()),
             };
