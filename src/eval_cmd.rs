@@ -31,6 +31,9 @@ pub struct EvalArgs {
     /// Rows decoded together (with mbe_window > 0 every instance is decoded alone).
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
+    /// Only the hard level: instances whose answer has at least 9 characters (`add` has none: left out of `all`).
+    #[arg(long)]
+    pub hard: bool,
     /// Route a block-routed (LLaDA2.2) model's experts per token instead, with the same weights (the block
     /// routing ablation): `block` (the checkpoint's own routing) or `token`.
     #[arg(long, default_value = "block")]
@@ -54,7 +57,11 @@ fn settings(a: &EvalArgs) -> Result<DecodeSettings> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let opts = EvalOptions { tasks: Task::parse_list(&a.tasks)?, n: a.n, settings: settings(a)?, batch: a.batch };
+    let mut tasks = Task::parse_list(&a.tasks)?;
+    if a.hard && a.tasks.trim() == "all" {
+        tasks.retain(|&t| t != Task::Add); // no hard level
+    }
+    let opts = EvalOptions { tasks, n: a.n, settings: settings(a)?, batch: a.batch, hard: a.hard };
     opts.validate()?;
     let mut loaded = a.model.load()?;
     let pool = loaded.model.config().block_routing();

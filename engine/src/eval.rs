@@ -23,15 +23,20 @@ pub const DEFAULT_BATCH: usize = 64;
 /// Wrong answers kept per task in a report.
 pub const MAX_FAILURES: usize = 3;
 
-/// What to evaluate: the first `n` held-out instances of each task, decoded under `settings`, `batch` rows
-/// at a time.
+/// What to evaluate: the first `n` held-out instances of each task (with `hard`, the first `n` of the hard
+/// level: answers of at least [`HARD_ANSWER`] characters), decoded under `settings`, `batch` rows at a time.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     pub tasks: Vec<Task>,
     pub n: usize,
     pub settings: DecodeSettings,
     pub batch: usize,
+    pub hard: bool,
 }
+
+/// The shortest answer of the hard level (letters and digits strings of 9-10 characters; `expand` answers as
+/// long; `add` has none).
+pub const HARD_ANSWER: usize = 9;
 
 impl EvalOptions {
     /// Checks the options (tasks, n, batch, settings); the error names the field.
@@ -44,6 +49,9 @@ impl EvalOptions {
         }
         if self.batch == 0 {
             return Err(Error::invalid("batch", 0, "must be at least 1 row"));
+        }
+        if self.hard && self.tasks.contains(&Task::Add) {
+            return Err(Error::invalid("tasks", "add", "add has no hard level (its answers have at most 4 digits); leave it out with --hard"));
         }
         self.settings.validate()
     }
@@ -183,7 +191,7 @@ struct Outcome {
 fn run(model: &dyn Denoiser, tok: &Tokenizer, opts: &EvalOptions, alone: bool) -> Result<(EvalReport, Vec<Outcome>)> {
     opts.validate()?;
     let t0 = Instant::now();
-    let examples: Vec<Example> = opts.tasks.iter().flat_map(|&t| instances(t, HELD_OUT_SEED, opts.n)).collect();
+    let examples: Vec<Example> = opts.tasks.iter().flat_map(|&t| held_out(t, opts.n, opts.hard)).collect();
     let prompts = examples.iter().map(|ex| tok.encode(&ex.prompt())).collect::<Result<Vec<_>>>()?;
     let rows = if alone {
         prompts.iter().map(|p| decode_alone(model, tok, p, &opts.settings)).collect::<Result<Vec<_>>>()?
@@ -241,6 +249,22 @@ fn run(model: &dyn Denoiser, tok: &Tokenizer, opts: &EvalOptions, alone: bool) -
         tasks,
     };
     Ok((report, outcomes))
+}
+
+/// The first `n` held-out instances of `task`, or of its hard level.
+fn held_out(task: Task, n: usize, hard: bool) -> Vec<Example> {
+    if !hard {
+        return instances(task, HELD_OUT_SEED, n);
+    }
+    // About 1 in 8 instances is hard: draw enough of the same stream and keep those.
+    let mut m = 16 * n;
+    loop {
+        let h: Vec<Example> = instances(task, HELD_OUT_SEED, m).into_iter().filter(|e| e.answers[0].len() >= HARD_ANSWER).take(n).collect();
+        if h.len() == n || m > 1 << 22 {
+            return h;
+        }
+        m *= 2;
+    }
 }
 
 /// Forwards per block of a model confident above the threshold everywhere: one that unmasks the block, plus
@@ -358,8 +382,21 @@ mod tests {
         s
     }
 
+    #[test]
+    fn the_hard_level_is_the_long_answers_of_the_same_stream() {
+        let h = held_out(Task::Copy, 20, true);
+        assert_eq!(h.len(), 20);
+        assert!(h.iter().all(|e| e.answers[0].len() >= HARD_ANSWER));
+        assert_eq!(h, held_out(Task::Copy, 20, true), "deterministic");
+        let all = instances(Task::Copy, HELD_OUT_SEED, 400);
+        assert!(h.iter().all(|e| all.contains(e)), "drawn from the held-out stream");
+        let mut o = opts(&[Task::Add], 2, DecodeSettings::official(GEN_LENGTH), 4);
+        o.hard = true;
+        assert!(o.validate().unwrap_err().to_string().contains("add has no hard level"));
+    }
+
     fn opts(tasks: &[Task], n: usize, settings: DecodeSettings, batch: usize) -> EvalOptions {
-        EvalOptions { tasks: tasks.to_vec(), n, settings, batch }
+        EvalOptions { tasks: tasks.to_vec(), n, settings, batch, hard: false }
     }
 
     /// A model that knows every held-out answer: it reads the user text from the canvas (mirrored from the

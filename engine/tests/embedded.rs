@@ -16,7 +16,7 @@ fn settings(preset: &str) -> DecodeSettings {
 
 fn eval(tasks: &[Task], n: usize, settings: DecodeSettings) -> EvalReport {
     let l = dllm_engine::load_builtin(Device::Cpu, None).unwrap();
-    evaluate(&l.model, &l.tokenizer, &EvalOptions { tasks: tasks.to_vec(), n, settings, batch: 64 }).unwrap()
+    evaluate(&l.model, &l.tokenizer, &EvalOptions { tasks: tasks.to_vec(), n, settings, batch: 64, hard: false }).unwrap()
 }
 
 fn accuracy(r: &EvalReport, task: &str) -> f64 {
