@@ -176,7 +176,10 @@ fn the_spec_parses_and_models_without_edit_ids_are_refused() {
     assert!(likelihood::plan(&e, 3, 5, 0).unwrap_err().to_string().contains("EditPlan::draw"));
 
     tch::set_num_threads(1);
-    let m21 = random_model(&preset("micro").unwrap(), 7, Device::Cpu, DType::F32).unwrap();
+    let mut m21 = random_model(&preset("micro").unwrap(), 7, Device::Cpu, DType::F32).unwrap();
+    let c = RlConfig { estimator: e.clone(), ..RlConfig::default() };
+    let err = Rl::new(&mut m21, c).err().expect("RL with the edit estimator on a 2.1 model").to_string();
+    assert!(err.contains("delete_token_id"), "{err}");
     let (prompt, response) = example();
     let err = likelihood::likelihood(&m21, &prompt, &response, MASK, EOS, BLOCK, &e, 0).unwrap_err().to_string();
     assert!(err.contains("delete_token_id") && err.contains("split_token_id") && err.contains("stratified"), "{err}");

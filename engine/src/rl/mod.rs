@@ -459,6 +459,10 @@ impl Rl {
     /// another rank), freezes every other parameter, and sets up AdamW.
     pub fn new(model: &mut Model, config: RlConfig) -> Result<Rl> {
         config.validate()?;
+        if matches!(config.estimator, Estimator::Edit { .. }) {
+            // Refused here rather than at the first update's likelihoods, after its rollouts.
+            crate::edit_likelihood::edit_ids(model)?;
+        }
         let params = select(model, &config.trainable)?;
         freeze_except(model, &params);
         let opt = AdamW::over(shallow(&params), (0.9, 0.999), config.weight_decay);
