@@ -11,6 +11,7 @@ pub mod composite;
 mod config;
 pub mod decode;
 pub mod edit_labels;
+pub mod edit_likelihood;
 pub mod edit_noise;
 pub mod eval;
 pub mod likelihood;

@@ -41,6 +41,9 @@
 //!   masks each prompt token with that probability, in the noisy and the clean copy alike (the model then
 //!   conditions on a randomly masked prompt): a regulariser of policy gradients, no longer an estimate of
 //!   `log p(y | x)`.
+//! - `Edit { levels, rate }` (LLaDA2.2 models only): the log-probability of the blocks' edit actions (token,
+//!   DELETE, SPLIT) on Levenshtein drafts, with its own noise plan; see [`crate::edit_likelihood`], which also
+//!   states its weighting. [`likelihood`] hands it over; [`plan`] refuses it.
 //!
 //! `antithetic` (Stratified, Vectorised, MonteCarlo): each mask is paired with its complement (masked <->
 //! visible), a noise sample at level `1 - t` weighted by the same rule (`w t / (1 - t)`: for the stratified
@@ -95,6 +98,10 @@ pub enum Estimator {
     /// Every response token masked (t = 1), one forward; each prompt token masked with probability
     /// `prompt_mask` (0 = off; d1 uses [`D1_PROMPT_MASK`]).
     MeanField { prompt_mask: f64 },
+    /// LLaDA2.2's action-vector likelihood ([`crate::edit_likelihood`]): `levels` stratified samples, each
+    /// block a Levenshtein draft at per-token `rate`, masked at the sample's level, scored against its LCS
+    /// edit labels (token, DELETE or SPLIT). Needs a model with edit ids.
+    Edit { levels: usize, rate: f64 },
 }
 
 impl Default for Estimator {
@@ -105,10 +112,11 @@ impl Default for Estimator {
 
 impl Estimator {
     /// `stratified:N[:anti]`, `midpoint:N[:anti]`, `mc:N[:anti]` (or `monte-carlo`), `mean-field[:P]` (P: the
-    /// prompt masking probability; `d1` = 0.3). N defaults to 4 (16 for mc); `anti` turns on antithetic pairs.
+    /// prompt masking probability; `d1` = 0.3), `edit:N[:R]` (R: the drafts' per-token edit rate, default
+    /// [`crate::edit_likelihood::DEFAULT_RATE`]). N defaults to 4 (16 for mc); `anti` turns on antithetic pairs.
     pub fn parse(spec: &str) -> Result<Estimator> {
         let bad = |why: &str| {
-            Error::invalid("estimator", spec, format!("{why}; expected stratified:N[:anti], midpoint:N[:anti], mc:N[:anti] or mean-field[:P]"))
+            Error::invalid("estimator", spec, format!("{why}; expected stratified:N[:anti], midpoint:N[:anti], mc:N[:anti], mean-field[:P] or edit:N[:R]"))
         };
         let mut parts = spec.trim().split(':');
         let kind = parts.next().unwrap_or("").to_ascii_lowercase();
@@ -119,6 +127,16 @@ impl Estimator {
                 Some(n) => n.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| bad("the count is a positive integer")),
             }
         };
+        if kind == "edit" {
+            let rate = match rest.get(1) {
+                None => crate::edit_likelihood::DEFAULT_RATE,
+                Some(r) => r.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| bad("R is an edit rate in [0, 1]"))?,
+            };
+            if rest.len() > 2 {
+                return Err(bad("edit takes only N and R"));
+            }
+            return Ok(Estimator::Edit { levels: count(4)?, rate });
+        }
         let anti = match rest.get(1) {
             None => false,
             Some(&"anti") | Some(&"antithetic") => true,
@@ -154,6 +172,7 @@ impl Estimator {
             Estimator::MonteCarlo { samples, antithetic } => format!("mc:{samples}{}", a(*antithetic)),
             Estimator::MeanField { prompt_mask } if *prompt_mask > 0.0 => format!("mean-field:{prompt_mask}"),
             Estimator::MeanField { .. } => "mean-field".into(),
+            Estimator::Edit { levels, rate } => format!("edit:{levels}:{rate}"),
             Estimator::Vectorised { levels, antithetic, .. } if *self == Estimator::midpoint(levels.len(), *antithetic) => {
                 format!("midpoint:{}{}", levels.len(), a(*antithetic))
             }
@@ -165,6 +184,14 @@ impl Estimator {
     pub fn midpoint(n: usize, antithetic: bool) -> Estimator {
         let (levels, weights) = stratified_levels(n, 0.5);
         Estimator::Vectorised { levels, weights, antithetic }
+    }
+
+    /// Checks the estimator's numbers (levels, samples, probabilities) without drawing anything.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Estimator::Edit { levels, rate } => crate::edit_likelihood::check(*levels, *rate),
+            other => plan(other, 1, 1, 0).map(|_| ()),
+        }
     }
 }
 
@@ -186,6 +213,9 @@ pub struct LikelihoodReport {
     pub forwards: usize,
     /// Noised sequences forwarded (composite rows).
     pub rows: usize,
+    /// The `edit` estimator's contributions by part (they add up to `value`); `None` for the masking estimators.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edit: Option<crate::edit_likelihood::EditParts>,
 }
 
 /// The noise of one estimate, drawn once and reusable with several models.
@@ -274,6 +304,13 @@ pub fn plan(est: &Estimator, prompt_len: usize, response_len: usize, seed: u64) 
             p.push(vec![true; response_len], 1.0, 0);
             p.samples = 1;
         }
+        Estimator::Edit { .. } => {
+            return Err(Error::invalid(
+                "estimator",
+                est.describe(),
+                "the edit estimator's noise depends on the response tokens and the model's edit ids: draw it with edit_likelihood::EditPlan::draw",
+            ))
+        }
     }
     Ok(p)
 }
@@ -295,17 +332,18 @@ fn check_levels(levels: &[f64], weights: &[f64]) -> Result<()> {
 }
 
 /// The clean canvas and where the response lies in it.
-struct Layout {
-    clean: Vec<i64>,
-    prompt_len: usize,
-    block: i64,
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Layout {
+    pub(crate) clean: Vec<i64>,
+    pub(crate) prompt_len: usize,
+    pub(crate) block: i64,
     /// First block holding a response token.
-    first: i64,
+    pub(crate) first: i64,
     /// Blocks from `first` to the end of the canvas.
-    blocks: i64,
+    pub(crate) blocks: i64,
 }
 
-fn layout(model: &Model, prompt: &[i64], response: &[i64], mask_id: i64, eos_id: i64, block: i64) -> Result<Layout> {
+pub(crate) fn layout(model: &Model, prompt: &[i64], response: &[i64], mask_id: i64, eos_id: i64, block: i64) -> Result<Layout> {
     if response.is_empty() {
         return Err(Error::invalid("response", "[]", "the response needs at least one token"));
     }
@@ -439,6 +477,9 @@ pub fn block_terms_loop(model: &Model, prompt: &[i64], response: &[i64], mask_id
 /// Estimates the ELBO of `log p(response | prompt)` with `est` (noise from `seed`), without gradients.
 #[allow(clippy::too_many_arguments)]
 pub fn likelihood(model: &Model, prompt: &[i64], response: &[i64], mask_id: i64, eos_id: i64, block: i64, est: &Estimator, seed: u64) -> Result<LikelihoodReport> {
+    if let Estimator::Edit { levels, rate } = est {
+        return crate::edit_likelihood::likelihood(model, prompt, response, mask_id, eos_id, block, *levels, *rate, seed);
+    }
     let lay = layout(model, prompt, response, mask_id, eos_id, block)?;
     let plan = plan(est, prompt.len(), response.len(), seed)?;
     let mut parts = Vec::new();
@@ -471,5 +512,5 @@ pub fn report(plan: &NoisePlan, terms: &[Vec<f64>], forwards: usize) -> Likeliho
         let mean = vals.iter().sum::<f64>() / n;
         (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
     };
-    LikelihoodReport { value, per_block, stderr, samples: plan.samples, forwards, rows: plan.masks.len() }
+    LikelihoodReport { value, per_block, stderr, samples: plan.samples, forwards, rows: plan.masks.len(), edit: None }
 }

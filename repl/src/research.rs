@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use dllm_engine::decode::Decoder;
+use dllm_engine::edit_likelihood::EditParts;
 use dllm_engine::likelihood::{likelihood, Estimator, LikelihoodReport};
 use dllm_engine::rl::{held_out_reward, Rl, RlConfig, RlPrompt, Snapshot, UpdateMetrics, RL_SETTINGS};
 use dllm_engine::{Loaded, Role, Tokenizer};
@@ -81,6 +82,7 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
         }
     };
     let mut rows = Vec::new();
+    let mut parts = Vec::new();
     let flag = s.interrupt_flag();
     for est in &estimators {
         let mut reports: Vec<LikelihoodReport> = Vec::with_capacity(repeat);
@@ -92,16 +94,46 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
             reports.push(likelihood(&l.model, &prompt, &response, m, t, block, est, seed.wrapping_add(r as u64))?);
         }
         rows.push(likelihood_row(est, &reports));
+        if let Some(t) = edit_parts_table(est, &reports) {
+            parts.push(Value::Table(t));
+        }
     }
     let mut columns = vec!["estimator", "value", "stderr", "per block", "samples", "forwards"];
     if repeat > 1 {
         columns = vec!["estimator", "mean value", "std over seeds", "mean stderr", "per block (mean)", "samples", "forwards"];
     }
-    Ok(vec![Value::Table(Table {
+    let mut out = vec![Value::Table(Table {
         title: format!("{what}: {} response tokens, block {block}{}", response.len(), if repeat > 1 { format!(", {repeat} seeds") } else { String::new() }),
         columns: columns.into_iter().map(String::from).collect(),
         rows,
-    })])
+    })];
+    out.extend(parts);
+    Ok(out)
+}
+
+/// The `edit` estimator's contributions by part (means over the seeds), or `None` for a masking estimator.
+fn edit_parts_table(est: &Estimator, reports: &[LikelihoodReport]) -> Option<Table> {
+    let parts: Vec<&EditParts> = reports.iter().filter_map(|r| r.edit.as_ref()).collect();
+    if parts.len() != reports.len() || parts.is_empty() {
+        return None;
+    }
+    let n = parts.len() as f64;
+    let mut rows: Vec<Vec<Cell>> = (0..5)
+        .map(|k| {
+            let name = parts[0].named()[k].0;
+            let sum = parts.iter().map(|p| p.named()[k].1.sum).sum::<f64>() / n;
+            let count = parts.iter().map(|p| p.named()[k].1.count as f64).sum::<f64>() / n;
+            vec![name.into(), sum.into(), count.into()]
+        })
+        .collect();
+    let total = reports.iter().map(|r| r.value).sum::<f64>() / n;
+    let slots = parts.iter().map(|p| p.named().iter().map(|(_, c)| c.count as f64).sum::<f64>()).sum::<f64>() / n;
+    rows.push(vec!["total".into(), total.into(), slots.into()]);
+    Some(Table {
+        title: format!("{} by part: weighted sums (masked slots 1/(N t), visible slots 1/N) and scored slots{}", est.describe(), if reports.len() > 1 { ", means over the seeds" } else { "" }),
+        columns: ["part", "sum", "slots"].map(String::from).to_vec(),
+        rows,
+    })
 }
 
 fn likelihood_row(est: &Estimator, reports: &[LikelihoodReport]) -> Vec<Cell> {
@@ -198,7 +230,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             let (mean, rows) = held_out_reward(&l.model, &l.tokenizer, &c, n)?;
             let shown = rows.iter().take(8).map(|(p, r, x)| vec![p.text.clone().into(), r.clone().into(), p.answer.clone().into(), (*x).into()]).collect();
             Ok(vec![
-                msg(format!("held-out reward ({}, greedy {} decodes of {} prompts): {mean:.3}", c.reward.describe(), c.preset, rows.len())),
+                msg(format!("held-out reward ({}, greedy {} decodes of {} prompts): {mean:.3}", c.reward.describe(), c.rollout_preset(l.model.config()), rows.len())),
                 Value::Table(Table { title: "first held-out decodes".into(), columns: ["prompt", "response", "answer", "reward"].map(String::from).to_vec(), rows: shown }),
             ])
         }

@@ -609,3 +609,31 @@ fn a_llada22_checkpoint_renders_chat_prompts_with_its_own_template() {
     assert!(e.contains("chat_template.jinja") && e.contains("line"), "{e}");
     assert!(text(&ok(&mut s, "info")).contains(d), "a failed load keeps the old model");
 }
+
+#[test]
+fn the_edit_likelihood_shows_its_parts_on_a_llada22_model_and_is_refused_elsewhere() {
+    let mut s = session();
+    // The embedded model is LLaDA2.1: no DELETE / SPLIT ids to score.
+    let e = err(&mut s, "likelihood edit:4 -- sort 3814 => 1348");
+    assert!(e.contains("delete_token_id") && e.contains("LLaDA2.2"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let init = dllm_engine::RandomInit::new(1, 0.02, tch::Device::Cpu, dllm_engine::DType::F32);
+    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
+        dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
+    ok(&mut s, &format!("load {} device=cpu", dir.path().to_str().unwrap()));
+    ok(&mut s, "set block_length 4");
+    let v = ok(&mut s, "likelihood stratified:4 edit:4:0.3 -- abc => abd");
+    assert_eq!(v.len(), 2, "the estimates, then the edit estimator's parts: {v:?}");
+    let value = v[0]["rows"][1][1].as_f64().unwrap();
+    let parts = v[1]["rows"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["m2t", "keep", "substitute", "delete", "insert", "total"]);
+    let sum: f64 = parts[..5].iter().map(|r| r[1].as_f64().unwrap()).sum();
+    assert!((sum - value).abs() < 1e-6 && (parts[5][1].as_f64().unwrap() - value).abs() < 1e-9, "{sum} vs {value}");
+    assert_eq!(parts[5][2].as_f64(), Some(16.0), "4 samples of 4 response slots (a, b, d, EOS)");
+    // RL rollouts on this model decode with the Levenshtein decoder unless told otherwise.
+    assert!(text(&ok(&mut s, "rl show")).contains("\"auto\""));
+    ok(&mut s, "rl set estimator edit:2:0.2");
+    assert!(text(&ok(&mut s, "rl show")).contains("edit:2:0.2"));
+}

@@ -6,13 +6,18 @@
 //!    per rollout), under the policy as it is (theta_old);
 //! 2. rewards ([`Reward`]); group-normalised advantages `A = (r - mean) / (std + 1e-4)` (std over the group,
 //!    unbiased, as ESPO); a failing reward stops here and nothing has changed;
-//! 3. per rollout, ONE noise plan ([`crate::likelihood::plan`]) with the configured estimator, used for
-//!    theta_old, the reference and theta alike: `log rho = (ELBO_theta - ELBO_old) / |y|` (divided by the
-//!    response length when `normalise`, ESPO's choice; the sum of block terms otherwise);
+//! 3. per rollout, ONE noise plan ([`crate::likelihood::plan`], or for the `edit` estimator an
+//!    [`EditPlan`] of drafts and edit labels) with the configured estimator, used for theta_old, the reference
+//!    and theta alike: `log rho = (ELBO_theta - ELBO_old) / |y|` (divided by the response length when
+//!    `normalise`, ESPO's choice; the sum of block terms otherwise). With `edit` this is L-EBPO's edit-aware
+//!    ratio (LLaDA2.2 report eq. 5): the ELBOs are the log-probabilities of the blocks' action vectors;
 //! 4. `epochs` passes of the clipped surrogate `-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)`, averaged
 //!    over the rollouts, plus `kl * k3(ref || theta)` when `kl > 0`; backward, gradient clipping, AdamW.
 //!    Rollouts whose advantage is 0 (a group with equal rewards) contribute nothing to the loss and are not
 //!    forwarded unless a KL term needs them.
+//!
+//! Rollouts decode with the `preset` setting; its default `auto` is `llada2.2` (the Levenshtein decoder, whose
+//! drafts the `edit` estimator models) on a model whose config has DELETE / SPLIT ids, and `Q` otherwise.
 //!
 //! Only the trainable subset ([`Trainable`]) gets gradients; the rest of the model is frozen while an [`Rl`]
 //! exists ([`Rl::release`] unfreezes). theta_old is the policy at the start of the update; its values come from
@@ -28,7 +33,9 @@ use tch::Tensor;
 
 pub use reward::{Reward, RlPrompt, DEFAULT_TIMEOUT};
 
+use crate::config::Config;
 use crate::decode::{BatchDecoder, DecodeSettings, Rng};
+use crate::edit_likelihood::EditPlan;
 use crate::error::{Error, Result};
 use crate::likelihood::{self, Estimator, NoisePlan};
 use crate::model::Model;
@@ -103,7 +110,8 @@ pub struct RlConfig {
     pub batch: usize,
     /// Rollouts per prompt (G).
     pub group: usize,
-    /// Rollout decoding: a preset's thresholds, a temperature, the generated length and the block length.
+    /// Rollout decoding: a preset's thresholds (or [`AUTO_PRESET`]), a temperature, the generated length and
+    /// the block length.
     pub preset: String,
     pub temperature: f64,
     pub gen_length: i64,
@@ -133,7 +141,7 @@ impl Default for RlConfig {
             prompts: Vec::new(),
             batch: 4,
             group: 8,
-            preset: "Q".into(),
+            preset: AUTO_PRESET.into(),
             temperature: 1.0,
             gen_length: GEN_LENGTH,
             block_length: BLOCK_LENGTH,
@@ -153,18 +161,21 @@ impl Default for RlConfig {
     }
 }
 
+/// The default rollout preset: `llada2.2` on a model with DELETE / SPLIT ids, `Q` otherwise.
+pub const AUTO_PRESET: &str = "auto";
+
 /// Setting names of [`RlConfig::set`], with one-line help.
 pub const RL_SETTINGS: &[(&str, &str)] = &[
     ("tasks", "comma-separated tasks prompts are drawn from, or `all`"),
     ("batch", "prompts per update"),
     ("group", "rollouts per prompt (G)"),
-    ("preset", "rollout decoding preset (Q, S, llada2.0, sglang, diffusers)"),
+    ("preset", "rollout decoding preset: auto (llada2.2 on models with edit ids, else Q), Q, S, llada2.0, llada2.2, ..."),
     ("temperature", "rollout sampling temperature (> 0 so a group's rollouts differ)"),
     ("gen_length", "tokens generated per rollout"),
     ("block_length", "block length of rollouts and likelihoods"),
     ("reward", "verifier | exact | regex PATTERN | command CMD"),
     ("reward_timeout", "seconds an external reward command may take"),
-    ("estimator", "ELBO estimator: stratified:N[:anti], midpoint:N[:anti], mc:N[:anti], mean-field[:P]"),
+    ("estimator", "ELBO estimator: stratified:N[:anti], midpoint:N[:anti], mc:N[:anti], mean-field[:P], edit:N[:R] (LLaDA2.2)"),
     ("eps_low", "clip range below 1"),
     ("eps_high", "clip range above 1"),
     ("kl", "weight of the KL to the reference policy (0 = off)"),
@@ -190,7 +201,9 @@ impl RlConfig {
             "batch" => c.batch = num("batch", v)?,
             "group" => c.group = num("group", v)?,
             "preset" => {
-                DecodeSettings::official(1).apply_preset(v)?;
+                if v != AUTO_PRESET {
+                    DecodeSettings::official(1).apply_preset(v)?;
+                }
                 c.preset = v.to_string();
             }
             "temperature" => c.temperature = num("temperature", v)?,
@@ -303,14 +316,24 @@ impl RlConfig {
             return bad("clip", self.clip.to_string(), "must be > 0");
         }
         self.reward.check()?;
-        likelihood::plan(&self.estimator, 1, 1, 0).map(|_| ())
+        self.estimator.check()
     }
 
-    /// The rollout decoding settings (the preset's thresholds, sampling at `temperature`, EOS early stop).
-    pub fn rollout_settings(&self) -> Result<DecodeSettings> {
+    /// The rollout preset on a model of `config`: [`AUTO_PRESET`] resolved, any other name as set.
+    pub fn rollout_preset(&self, config: &Config) -> &str {
+        match self.preset.as_str() {
+            AUTO_PRESET if config.delete_token_id.is_some() && config.split_token_id.is_some() => "llada2.2",
+            AUTO_PRESET => "Q",
+            p => p,
+        }
+    }
+
+    /// The rollout decoding settings on a model of `config` (the preset's thresholds, sampling at
+    /// `temperature`, EOS early stop).
+    pub fn rollout_settings(&self, config: &Config) -> Result<DecodeSettings> {
         let mut s = DecodeSettings::official(self.gen_length);
         s.block_length = self.block_length;
-        s.apply_preset(&self.preset)?;
+        s.apply_preset(self.rollout_preset(config))?;
         s.temperature = self.temperature;
         s.eos_early_stop = true;
         s.validate()?;
@@ -436,6 +459,10 @@ impl Rl {
     /// another rank), freezes every other parameter, and sets up AdamW.
     pub fn new(model: &mut Model, config: RlConfig) -> Result<Rl> {
         config.validate()?;
+        if matches!(config.estimator, Estimator::Edit { .. }) {
+            // Refused here rather than at the first update's likelihoods, after its rollouts.
+            crate::edit_likelihood::edit_ids(model)?;
+        }
         let params = select(model, &config.trainable)?;
         freeze_except(model, &params);
         let opt = AdamW::over(shallow(&params), (0.9, 0.999), config.weight_decay);
@@ -495,7 +522,7 @@ impl Rl {
     pub fn rollouts(&self, model: &Model, tok: &Tokenizer, u: usize) -> Result<(Vec<RlPrompt>, Vec<Rollout>)> {
         let c = &self.config;
         let prompts = c.prompts_of(u);
-        let settings = c.rollout_settings()?;
+        let settings = c.rollout_settings(model.config())?;
         let mut ids = Vec::new();
         let mut seeds = Vec::new();
         for (i, p) in prompts.iter().enumerate() {
@@ -546,12 +573,9 @@ impl Rl {
 
         // The rollouts that enter the loss, each with its noise plan.
         let active: Vec<usize> = (0..rollouts.len()).filter(|&i| rollouts[i].advantage != 0.0 || c.kl > 0.0).collect();
-        let plans: Vec<NoisePlan> = active
+        let plans: Vec<Noise> = active
             .iter()
-            .map(|&i| {
-                let r = &rollouts[i];
-                likelihood::plan(&c.estimator, r.prompt_ids.len(), r.response_ids.len(), c.seed ^ ((u as u64) << 32) ^ i as u64)
-            })
+            .map(|&i| Noise::draw(&c.estimator, model, tok, c.block_length, &rollouts[i], c.seed ^ ((u as u64) << 32) ^ i as u64))
             .collect::<Result<_>>()?;
         let mut t_like = 0.0;
         let mut t_back = 0.0;
@@ -577,8 +601,7 @@ impl Rl {
                 for (k, &i) in active.iter().enumerate() {
                     let r = &rollouts[i];
                     let tl = Instant::now();
-                    let terms = likelihood::plan_terms(model, &r.prompt_ids, &r.response_ids, tok.mask_id, tok.eos_id, c.block_length, &plans[k])?;
-                    let new = plans[k].combine(&terms);
+                    let new = plans[k].value(model, tok, c.block_length, r)?;
                     let norm = if c.normalise { r.response_ids.len() as f64 } else { 1.0 };
                     let log_rho = (&new - &old[k]) / norm;
                     let rho = log_rho.exp();
@@ -647,7 +670,7 @@ impl Rl {
     }
 
     /// [`Rl::values`] (without gradients) under the parameters of `snap`, swapped in and back out.
-    fn values_under(&self, snap: &Snapshot, model: &Model, tok: &Tokenizer, rollouts: &[Rollout], active: &[usize], plans: &[NoisePlan]) -> Result<Vec<Tensor>> {
+    fn values_under(&self, snap: &Snapshot, model: &Model, tok: &Tokenizer, rollouts: &[Rollout], active: &[usize], plans: &[Noise]) -> Result<Vec<Tensor>> {
         let current = Snapshot::take(&self.params);
         snap.load_into(&self.params)?;
         let v = tch::no_grad(|| self.values(model, tok, rollouts, active, plans));
@@ -656,16 +679,38 @@ impl Rl {
     }
 
     /// The ELBO estimate of each active rollout under the current parameters (combined plan terms).
-    fn values(&self, model: &Model, tok: &Tokenizer, rollouts: &[Rollout], active: &[usize], plans: &[NoisePlan]) -> Result<Vec<Tensor>> {
-        active
-            .iter()
-            .zip(plans)
-            .map(|(&i, p)| {
-                let r = &rollouts[i];
-                let t = likelihood::plan_terms(model, &r.prompt_ids, &r.response_ids, tok.mask_id, tok.eos_id, self.config.block_length, p)?;
-                Ok(p.combine(&t).detach())
-            })
-            .collect()
+    fn values(&self, model: &Model, tok: &Tokenizer, rollouts: &[Rollout], active: &[usize], plans: &[Noise]) -> Result<Vec<Tensor>> {
+        active.iter().zip(plans).map(|(&i, p)| Ok(p.value(model, tok, self.config.block_length, &rollouts[i])?.detach())).collect()
+    }
+}
+
+/// One rollout's noise, drawn once and shared by theta_old, the reference and theta.
+enum Noise {
+    /// A masking estimator's masks.
+    Masks(NoisePlan),
+    /// The `edit` estimator's drafts, masks and action labels.
+    Edits(EditPlan),
+}
+
+impl Noise {
+    fn draw(est: &Estimator, model: &Model, tok: &Tokenizer, block: i64, r: &Rollout, seed: u64) -> Result<Noise> {
+        match est {
+            Estimator::Edit { levels, rate } => {
+                EditPlan::draw(model, &r.prompt_ids, &r.response_ids, tok.mask_id, tok.eos_id, block, *levels, *rate, seed).map(Noise::Edits)
+            }
+            _ => likelihood::plan(est, r.prompt_ids.len(), r.response_ids.len(), seed).map(Noise::Masks),
+        }
+    }
+
+    /// The estimate of `r` under the model's current parameters, a scalar WITH gradients.
+    fn value(&self, model: &Model, tok: &Tokenizer, block: i64, r: &Rollout) -> Result<Tensor> {
+        match self {
+            Noise::Masks(p) => {
+                let terms = likelihood::plan_terms(model, &r.prompt_ids, &r.response_ids, tok.mask_id, tok.eos_id, block, p)?;
+                Ok(p.combine(&terms))
+            }
+            Noise::Edits(p) => Ok(p.combine(&p.logp(model)?)),
+        }
     }
 }
 
@@ -748,7 +793,7 @@ pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usi
     } else {
         config.prompts.clone()
     };
-    let mut settings = config.rollout_settings()?;
+    let mut settings = config.rollout_settings(model.config())?;
     settings.temperature = 0.0;
     let ids = prompts
         .iter()
@@ -767,10 +812,10 @@ pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usi
 pub fn log_ratios(rl: &Rl, model: &Model, tok: &Tokenizer, rollouts: &[Rollout], snap: &Snapshot, seed: u64) -> Result<Vec<f64>> {
     let c = rl.config();
     let active: Vec<usize> = (0..rollouts.len()).collect();
-    let plans: Vec<NoisePlan> = rollouts
+    let plans: Vec<Noise> = rollouts
         .iter()
         .enumerate()
-        .map(|(i, r)| likelihood::plan(&c.estimator, r.prompt_ids.len(), r.response_ids.len(), seed ^ i as u64))
+        .map(|(i, r)| Noise::draw(&c.estimator, model, tok, c.block_length, r, seed ^ i as u64))
         .collect::<Result<_>>()?;
     let new = tch::no_grad(|| rl.values(model, tok, rollouts, &active, &plans))?;
     let old = rl.values_under(snap, model, tok, rollouts, &active, &plans)?;
