@@ -1,7 +1,7 @@
 # dllm: the two commands of the README do all set-up on a fresh machine.
 #   make run    sets up libtorch, builds, starts dllm on the embedded default model
 #   make test   sets up libtorch and the test Python environment, builds, runs every test
-#   make model  retrains the embedded model from scratch
+#   make model  retrains the embedded models from scratch
 SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
@@ -31,12 +31,15 @@ run: libtorch
 test: libtorch venv
 	DLLM_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
 
-# Retrains the embedded model from scratch (about 45 minutes on one CPU thread; docs/training.md) into
-# target/model/tiny (an interrupted run resumes there) and installs it into engine/assets/tiny, which the
-# binary embeds. The shipped weights were trained with --threads 1 (other thread counts round differently).
+# Retrains both embedded models from scratch into target/model/tiny and target/model/tiny-2.2 (an interrupted run
+# resumes there) and installs them into engine/assets/, which the binary embeds: builtin:tiny (LLaDA2.1, about
+# 45 minutes on one CPU thread) and builtin:tiny-2.2 (LLaDA2.2, about 50; docs/training.md). The shipped weights
+# were trained with --threads 1 (other thread counts round differently).
 model: release
 	./target/release/dllm train --preset tiny --out target/model/tiny --threads 1
+	./target/release/dllm train --preset tiny-2.2 --out target/model/tiny-2.2 --threads 1
 	cp target/model/tiny/config.json target/model/tiny/model.safetensors target/model/tiny/tokenizer.json engine/assets/tiny/
+	cp target/model/tiny-2.2/config.json target/model/tiny-2.2/model.safetensors target/model/tiny-2.2/tokenizer.json engine/assets/tiny-2.2/
 	$(CARGO) build --release
 
 bench: release

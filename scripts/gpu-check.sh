@@ -66,6 +66,10 @@ echo "== LLaDA2.2 Levenshtein decode on $device (llada2.2 preset; trace with del
 "$BIN" decode --model "$ck22" --device "$device" --prompt-ids 10,11,12 --gen-length 24 --block-length 4 \
   --preset llada2.2 --trace "$OUT/trace22.json" --json | tee "$OUT/decode22.json"
 
+echo "== the embedded LLaDA2.2 model on $device: Levenshtein decoding of the length tasks (compare docs/training.md)"
+"$BIN" eval --model builtin:tiny-2.2 --device "$device" --preset llada2.2 --tasks edit --n 50 --json > "$OUT/eval22.json"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print({t['task']: (t['accuracy'], t['deletions'], t['insertions']) for t in r['tasks']})" "$OUT/eval22.json"
+
 echo "== $preset ($dtype): a $block-token block forward after a $prefix-token cached prefix"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/gpu-mem.csv" &

@@ -9,7 +9,7 @@
 # HELD instances before and after its updates; the summary table at the end compares the gains.
 #
 # Usage: scripts/rl-edit-vs-elbo.sh [MODEL] [TASK] [UPDATES]
-#   MODEL    checkpoint folder (default target/model/tiny-2.2 of the main checkout: /work/main/target/model/tiny-2.2)
+#   MODEL    checkpoint folder or embedded model (default builtin:tiny-2.2)
 #   TASK     a task of the suite (default dedup; expand is the other length task)
 #   UPDATES  EBPO updates per arm (default 40)
 # Environment: DLLM (binary, default target/release/dllm), DEVICE (default cpu), HELD (held-out instances, 200),
@@ -18,7 +18,7 @@
 # Logs: $OUT/<task>-<arm>.log (every command's output) and $OUT/<task>-summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${1:-/work/main/target/model/tiny-2.2}
+MODEL=${1:-builtin:tiny-2.2}
 TASK=${2:-dedup}
 UPDATES=${3:-40}
 DLLM=${DLLM:-target/release/dllm}
@@ -30,7 +30,10 @@ TRAINABLE=${TRAINABLE:-all}
 ELBO=${ELBO:-stratified:4:anti}
 EDIT=${EDIT:-edit:4:0.1}
 OUT=${OUT:-target/rl-edit-vs-elbo}
-[ -d "$MODEL" ] || { echo "no checkpoint folder at $MODEL (give one as the first argument)" >&2; exit 2; }
+case $MODEL in
+  builtin:*) ;;
+  *) [ -d "$MODEL" ] || { echo "no checkpoint folder at $MODEL (give one as the first argument)" >&2; exit 2; } ;;
+esac
 [ -x "$DLLM" ] || { echo "no dllm binary at $DLLM (cargo build --release, or set DLLM)" >&2; exit 2; }
 mkdir -p "$OUT"
 extra=()

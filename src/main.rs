@@ -40,7 +40,8 @@ struct Cli {
 /// The REPL's model and output options (for `dllm`, `dllm -c` and `dllm run`).
 #[derive(Args, Clone, Default)]
 struct SessionArgs {
-    /// Checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json); default: the embedded model.
+    /// Checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or an embedded model
+    /// (builtin:tiny, builtin:tiny-2.2); default: builtin:tiny.
     #[arg(long)]
     model: Option<PathBuf>,
     /// auto (CUDA when available, else CPU), cpu, cuda or cuda:N.

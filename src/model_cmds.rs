@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 /// Where a model comes from and where it runs.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json); default: the embedded model.
+    /// Checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or an embedded model
+    /// (builtin:tiny, builtin:tiny-2.2); default: builtin:tiny.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
@@ -55,7 +56,7 @@ pub struct InfoArgs {
 pub fn summary(l: &Loaded) -> serde_json::Value {
     let m = &l.model;
     let c = m.config();
-    let embedded = l.dir.to_str() == Some(dllm_engine::BUILTIN);
+    let embedded = dllm_engine::is_builtin(&l.dir);
     json!({
         "model": l.dir.display().to_string(),
         "embedded": embedded,

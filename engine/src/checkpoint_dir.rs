@@ -25,8 +25,12 @@ pub struct Loaded {
     pub load_time: Duration,
 }
 
-/// Loads `dir` onto `device` in `dtype` (default: bf16 on CUDA, f32 on CPU).
+/// Loads `dir` onto `device` in `dtype` (default: bf16 on CUDA, f32 on CPU); a `builtin:NAME` path loads
+/// that embedded model.
 pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> {
+    if is_builtin(dir) {
+        return load_embedded(&dir.to_string_lossy(), device, dtype);
+    }
     let start = Instant::now();
     if !dir.is_dir() {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a checkpoint folder")));
@@ -46,25 +50,71 @@ pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> 
 /// The name the built-in default model goes by.
 pub const BUILTIN: &str = "builtin:tiny";
 
+/// The models compiled into the binary: (name, what it is). Any of these names loads wherever a checkpoint
+/// folder is accepted (`--model builtin:tiny-2.2`, `load builtin:tiny-2.2`).
+pub const BUILTINS: &[(&str, &str)] = &[
+    ("builtin:tiny", "LLaDA2.1 tiny (1.76M parameters), trained by `dllm train --preset tiny` on the five 2.1 tasks"),
+    (
+        "builtin:tiny-2.2",
+        "LLaDA2.2 tiny (block routing, DELETE / SPLIT), trained by `dllm train --preset tiny-2.2` on all seven tasks with Levenshtein T2T",
+    ),
+];
+
 /// Bytes with the alignment of a mapped file, so the embedded safetensors can be read in place.
 #[repr(C, align(64))]
 struct Aligned<B: ?Sized>(B);
 
-static EMBEDDED_CONFIG: &str = include_str!("../assets/tiny/config.json");
-static EMBEDDED_TOKENIZER: &[u8] = include_bytes!("../assets/tiny/tokenizer.json");
-static EMBEDDED_WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/tiny/model.safetensors"));
+/// One embedded checkpoint: config.json, tokenizer.json, model.safetensors.
+struct Embedded {
+    config: &'static str,
+    tokenizer: &'static [u8],
+    weights: &'static [u8],
+}
 
-/// The embedded default model: the `tiny` shape trained on the task suite by `dllm train --preset tiny`
-/// (`make model` rebuilds engine/assets/tiny), compiled into the binary so it loads from any directory. It has
-/// no template file: it chats in the built-in Ling format it was trained on.
+static TINY_WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/tiny/model.safetensors"));
+static TINY22_WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("../assets/tiny-2.2/model.safetensors"));
+
+fn embedded(name: &str) -> Option<Embedded> {
+    match name {
+        "builtin:tiny" => Some(Embedded {
+            config: include_str!("../assets/tiny/config.json"),
+            tokenizer: include_bytes!("../assets/tiny/tokenizer.json"),
+            weights: &TINY_WEIGHTS.0,
+        }),
+        "builtin:tiny-2.2" => Some(Embedded {
+            config: include_str!("../assets/tiny-2.2/config.json"),
+            tokenizer: include_bytes!("../assets/tiny-2.2/tokenizer.json"),
+            weights: &TINY22_WEIGHTS.0,
+        }),
+        _ => None,
+    }
+}
+
+/// Whether `path` names an embedded model (`builtin:...`) rather than a folder.
+pub fn is_builtin(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| s.starts_with("builtin:"))
+}
+
+/// The embedded default model ([`BUILTIN`]).
 pub fn load_builtin(device: Device, dtype: Option<DType>) -> Result<Loaded> {
+    load_embedded(BUILTIN, device, dtype)
+}
+
+/// An embedded model by name (one of [`BUILTINS`]), compiled into the binary so it loads from any directory
+/// (`make model` rebuilds engine/assets/). They have no template file: they chat in the built-in Ling format
+/// they were trained on.
+pub fn load_embedded(name: &str, device: Device, dtype: Option<DType>) -> Result<Loaded> {
     let start = Instant::now();
+    let e = embedded(name).ok_or_else(|| {
+        let names: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
+        Error::invalid("embedded model", name, format!("known: {}", names.join(", ")))
+    })?;
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
-    let name = Path::new(BUILTIN);
-    let config = Config::from_json(EMBEDDED_CONFIG).map_err(|e| e.in_file(name))?;
-    let tokenizer = Tokenizer::from_bytes(EMBEDDED_TOKENIZER, name, &config)?;
-    let mut ckpt = Checkpoint::from_static(name, &EMBEDDED_WEIGHTS.0, device, dtype)?;
+    let path = Path::new(name);
+    let config = Config::from_json(e.config).map_err(|err| err.in_file(path))?;
+    let tokenizer = Tokenizer::from_bytes(e.tokenizer, path, &config)?;
+    let mut ckpt = Checkpoint::from_static(path, e.weights, device, dtype)?;
     let checkpoint_bytes = ckpt.data_bytes();
     let model = Model::build(&config, &mut ckpt, device, dtype)?;
-    Ok(Loaded { model, tokenizer, dir: PathBuf::from(BUILTIN), checkpoint_bytes, load_time: start.elapsed() })
+    Ok(Loaded { model, tokenizer, dir: PathBuf::from(name), checkpoint_bytes, load_time: start.elapsed() })
 }

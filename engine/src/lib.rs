@@ -28,7 +28,7 @@ mod tokenizer;
 mod weights;
 
 pub use chat_template::{ChatTemplate, SpecialTokens};
-pub use checkpoint_dir::{load, load_builtin, Loaded, BUILTIN};
+pub use checkpoint_dir::{is_builtin, load, load_builtin, load_embedded, Loaded, BUILTIN, BUILTINS};
 pub use config::{Config, RawConfig, RopeParameters};
 pub use device::{cuda_device_count, cuda_status, load_cuda_backend, parse_device, DType};
 pub use error::{Error, Result};

@@ -30,8 +30,8 @@ macro_rules! cmd {
 pub static TABLE: &[Command] = &[
     cmd!("help", ["?"], "help [COMMAND]", "List the commands, or explain one",
         "Without an argument, lists every command with its summary. With one, shows its usage, aliases and\nexamples.\n\nExamples:\n  help\n  help step", false, help),
-    cmd!("load", [], "load [PATH|builtin] [device=D] [dtype=T]", "Load a model (replaces the resident one)",
-        "Loads a checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or the\nembedded model, on `device` (auto, cpu, cuda, cuda:N) in `dtype` (f32, bf16, f16). Branches are\ndropped: their tokens belong to the old vocabulary. If loading fails, the old model stays.\n\nExamples:\n  load builtin\n  load /models/llada2-mini device=cuda dtype=bf16", false, load),
+    cmd!("load", [], "load [PATH|builtin|builtin:NAME] [device=D] [dtype=T]", "Load a model (replaces the resident one)",
+        "Loads a checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or an\nembedded model (`builtin` = builtin:tiny, LLaDA2.1; builtin:tiny-2.2, LLaDA2.2), on `device`\n(auto, cpu, cuda, cuda:N) in `dtype` (f32, bf16, f16). Branches are dropped: their tokens belong\nto the old vocabulary. If loading fails, the old model stays.\n\nExamples:\n  load builtin\n  load builtin:tiny-2.2\n  load /models/llada2-mini device=cuda dtype=bf16", false, load),
     cmd!("info", ["model"], "info", "Show the model's summary: shape, parameters, device, memory",
         "Shows the resident model's shape, parameter count, device, dtype, weight memory and special ids.", true, info),
     cmd!("prompt", [], "prompt TEXT", "Set a raw prompt and start a fresh decode on this branch",

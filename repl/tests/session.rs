@@ -252,6 +252,13 @@ fn load_and_info() {
     let v = ok(&mut s, &format!("load {d} device=cpu"));
     assert!(text(&v).contains(d));
     assert!(err(&mut s, "canvas").contains("no decode yet"), "branches are dropped with the old model");
+    // The embedded LLaDA2.2 model: loading it switches to the Levenshtein decoder; an unknown name lists them.
+    let v = ok(&mut s, "load builtin:tiny-2.2");
+    assert!(text(&v).contains("builtin:tiny-2.2") && text(&v).contains("llada2.2"), "{}", text(&v));
+    assert!(text(&ok(&mut s, "settings")).contains("levenshtein"));
+    let e = err(&mut s, "load builtin:huge");
+    assert!(e.contains("builtin:huge") && e.contains("builtin:tiny, builtin:tiny-2.2"), "{e}");
+    assert!(text(&ok(&mut s, "info")).contains("builtin:tiny-2.2"), "a failed load keeps the old model");
 }
 
 #[test]
