@@ -73,19 +73,30 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     let mut report = evaluate(&loaded.model, &loaded.tokenizer, &opts)?;
     report.settings.preset = Some(a.preset.clone());
     let experts = experts_per_block(&loaded, &opts.tasks, a.n.min(64))?;
+    // Per token: a 2.1 model, or a 2.2 model under --routing token.
+    let mode = if a.routing == "token" || pool.is_none() { "token" } else { "block" };
     if a.json {
-        let mut v = serde_json::to_value(&report)?;
         let (mean, most): (Vec<f64>, Vec<usize>) = experts.into_iter().unzip();
-        v["routing"] = serde_json::json!({ "mode": a.routing, "experts_per_block": mean, "experts_per_block_max": most, "pool": pool.map(|p| p.0) });
-        println!("{v}");
+        let routing = serde_json::json!({ "mode": mode, "experts_per_block": mean, "experts_per_block_max": most, "pool": pool.map(|p| p.0) });
+        // The report's own field order first (a struct, not a map, keeps it), then the routing.
+        #[derive(serde::Serialize)]
+        struct WithRouting<'a> {
+            #[serde(flatten)]
+            report: &'a EvalReport,
+            routing: serde_json::Value,
+        }
+        println!("{}", serde_json::to_string(&WithRouting { report: &report, routing })?);
     } else {
         print!("{}", table(&report));
         println!("model {}; {}; {:.1} s", loaded.dir.display(), settings_line(&report), report.seconds);
         if !experts.is_empty() {
             let c = loaded.model.config();
             let per: Vec<String> = experts.iter().map(|(mean, most)| format!("{mean:.2} (max {most})")).collect();
-            let pool = pool.map_or("no pool: routed per token".to_string(), |p| format!("pool {} of {}", p.0, c.num_experts));
-            println!("distinct experts per {BLOCK_LENGTH}-token block, per MoE layer: {} (routing {}; {pool})", per.join(" "), a.routing);
+            let how = match pool {
+                Some(p) => format!("routing per {mode}; pool {} of {}", p.0, c.num_experts),
+                None => "routed per token: no expert pool".to_string(),
+            };
+            println!("distinct experts per {BLOCK_LENGTH}-token block, per MoE layer: {} ({how})", per.join(" "));
         }
     }
     Ok(())

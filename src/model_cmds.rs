@@ -107,7 +107,8 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     }
     let m = &l.model;
     let c = m.config();
-    let label = if s["embedded"] == true { " (embedded: the tiny model trained on the task suite)" } else { "" };
+    let what = dllm_engine::BUILTINS.iter().find(|b| Some(b.0) == s["model"].as_str()).map(|b| b.1);
+    let label = what.map(|w| format!(" (embedded: {w})")).unwrap_or_default();
     println!("model      {}{label}", l.dir.display());
     println!(
         "shape      {} layers ({} dense), hidden {}, {} heads / {} KV x {}, {} experts top-{} (+{} shared), vocab {}",

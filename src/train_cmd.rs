@@ -12,7 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// tiny (the embedded model), m2t (the M2T-only control) or smoke (a quick test run).
+    /// tiny (builtin:tiny), m2t (its M2T-only control), tiny-2.2 (builtin:tiny-2.2, LLaDA2.2), smoke or smoke-2.2
+    /// (quick test runs).
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Output folder: the model, and resumable checkpoints in OUT/train.

@@ -172,6 +172,25 @@ fn eval_prints_one_json_report_with_accuracy_and_tpf_first() {
     assert_eq!(r["settings"]["preset"], "Q");
     assert_eq!(r["settings"]["eos_early_stop"], true);
     assert!(r["accuracy"].as_f64().unwrap() <= 1.0);
+    assert_eq!((r["routing"]["mode"].as_str(), r["routing"]["pool"].is_null()), (Some("token"), true), "builtin:tiny routes per token");
+}
+
+#[test]
+fn eval_of_the_llada22_model_reports_edits_and_routes_per_block_or_per_token() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--model", "builtin:tiny-2.2", "--preset", "llada2.2", "--tasks", "dedup", "--n", "8", "--json", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let block = run(&[]);
+    assert_eq!((block["routing"]["mode"].as_str(), block["routing"]["pool"].as_i64()), (Some("block"), Some(4)));
+    let used = block["routing"]["experts_per_block_max"].as_array().unwrap();
+    assert!(used.iter().all(|m| m.as_i64().unwrap() <= 4), "a block never leaves its pool: {block}");
+    assert!(block["deletions"].as_f64().is_some() && block["insertions"].as_f64().is_some());
+    let token = run(&["--routing", "token"]);
+    assert_eq!(token["routing"]["mode"], "token");
+    assert!(fails(&["eval", "--tasks", "copy", "--n", "2", "--routing", "token"]).contains("already routes every token"));
+    assert!(fails(&["eval", "--tasks", "copy", "--n", "2", "--routing", "expert"]).contains("expected block or token"));
 }
 
 #[test]

@@ -824,7 +824,8 @@ fn source(s: &mut Session, a: &Args) -> CmdResult {
         if s.interrupt_flag().load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommandError::Interrupted);
         }
-        if crate::parse::split_command(line).0 == "source" {
+        // By the command the word names, so the `script` alias cannot recurse either.
+        if find(crate::parse::split_command(line).0).is_some_and(|c| c.name == "source") {
             return Err(CommandError::Failed(format!("{path}:{}: scripts cannot `source` other scripts", i + 1)));
         }
         match s.execute(line) {

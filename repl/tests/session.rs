@@ -227,6 +227,8 @@ fn save_open_export_source_and_sweep() {
     std::fs::write(p("script.dllm"), "# demo\nprompt-ids 10,11\nstep 2\nstats\n").unwrap();
     let v = ok(&mut r, &format!("source {}", p("script.dllm")));
     assert!(text(&v).contains("\"forwards\":2"));
+    std::fs::write(p("self.dllm"), format!("script {}\n", p("self.dllm"))).unwrap();
+    assert!(err(&mut r, &format!("source {}", p("self.dllm"))).contains("cannot `source` other scripts"), "the alias cannot recurse");
     std::fs::write(p("bad.dllm"), "step\nnonsense\n").unwrap();
     assert!(err(&mut r, &format!("source {}", p("bad.dllm"))).contains("bad.dllm:2"));
     // Sweep.

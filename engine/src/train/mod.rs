@@ -123,7 +123,6 @@ impl TrainConfig {
                 ..base
             }),
             "smoke-2.2" => Ok(TrainConfig {
-                preset: name.into(),
                 model: "micro-2.2".into(),
                 steps: 300,
                 batch: 32,
