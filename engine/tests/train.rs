@@ -106,5 +106,5 @@ fn load_balancing_moves_the_expert_bias_against_the_load() {
 #[test]
 fn unknown_preset_lists_the_known_ones() {
     let e = TrainConfig::preset("huge").unwrap_err().to_string();
-    assert!(e.contains("tiny, m2t, smoke"), "{e}");
+    assert!(e.contains("tiny, m2t, tiny-2.2, smoke, smoke-2.2"), "{e}");
 }

@@ -465,21 +465,32 @@ pub const BREAK_EVENTS: &[&str] = &[
 fn parse_event(a: &Args) -> Result<Event, CommandError> {
     let kind = a.get(0).ok_or_else(|| usage("break", "missing EVENT"))?;
     let arg = a.get(1);
-    let num = |what: &str| -> Result<f64, CommandError> {
-        arg.ok_or_else(|| usage("break", format!("{kind} needs {what}")))?
-            .parse::<f64>()
-            .map_err(|_| usage("break", format!("{kind}: {what} must be a number")))
+    let text = |what: &str| arg.ok_or_else(|| usage("break", format!("{kind} needs {what}")));
+    // Whole numbers in range: `token 3.7`, `token -5` or `step 9e99` are refused, not truncated.
+    let whole = |what: &str, min: u64, max: u64| -> Result<u64, CommandError> {
+        let t = text(what)?;
+        t.parse::<u64>()
+            .ok()
+            .filter(|v| (min..=max).contains(v))
+            .ok_or_else(|| usage("break", format!("{kind}: {what} must be a whole number from {min} to {max}, not {t:?}")))
+    };
+    let probability = |what: &str| -> Result<f32, CommandError> {
+        let t = text(what)?;
+        t.parse::<f32>()
+            .ok()
+            .filter(|v| *v > 0.0 && *v <= 1.0)
+            .ok_or_else(|| usage("break", format!("{kind}: {what} must be a probability in (0, 1], not {t:?}")))
     };
     Ok(match kind {
         "edit" | "delta" => Event::Edit,
         "fallback" => Event::Fallback,
         "block-end" | "block" => Event::BlockEnd,
         "eos" => Event::Eos,
-        "token" => Event::Token { id: num("an id")? as i64 },
+        "token" => Event::Token { id: whole("an id", 0, i32::MAX as u64)? as i64 },
         "text" => Event::Text { text: a.words[1..].join(" ") }.clone(),
-        "oscillation" => Event::Oscillation { k: num("K")? as u32 },
-        "low-confidence" => Event::LowConfidence { below: num("X")? as f32 },
-        "step" => Event::Step { n: num("N")? as i64 },
+        "oscillation" => Event::Oscillation { k: whole("K", 1, u32::MAX as u64)? as u32 },
+        "low-confidence" => Event::LowConfidence { below: probability("X")? },
+        "step" => Event::Step { n: whole("N", 0, u32::MAX as u64)? as i64 },
         "revised" => Event::Revised,
         "delete" => Event::Delete,
         "insert" | "split" => Event::Insert,

@@ -165,7 +165,14 @@ fn run_continue_breakpoints_and_watches() {
     for e in ["edit", "fallback", "block-end", "eos", "token 5", "oscillation 3", "low-confidence 0.2", "revised"] {
         ok(&mut s, &format!("break {e}"));
     }
-    assert!(err(&mut s, "break token x").contains("must be a number"));
+    assert!(err(&mut s, "break token x").contains("must be a whole number"));
+    // Out of range or not whole: refused with the range, never truncated.
+    for (bad, says) in [("token 3.7", "from 0 to"), ("token -5", "from 0 to"), ("step 9e99", "from 0 to"), ("oscillation 0", "from 1 to"),
+        ("low-confidence nan", "(0, 1]"), ("low-confidence 1.5", "(0, 1]"), ("low-confidence -0", "(0, 1]")] {
+        let e = err(&mut s, &format!("break {bad}"));
+        assert!(e.contains(says), "break {bad}: {e}");
+    }
+    assert_eq!(ok(&mut s, "breaks")[0]["rows"].as_array().unwrap().len(), 8, "the refused ones were not added");
 }
 
 #[test]
