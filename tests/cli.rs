@@ -103,7 +103,8 @@ fn bad_input_is_a_clear_error_with_nonzero_exit() {
     assert!(fails(&["init-model", "--preset", "huge", "--out", "/tmp/x"]).contains("known presets: micro, tiny"));
     assert!(fails(&["info", "--device", "tpu"]).contains("expected cpu, cuda or cuda:N"));
     assert!(fails(&["info", "--dtype", "int4"]).contains("expected f32, bf16 or f16"));
-    assert!(fails(&["info", "--model", "/nonexistent/dir"]).contains("/nonexistent/dir"));
+    let e = fails(&["info", "--model", "/nonexistent/dir"]);
+    assert!(e.contains("/nonexistent/dir") && e.matches("not a checkpoint folder").count() == 1, "said once: {e}");
     assert!(fails(&["forward", "--ids", "1,2,x"]).contains("invalid value"));
     assert!(fails(&["forward", "--ids", "1,2,128"]).contains("ids must be in 0..128"));
     assert!(fails(&["forward", "--ids", "1,2", "--attention", "sideways"]).contains("block-causal or hf-additive"));
