@@ -82,6 +82,10 @@ use crate::model::{BlockMask, KvCache, Model};
 /// The prompt masking probability of d1 / diffu-GRPO's mean-field estimate.
 pub const D1_PROMPT_MASK: f64 = 0.3;
 
+/// The largest count an estimator spec may ask for (`stratified:N`, `mc:N`, `edit:N`, ...): a count is a number
+/// of noised copies of the response, so a huge one would allocate without bound before anything is computed.
+pub const MAX_COUNT: usize = 4096;
+
 /// At most this many noised sequences go through one forward in [`likelihood`].
 pub const MAX_ROWS: usize = 32;
 
@@ -124,7 +128,11 @@ impl Estimator {
         let count = |default: usize| -> Result<usize> {
             match rest.first() {
                 None => Ok(default),
-                Some(n) => n.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| bad("the count is a positive integer")),
+                Some(n) => n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_COUNT).contains(n))
+                    .ok_or_else(|| bad(&format!("the count is a whole number from 1 to {MAX_COUNT} (each is a noised copy of the response in a forward)"))),
             }
         };
         if kind == "edit" {

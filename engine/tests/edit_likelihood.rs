@@ -172,6 +172,12 @@ fn the_spec_parses_and_models_without_edit_ids_are_refused() {
     for bad in ["edit:0", "edit:4:1.5", "edit:4:x", "edit:4:0.1:anti"] {
         assert!(Estimator::parse(bad).is_err(), "{bad}");
     }
+    // Huge counts are refused before anything is allocated, naming the limit (issue 17), for every estimator.
+    for huge in ["edit:100000000", "stratified:100000000", "mc:1000000000", "midpoint:5000"] {
+        let e = Estimator::parse(huge).unwrap_err().to_string();
+        assert!(e.contains("from 1 to 4096"), "{huge}: {e}");
+    }
+    assert!(Estimator::parse("mc:4096").is_ok());
     // The masking plan cannot draw it (its noise needs the response and the model).
     assert!(likelihood::plan(&e, 3, 5, 0).unwrap_err().to_string().contains("EditPlan::draw"));
 

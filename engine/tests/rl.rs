@@ -217,7 +217,7 @@ fn settings_parse_and_bad_values_change_nothing() {
         assert_eq!(Estimator::parse(spec).unwrap().describe(), spec);
     }
     assert_eq!(Estimator::parse("d1").unwrap(), Estimator::MeanField { prompt_mask: 0.3 });
-    assert!(Estimator::parse("stratified:0").unwrap_err().to_string().contains("positive integer"));
+    assert!(Estimator::parse("stratified:0").unwrap_err().to_string().contains("whole number from 1 to"));
     let mut c = RlConfig::default();
     let before = c.clone();
     for (name, value, says) in [
