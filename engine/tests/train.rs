@@ -14,6 +14,13 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
+/// ((M2T first, M2T last), (T2T first, T2T last)): loss means over the first and the last 20 steps.
+fn losses(h: &[train::StepMetrics]) -> ((f64, f64), (f64, f64)) {
+    let first = |f: fn(&train::StepMetrics) -> f64| mean(&h[..20].iter().map(f).collect::<Vec<_>>());
+    let last = |f: fn(&train::StepMetrics) -> f64| mean(&h[h.len() - 20..].iter().map(f).collect::<Vec<_>>());
+    ((first(|m| m.m2t_loss), last(|m| m.m2t_loss)), (first(|m| m.t2t_loss), last(|m| m.t2t_loss)))
+}
+
 #[test]
 fn smoke_run_lowers_the_loss_on_both_streams() {
     tch::set_num_threads(1);
@@ -21,10 +28,7 @@ fn smoke_run_lowers_the_loss_on_both_streams() {
     let cfg = smoke(TrainConfig::preset("smoke").unwrap().steps);
     let h = train::run(cfg.clone(), dir.path(), false, |_, _| true).unwrap();
     assert_eq!(h.len() as i64, cfg.steps);
-    let first = |f: fn(&train::StepMetrics) -> f64| mean(&h[..20].iter().map(f).collect::<Vec<_>>());
-    let last = |f: fn(&train::StepMetrics) -> f64| mean(&h[h.len() - 20..].iter().map(f).collect::<Vec<_>>());
-    let (m0, m1) = (first(|m| m.m2t_loss), last(|m| m.m2t_loss));
-    let (t0, t1) = (first(|m| m.t2t_loss), last(|m| m.t2t_loss));
+    let ((m0, m1), (t0, t1)) = losses(&h);
     assert!(m1 < 0.5 * m0, "M2T loss {m0:.3} -> {m1:.3}");
     assert!(t1 < 0.2 * t0, "T2T loss {t0:.3} -> {t1:.3}");
     assert!(h.iter().all(|m| !m.skipped && m.grad_norm.is_finite()));
@@ -41,10 +45,7 @@ fn a_levenshtein_smoke_run_learns_and_writes_a_llada22_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig::preset("smoke-2.2").unwrap();
     let h = train::run(cfg.clone(), dir.path(), false, |_, _| true).unwrap();
-    let first = |f: fn(&train::StepMetrics) -> f64| mean(&h[..20].iter().map(f).collect::<Vec<_>>());
-    let last = |f: fn(&train::StepMetrics) -> f64| mean(&h[h.len() - 20..].iter().map(f).collect::<Vec<_>>());
-    let (m0, m1) = (first(|m| m.m2t_loss), last(|m| m.m2t_loss));
-    let (t0, t1) = (first(|m| m.t2t_loss), last(|m| m.t2t_loss));
+    let ((m0, m1), (t0, t1)) = losses(&h);
     assert!(m1 < 0.6 * m0, "M2T loss {m0:.3} -> {m1:.3}");
     assert!(t1 < 0.3 * t0, "Levenshtein T2T loss {t0:.3} -> {t1:.3}");
     assert!(h.iter().any(|m| m.mtf) && h.iter().all(|m| !m.skipped), "the Levenshtein MTF round runs");

@@ -122,16 +122,12 @@ impl TrainConfig {
                 task_mix: vec![Task::Copy, Task::Reverse],
                 ..base
             }),
+            // The smoke run on the LLaDA2.2 shape, with a length task.
             "smoke-2.2" => Ok(TrainConfig {
+                preset: name.into(),
                 model: "micro-2.2".into(),
-                steps: 300,
-                batch: 32,
-                lr: 3e-3,
-                warmup: 20,
-                mtf_from: 0.5,
-                checkpoint_every: 100,
                 task_mix: vec![Task::Copy, Task::Dedup],
-                ..base
+                ..TrainConfig::preset("smoke")?
             }),
             _ => {
                 let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
