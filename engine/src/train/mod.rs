@@ -66,7 +66,7 @@ pub struct TrainConfig {
 }
 
 /// Steps of the `tiny-2.2` run.
-const TINY22_STEPS: i64 = 5000;
+const TINY22_STEPS: i64 = 6000;
 
 /// (name, what it is).
 pub const PRESETS: &[(&str, &str)] = &[
@@ -105,8 +105,8 @@ impl TrainConfig {
                 model: "tiny-2.2".into(),
                 steps: TINY22_STEPS,
                 task_mix: vec![
-                    Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Add, Task::Add, Task::Order,
-                    Task::Dedup, Task::Dedup, Task::Expand, Task::Expand,
+                    Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Add, Task::Add, Task::Order, Task::Order,
+                    Task::Dedup, Task::Dedup, Task::Dedup, Task::Expand,
                 ],
                 ..base
             }),
