@@ -46,7 +46,7 @@ pub struct DecodeArgs {
     /// Any other setting, as NAME=VALUE (repeatable), e.g. --set temperature=0.7 --set attention=hf-additive.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
-    /// Write the trace JSON here.
+    /// Write the trace JSON here (`-`: to stdout, with the summary on stderr).
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Print one JSON summary object.
@@ -94,9 +94,15 @@ pub fn decode(a: &DecodeArgs) -> Result<()> {
     let mut d = Decoder::new(&prompt, s, tok.mask_id, tok.eos_id, model)?;
     let reports = d.run(model)?;
     let edits: usize = reports.iter().map(|r| r.delta.len()).sum();
+    // `--trace -` puts the trace on stdout (and the summary on stderr); a file is written atomically.
+    let trace_to_stdout = a.trace.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if let Some(path) = &a.trace {
         let text = serde_json::to_string_pretty(&d.trace_json())?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        if trace_to_stdout {
+            println!("{text}");
+        } else {
+            dllm_engine::checkpoint::write_atomic(path, text.as_bytes()).with_context(|| format!("writing the trace to {}", path.display()))?;
+        }
     }
     let output = d.output();
     let summary = json!({
@@ -111,7 +117,9 @@ pub fn decode(a: &DecodeArgs) -> Result<()> {
         "insertions": d.stats().insertions,
         "truncated": d.stats().truncated,
     });
-    if a.json {
+    if trace_to_stdout {
+        eprintln!("{summary}");
+    } else if a.json {
         println!("{summary}");
     } else {
         println!("{}", summary["output"].as_str().unwrap_or_default());

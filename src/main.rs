@@ -130,6 +130,16 @@ fn main() -> ExitCode {
         eprintln!("error: -c runs REPL commands; it does not go with a subcommand");
         return ExitCode::from(2);
     }
+    if matches!(cli.command, Some(Command::Info(_) | Command::InitModel(_) | Command::Forward(_) | Command::Decode(_) | Command::Eval(_) | Command::Bench(_) | Command::Train(_))) {
+        // Output-only subcommands end quietly when their reader goes away (`dllm info | head -2`), like any
+        // Unix filter, instead of panicking on the failed write. Not for the REPL and the kernel: they keep
+        // running past closed pipes (a reward command that exits early must not take the session with it).
+        #[cfg(unix)]
+        // SAFETY: signal(2) only sets how the process reacts to SIGPIPE; no memory is involved.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         None => return exit(repl(cli)),
         Some(Command::Run(a)) => {

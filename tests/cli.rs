@@ -142,6 +142,18 @@ fn decode_writes_the_documented_trace_and_flags_override_the_preset() {
             assert!(pos.iter().all(|&p| p >= 3), "positions are absolute; the prompt is 0..3");
         }
     }
+    // `--trace -`: the same trace on stdout, the summary on stderr.
+    let out = dllm(&[
+        "decode", "--model", d, "--prompt-ids", "10,11,12", "--gen-length", "10", "--block-length", "4",
+        "--preset", "S", "--threshold", "0.6", "--trace", "-",
+    ]);
+    assert!(out.status.success());
+    let on_stdout: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the trace alone");
+    assert_eq!(on_stdout, t);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary_err: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(summary_err["output_ids"], summary["output_ids"]);
+    assert!(!Path::new("-").exists() && !dir.path().join("-").exists(), "no file named `-`");
 }
 
 #[test]
@@ -226,4 +238,19 @@ fn bench_rl_times_the_phases_and_measures_memory_per_trainable_set() {
     assert_eq!(sets[1]["trainable"], "lora:2:4");
     assert!(sets[0]["update_peak_mb"].as_f64().unwrap() >= 0.0);
     assert!(fails(&["bench", "rl", "--trainable", "most"]).contains("unknown subset"));
+}
+
+#[test]
+fn output_commands_end_quietly_when_the_reader_goes_away() {
+    // `dllm forward ... | head -c 100`: hundreds of kilobytes into a pipe that closes after 100 bytes. The
+    // process ends like any Unix filter, without a panic about the failed write.
+    let ids: Vec<String> = (0..300).map(|i| (10 + i % 90).to_string()).collect();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' forward --device cpu --ids {} --top-k 100 --json | head -c 100", env!("CARGO_BIN_EXE_dllm"), ids.join(",")))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("failed printing"), "{stderr}");
+    assert_eq!(out.stdout.len(), 100);
 }

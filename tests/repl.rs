@@ -147,7 +147,12 @@ fn commands_on_stdin_when_it_is_not_a_terminal() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("output: "), "{stdout}");
-    assert!(stdout.contains("\"forwards\""), "{stdout}");
+    // `stats` is a table: a `forwards` row with the count.
+    let forwards = stdout.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+        ["forwards", n] => n.parse::<i64>().ok(),
+        _ => None,
+    });
+    assert!(forwards.is_some_and(|n| n > 0), "{stdout}");
 
     let out = dllm_stdin(&["--json"], "settings\nfrobnicate\nsettings\n");
     assert!(!out.status.success());
@@ -159,6 +164,31 @@ fn commands_on_stdin_when_it_is_not_a_terminal() {
     assert!(!out.status.success());
     assert!(text(&out.stdout).contains("gen_length"));
     assert!(text(&out.stderr).contains("line 1: `frobnicate`"), "{}", text(&out.stderr));
+
+    // `;` chains a line's commands as in `-c` (the README's examples), quotes keep theirs.
+    let out = dllm_stdin(&["--json"], "set gen_length 8 ; set block_length 4 ; set threshold 0.7\nprompt \"a; b\" ; branches\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = json_lines(&out);
+    let commands: Vec<&str> = lines.iter().map(|l| l["command"].as_str().unwrap()).collect();
+    assert_eq!(commands, ["set gen_length 8", "set block_length 4", "set threshold 0.7", "prompt \"a; b\"", "branches"]);
+    assert_eq!(lines[4]["line"], 2);
+}
+
+#[test]
+fn a_line_that_is_not_utf8_fails_alone() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dllm"))
+        .arg("--keep-going")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"set gen_length 8\n\xff\xfe bad\nsettings\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a failed line fails the batch");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("line 2: ") && stderr.contains("UTF-8") && stderr.contains("skipped"), "{stderr}");
+    assert!(stdout.contains("edit_threshold"), "the line after it ran: {stdout}");
 }
 
 #[test]
@@ -378,6 +408,14 @@ fn interactive_repl_in_a_pseudo_terminal() {
     t.expect("edit_threshold");
     t.expect("dllm> ");
 
+    // A `;` chain runs in order and stops at the first failure, naming what it did not run.
+    t.send("fork q ; switch nope ; set threshold 0.5\r");
+    t.expect("not run: `set threshold 0.5`");
+    t.expect("dllm> ");
+    t.send("branches ; switch main\r");
+    t.expect("on branch `main`");
+    t.expect("dllm> ");
+
     // Ctrl-C during a long decode stops it between steps; the session goes on.
     t.send("run\r");
     let start = Instant::now();
@@ -389,7 +427,7 @@ fn interactive_repl_in_a_pseudo_terminal() {
     t.expect("interrupted");
     t.expect("dllm> ");
     t.send("stats\r");
-    t.expect("\"forwards\"");
+    t.expect("forwards");
     t.expect("dllm> ");
     t.send("canvas\r");
     t.expect("masked");

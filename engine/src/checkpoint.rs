@@ -413,6 +413,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Puts the complete folder `tmp` at `dir`: a rename when `dir` does not exist; otherwise the two are swapped
+/// in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`) and the old version, now at `tmp`, is removed. At
+/// every instant `dir` is the old version or the new one, whatever kills the process. Where the exchange is
+/// not supported (another OS, some filesystems) two renames do it, with a short window between them.
+pub fn install_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e));
+    }
+    if exchange(tmp, dir).is_err() {
+        let old = PathBuf::from(format!("{}.old", tmp.display()));
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 reads them and touches no Rust memory.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
 /// Sort key that orders `layers.10` after `layers.9`.
 fn natural_key(name: &str) -> Vec<(u64, String)> {
     name.split('.').map(|p| p.parse::<u64>().map(|n| (n, String::new())).unwrap_or((u64::MAX, p.to_string()))).collect()

@@ -50,6 +50,11 @@ pub enum Error {
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+
+    /// A long operation saw its interrupt flag between two pieces of work and stopped; `what` says what was
+    /// left as it was.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl Error {

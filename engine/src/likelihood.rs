@@ -375,6 +375,14 @@ pub(crate) fn layout(model: &Model, prompt: &[i64], response: &[i64], mask_id: i
     }
     let len = (prompt.len() + response.len()) as i64;
     let padded = (len + block - 1) / block * block;
+    let positions = model.config().max_position_embeddings;
+    if padded > positions {
+        return Err(Error::invalid(
+            "prompt + response",
+            format!("{len} tokens in blocks of {block}"),
+            format!("the padded sequence ({padded} positions) exceeds the model's {positions} positions"),
+        ));
+    }
     let mut clean = prompt.to_vec();
     clean.extend_from_slice(response);
     clean.resize(padded as usize, eos_id);

@@ -710,13 +710,13 @@ impl Model {
             MaskKind::BlockCausal => AttnBias::Bool(allowed.view([1, 1, l, start + l])),
         };
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
-        if cache.layers.len() != self.layers.len() {
-            cache.layers.clear();
-        }
-        let mut slots: Vec<Option<(Tensor, Tensor)>> = if cache.layers.is_empty() {
-            (0..self.layers.len()).map(|_| None).collect()
+        // The cache is taken out while the layers run: if libtorch panics half-way, it is left empty (length
+        // 0), never holding some layers extended and others not.
+        let taken = std::mem::take(cache);
+        let mut slots: Vec<Option<(Tensor, Tensor)>> = if taken.layers.len() == self.layers.len() {
+            taken.layers.into_iter().map(Some).collect()
         } else {
-            cache.layers.drain(..).map(Some).collect()
+            (0..self.layers.len()).map(|_| None).collect()
         };
         // check_forward made `start` a group boundary, so the input's groups are aligned from its first column.
         let groups = c.block_routing().map(|(_, bs)| RoutingGroups::aligned(l, bs, dev));

@@ -289,7 +289,7 @@ fn hand_edits_are_journalled_and_validated() {
     let r = d.step(&m).unwrap().unwrap();
     assert_eq!(r.delta.len(), 1, "Delta repairs the poked token");
     assert_eq!((r.delta[0].pos, r.delta[0].old, r.delta[0].new), (2, 9, 5));
-    assert!(d.set_tokens(&[(0, 9)], V).unwrap_err().to_string().contains("generated positions are 1..8"));
+    assert!(d.set_tokens(&[(0, 9)], V).unwrap_err().to_string().contains("generated positions are 1 to 7"));
     assert!(d.set_tokens(&[(2, 999)], V).unwrap_err().to_string().contains("0..128"));
     assert_eq!(d.cursor().block, 0);
     assert!(d.remask(&[6]).unwrap_err().to_string().contains("current block"));

@@ -573,3 +573,27 @@ fn nan_logits_fail_the_step_naming_it_and_change_nothing() {
         assert!(d.is_finished(), "{preset}: the decode goes on once the model is sound");
     }
 }
+
+#[test]
+fn a_forward_that_fails_inside_libtorch_fails_the_step_and_changes_nothing() {
+    let broken = std::rc::Rc::new(Cell::new(false));
+    let b2 = broken.clone();
+    // tch panics on a libtorch error (out of memory, a kernel failure): the step must turn it into an error.
+    let m = Scripted::new(move |_, pos, _| if b2.get() { panic!("CUDA out of memory (simulated)") } else { vec![(10 + pos, 0.9)] });
+    for preset in ["llada2.2", "S"] {
+        let mut s = DecodeSettings::official(6);
+        s.apply_preset(preset).unwrap();
+        s.block_length = 4;
+        let mut d = decoder(&[7], s, &m);
+        broken.set(false);
+        step(&mut d, &m);
+        let (canvas, cursor, steps) = (d.canvas().to_vec(), d.cursor(), d.reports().count());
+        broken.set(true);
+        let e = d.step(&m).unwrap_err().to_string();
+        assert!(e.contains("forward") && e.contains("libtorch failed: CUDA out of memory (simulated)"), "{preset}: {e}");
+        assert_eq!((d.canvas(), d.cursor(), d.reports().count()), (&canvas[..], cursor, steps), "{preset}: nothing changed");
+        broken.set(false);
+        d.run(&m).unwrap();
+        assert!(d.is_finished(), "{preset}: the decode goes on");
+    }
+}

@@ -154,6 +154,20 @@ fn a_failing_or_slow_reward_command_is_an_error_and_changes_nothing() {
         assert_eq!(before, bytes(rl.params()), "{cmd}");
         assert!(rl.history.is_empty());
     }
+    // What a command leaves running in the background ends with it: it neither holds the reward's stdout open
+    // nor outlives the timeout (both hung before).
+    for (cmd, timeout, ok) in [("sleep 30 & echo 1", None, true), ("(sleep 30; echo 1) & sleep 30", Some("0.3"), false)] {
+        let mut c = order_config("all");
+        c.set("reward", &format!("command {cmd}")).unwrap();
+        if let Some(t) = timeout {
+            c.set("reward_timeout", t).unwrap();
+        }
+        let mut rl = Rl::new(&mut l.model, c).unwrap();
+        let started = std::time::Instant::now();
+        let r = rl.update(&l.model, &l.tokenizer);
+        assert_eq!(r.is_ok(), ok, "{cmd}: {:?}", r.err());
+        assert!(started.elapsed().as_secs() < 25, "{cmd}: took {:?}, so a background process held it up", started.elapsed());
+    }
     // The command sees the rollout as JSON and its number is the reward.
     let mut c = order_config("all");
     c.set("reward", r#"command grep -q '"task":"order"' && echo 1 || echo 0"#).unwrap();

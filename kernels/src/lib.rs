@@ -24,7 +24,7 @@ use std::path::Path;
 pub use connection::ConnectionInfo;
 pub use install::{install, uninstall, InstallOptions, Prefix};
 pub use server::{serve, Shutdown};
-pub use session_interp::SessionInterpreter;
+pub use session_interp::{notebook_metadata, SessionInterpreter};
 
 /// Runs the dllm kernel on a connection file (what `dllm kernel --connection-file F` does) until the client
 /// shuts it down. The embedded default model starts loading at once; SIGINT interrupts the running cell.

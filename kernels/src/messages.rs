@@ -122,6 +122,23 @@ impl Request {
     }
 }
 
+/// The error reply to a request the kernel cannot serve (content that does not fit the message type, or a
+/// type it does not know): `(reply type, content)`, or `None` when the message is not a request (nobody
+/// waits for a reply to it). The client gets an answer instead of waiting forever.
+pub fn bad_request(msg_type: &str, why: &str, execution_count: u64) -> Option<(String, Value)> {
+    let stem = msg_type.strip_suffix("_request")?;
+    let mut content = serde_json::json!({
+        "status": "error",
+        "ename": "BadRequest",
+        "evalue": format!("{msg_type}: {why}"),
+        "traceback": [format!("BadRequest: {msg_type}: {why}")],
+    });
+    if msg_type == "execute_request" {
+        content["execution_count"] = execution_count.into();
+    }
+    Some((format!("{stem}_reply"), content))
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Replies (shell, control)
 

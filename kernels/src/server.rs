@@ -11,8 +11,9 @@
 //!
 //! Slow joiners: a client may send its first request before its IOPub subscription is live (evcxr lost
 //! `idle` messages this way). The XPUB socket sees each subscription arrive and answers it with an
-//! `iopub_welcome` (JEP 65) and the last `status` published, parent header included: a client that
-//! subscribed too late for its request's `idle` still receives it.
+//! `iopub_welcome` (JEP 65) and the last `status` published, re-issued as a new message with the same parent
+//! header: a client that subscribed too late for its request's `idle` still receives it, and one that saw the
+//! original does not see a replayed signature.
 //!
 //! Invariant: every message from a client is verified (`wire::Message::from_frames`) before anything reads
 //! it; bad ones are logged and dropped, and no input makes a thread panic or exit.
@@ -28,9 +29,9 @@ use serde_json::{json, Value};
 
 use crate::connection::ConnectionInfo;
 use crate::interpreter::Interpreter;
-use crate::messages::{to_content, ExecutionState, Request, ShutdownReply, Status};
+use crate::messages::{bad_request, to_content, ExecutionState, Request, ShutdownReply, Status};
 use crate::publish::{log, Sender, IOPUB_INPROC, SHELL_REPLY_INPROC};
-use crate::wire::{new_session_id, Message, Signer};
+use crate::wire::{new_session_id, Header, Message, Signer};
 use crate::worker::{kernel_info_reply, Worker};
 
 /// Socket loops wake this often to notice a shutdown (requests themselves wake them at once).
@@ -111,6 +112,10 @@ pub fn serve<I: Interpreter>(conn: &ConnectionInfo, interp: I) -> anyhow::Result
         }),
     );
     let worker_thread = spawn("worker", move || worker.run(rx))?;
+    if let Some(parent) = parent_to_watch() {
+        let stop = stop.clone();
+        spawn("parent-poller", move || watch_parent(parent, &stop))?;
+    }
     let shell_thread = spawn("shell", {
         let (stop, signer) = (stop.clone(), signer.clone());
         move || shell_loop(shell, stdin, replies_in, tx, &stop, &signer)
@@ -170,6 +175,25 @@ fn heartbeat(hb: zmq::Socket, stop: &AtomicBool) {
     }
 }
 
+/// `JPY_PARENT_PID`, which Jupyter sets to the process that started the kernel (ipykernel's ParentPoller).
+fn parent_to_watch() -> Option<u32> {
+    std::env::var("JPY_PARENT_PID").ok()?.trim().parse().ok().filter(|&p: &u32| p > 1)
+}
+
+/// Stops the kernel once its parent is gone (this process was re-parented): a kernel whose notebook server or
+/// console died must not run on holding the model. Checked once a second.
+fn watch_parent(parent: u32, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        #[cfg(unix)]
+        if std::os::unix::process::parent_id() != parent {
+            log(&format!("the parent process (JPY_PARENT_PID {parent}) is gone: shutting down"));
+            stop.store(true, Ordering::SeqCst);
+            return;
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn iopub_loop(xpub: zmq::Socket, inbox: zmq::Socket, stop: &AtomicBool, signer: &Signer, session: &str) {
     let mut last_status: Option<Vec<Vec<u8>>> = None;
     loop {
@@ -195,8 +219,12 @@ fn iopub_loop(xpub: zmq::Socket, inbox: zmq::Socket, stop: &AtomicBool, signer: 
                 let Some((&1, topic)) = frames.first().and_then(|f| f.split_first()) else { continue };
                 let welcome = Message::orphan("iopub_welcome", session, json!({"subscription": String::from_utf8_lossy(topic)}));
                 let _ = xpub.send_multipart(iopub_topic(welcome).to_frames(signer), 0);
-                if let Some(s) = &last_status {
-                    let _ = xpub.send_multipart(s.clone(), 0);
+                // The last status again, as a NEW message (fresh msg_id and signature, same parent and state):
+                // a client that already saw the original would reject a byte-for-byte copy as a replay
+                // ("Duplicate Signature" in jupyter_client).
+                if let Some(old) = last_status.as_ref().and_then(|s| Message::from_frames(s.clone(), signer).ok()) {
+                    let again = Message { header: Header::new("status", session), ..old };
+                    let _ = xpub.send_multipart(again.to_frames(signer), 0);
                 }
             }
         }
@@ -270,20 +298,25 @@ fn control_loop(
                     continue;
                 }
             };
-            let req = match Request::parse(&msg.header.msg_type, &msg.content) {
-                Ok(r) => r,
-                Err(e) => {
-                    log(&format!("control: dropped a {} with bad content: {e}", msg.header.msg_type));
-                    continue;
-                }
-            };
-            iopub.status(&msg, ExecutionState::Busy);
             let reply = |msg_type: &str, content: Value| {
                 let r = msg.child(msg_type, &iopub.session, content);
                 if let Err(e) = control.send_multipart(r.to_frames(signer), 0) {
                     log(&format!("control send failed: {e}"));
                 }
             };
+            let req = match Request::parse(&msg.header.msg_type, &msg.content) {
+                Ok(r) => r,
+                Err(e) => {
+                    log(&format!("control: a {} with bad content: {e}", msg.header.msg_type));
+                    if let Some((reply_type, content)) = bad_request(&msg.header.msg_type, &format!("bad content: {e}"), 0) {
+                        iopub.status(&msg, ExecutionState::Busy);
+                        reply(&reply_type, content);
+                        iopub.status(&msg, ExecutionState::Idle);
+                    }
+                    continue;
+                }
+            };
+            iopub.status(&msg, ExecutionState::Busy);
             match req {
                 Request::KernelInfo => reply("kernel_info_reply", kernel_info_reply(info)),
                 Request::Interrupt => {
@@ -295,7 +328,12 @@ fn control_loop(
                     restart.store(s.restart, Ordering::SeqCst);
                     stop.store(true, Ordering::SeqCst);
                 }
-                other => log(&format!("control: {} is not served on control; ignored", short(&other))),
+                other => {
+                    log(&format!("control: {} is not served on control", short(&other)));
+                    if let Some((reply_type, content)) = bad_request(&msg.header.msg_type, "not served on the control channel (send it on shell)", 0) {
+                        reply(&reply_type, content);
+                    }
+                }
             }
             iopub.status(&msg, ExecutionState::Idle);
         }

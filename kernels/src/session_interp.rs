@@ -1,5 +1,5 @@
 //! The interpreter over `dllm_repl::Session`: a cell is a small script of dllm commands, exactly as the
-//! terminal reads one (`terminal::script_items`: one command a line, `#` comments, `\` continues a line).
+//! terminal reads one (`script::script_items`: one command a line, `;` chains, `#` comments, `\` continues a line).
 //!
 //! - Each command's values become one MIME bundle through `dllm_repl::render` (the one place values become
 //!   text): the last command's is the cell's `execute_result`, earlier ones are `display_data`.
@@ -11,16 +11,16 @@
 //! - `NAME?` on a line of its own pages NAME's help (IPython's convention); completion, inspection and
 //!   is_complete come from `Session::commands()`, the table the REPL's `help` uses.
 //!
-//! JSON: `application/json` goes only on results that are pure data (`Value::Data`). JupyterLab ranks its
-//! JSON tree viewer above HTML, so a table or canvas carrying `application/json` would show as a tree; their
-//! JSON travels as `application/vnd.dllm.value+json` instead, kept in the notebook for programs to read.
+//! JSON: every value's JSON travels as `application/vnd.dllm.value+json`, kept in the notebook for programs to
+//! read. Never as `application/json`: JupyterLab ranks its JSON tree viewer above HTML, so a result carrying it
+//! (even plain data such as `stats`, which renders as a table) would show as a collapsed tree.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use dllm_repl::render::{render, render_all, Bundle};
-use dllm_repl::terminal::script_items;
+use dllm_repl::script::script_items;
 use dllm_repl::value::Value as DValue;
 use dllm_repl::{Command, CommandError, ModelSource, Session};
 use serde_json::Value;
@@ -79,8 +79,7 @@ pub fn bundle(values: &[DValue]) -> MimeBundle {
     let mut m = MimeBundle::new();
     m.insert("text/plain".into(), Value::String(b.plain));
     m.insert("text/html".into(), Value::String(b.html));
-    let json_mime = if values.iter().all(|v| matches!(v, DValue::Data { .. })) { "application/json" } else { VALUE_MIME };
-    m.insert(json_mime.into(), b.json);
+    m.insert(VALUE_MIME.into(), b.json);
     if let Some(svg) = b.svg {
         m.insert("image/svg+xml".into(), Value::String(svg));
     }
@@ -141,6 +140,29 @@ fn unclosed_quote(line: &str) -> bool {
     quoted
 }
 
+fn language_info() -> LanguageInfo {
+    LanguageInfo {
+        name: "dllm".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        mimetype: "text/x-dllm".into(),
+        file_extension: ".dllm".into(),
+        // Commands read like shell lines (words, double quotes, # comments): the shell modes highlight them.
+        pygments_lexer: "bash".into(),
+        codemirror_mode: "shell".into(),
+    }
+}
+
+/// The metadata a notebook for this kernel holds (`kernelspec` as `kernel install` names it, `language_info`
+/// as kernel_info reports it). Shipped notebooks carry exactly this, so opening and running one does not mark
+/// it modified, and "download as script" gives a `.dllm` file that `dllm run` executes.
+pub fn notebook_metadata() -> Value {
+    let spec = crate::InstallOptions::default();
+    serde_json::json!({
+        "kernelspec": {"display_name": spec.display_name, "language": "dllm", "name": spec.name},
+        "language_info": serde_json::to_value(language_info()).expect("language_info serialises"),
+    })
+}
+
 /// `NAME?`: the command whose help a line asks for.
 fn help_query(line: &str) -> Option<&'static Command> {
     let word = line.trim().strip_suffix('?')?;
@@ -155,15 +177,7 @@ impl Interpreter for SessionInterpreter {
         KernelInfo {
             implementation: "dllm".into(),
             implementation_version: env!("CARGO_PKG_VERSION").into(),
-            language_info: LanguageInfo {
-                name: "dllm".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                mimetype: "text/x-dllm".into(),
-                file_extension: ".dllm".into(),
-                // Commands read like shell lines (words, double quotes, # comments): the shell modes highlight them.
-                pygments_lexer: "bash".into(),
-                codemirror_mode: "shell".into(),
-            },
+            language_info: language_info(),
             banner: format!(
                 "dllm {}: step a LLaDA2.x diffusion language model in a notebook.\n`help` lists the commands; `step?` shows one's help.",
                 env!("CARGO_PKG_VERSION")
@@ -210,6 +224,11 @@ impl Interpreter for SessionInterpreter {
             let line = several.then_some(item.line).flatten();
             let values = result.map_err(|e| error_info(&e, command, line))?;
             let interrupted = self.cell_interrupted.swap(false, Ordering::SeqCst);
+            if shown {
+                // The progress display empties itself once the command is done, so the result below it is the
+                // only copy (a front-end that ignores updates, like jupyter console, still gets the result).
+                ctx.update_display(plain(String::new()), &progress_id);
+            }
             if values.is_empty() {
             } else if i + 1 == items.len() && !interrupted {
                 out.result = Some(bundle(&values));
@@ -395,8 +414,11 @@ mod tests {
             })
             .collect();
         assert_eq!(ids.len(), 1, "one progress display for `step 4`");
-        let updates = outs.iter().filter(|o| matches!(o, Output::Update { display_id, .. } if *display_id == ids[0])).count();
-        assert_eq!(updates, 3, "then updated after each further step");
+        let updates: Vec<&Output> = outs.iter().filter(|o| matches!(o, Output::Update { display_id, .. } if *display_id == ids[0])).collect();
+        assert_eq!(updates.len(), 4, "then updated after each further step, and emptied at the end");
+        let Output::Update { data, .. } = updates[3] else { unreachable!() };
+        assert_eq!(data["text/plain"], "", "the progress makes way for the result: {data:?}");
+        assert_eq!(data.len(), 1);
         done(i);
     }
 }

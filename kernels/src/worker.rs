@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::interpreter::{ErrorInfo, ExecContext, ExecuteOk, Interpreter, KernelInfo};
 use crate::messages::{
-    to_content, CodeAt, CommClose, CommInfoReply, CompleteReply, ExecuteInput, ExecuteReply, ExecuteRequest, ExecuteResult,
+    bad_request, to_content, CodeAt, CommClose, CommInfoReply, CompleteReply, ExecuteInput, ExecuteReply, ExecuteRequest, ExecuteResult,
     ExecutionState, HistoryReply, HistoryRequest, InspectReply, KernelInfoReply, Request, ShutdownReply,
 };
 use crate::publish::{log, with_plain, OutputPublisher, Sender};
@@ -88,7 +88,8 @@ impl<I: Interpreter> Worker<I> {
         let req = match Request::parse(&msg.header.msg_type, &msg.content) {
             Ok(r) => r,
             Err(e) => {
-                log(&format!("dropped a {} with bad content: {e}", msg.header.msg_type));
+                log(&format!("a {} with bad content: {e}", msg.header.msg_type));
+                self.refuse(msg, &format!("bad content: {e}"));
                 return;
             }
         };
@@ -122,9 +123,23 @@ impl<I: Interpreter> Worker<I> {
                 self.replies.reply(msg, "shutdown_reply", to_content(&ShutdownReply { status: "ok", restart: s.restart }));
                 (self.on_shutdown)(s.restart);
             }
-            Request::Unknown(t) => log(&format!("unsupported request {t:?} ignored")),
+            Request::Unknown(t) => {
+                log(&format!("unsupported message type {t:?}"));
+                if let Some((reply_type, content)) = bad_request(&t, "this kernel does not serve this message type", self.execution_count) {
+                    self.replies.reply(msg, &reply_type, content);
+                }
+            }
         }
         self.iopub.status(msg, ExecutionState::Idle);
+    }
+
+    /// Answers a request that cannot be served with an error reply (between busy and idle).
+    fn refuse(&mut self, msg: &Message, why: &str) {
+        if let Some((reply_type, content)) = bad_request(&msg.header.msg_type, why, self.execution_count) {
+            self.iopub.status(msg, ExecutionState::Busy);
+            self.replies.reply(msg, &reply_type, content);
+            self.iopub.status(msg, ExecutionState::Idle);
+        }
     }
 
     /// Runs a cell. If it fails with `stop_on_error`, the requests queued by then go to `to_abort`.

@@ -64,3 +64,18 @@ fn notebooks_run_top_to_bottom() {
     assert!(out.status.success(), "notebooks failed:\n{text}");
     eprintln!("{text}");
 }
+
+#[test]
+fn shipped_notebooks_carry_the_metadata_the_kernel_reports() {
+    // What JupyterLab writes into a notebook after running it: if the shipped files differ, they open as
+    // modified, and "download as" has no file extension for the script.
+    let want = dllm_kernel::notebook_metadata();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../notebooks");
+    for entry in std::fs::read_dir(&dir).expect("read notebooks/") {
+        let path = entry.expect("notebooks/ entry").path();
+        if path.extension().is_some_and(|x| x == "ipynb") {
+            let nb: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(nb["metadata"], want, "{}: metadata differs from dllm_kernel::notebook_metadata()", path.display());
+        }
+    }
+}

@@ -214,7 +214,6 @@ fn malformed_frames_and_json_are_ignored() {
         vec![DELIMITER.to_vec(), sign(b"{nope", b"{}", b"{}", b"{}"), b"{nope".to_vec(), b"{}".to_vec(), b"{}".to_vec(), b"{}".to_vec()],
         vec![DELIMITER.to_vec(), sign(b"{}", b"{}", b"{}", b"{}"), b"{}".to_vec(), b"{}".to_vec(), b"{}".to_vec(), b"{}".to_vec()],
         vec![DELIMITER.to_vec(), sign(&header, b"{}", b"{}", b"[]"), header.clone(), b"{}".to_vec(), b"{}".to_vec(), b"[]".to_vec()],
-        vec![DELIMITER.to_vec(), sign(&header, b"{}", b"{}", b"{\"cod\":1}"), header.clone(), b"{}".to_vec(), b"{}".to_vec(), b"{\"cod\":1}".to_vec()],
         vec![DELIMITER.to_vec(), sign(&header, b"{}", b"{}", b"\xff"), header, b"{}".to_vec(), b"{}".to_vec(), b"\xff".to_vec()],
     ];
     for frames in garbage {
@@ -226,6 +225,37 @@ fn malformed_frames_and_json_are_ignored() {
     // Still serving, and nothing ran.
     let (reply, _) = c.execute("count");
     assert_eq!(reply.content["execution_count"], 1);
+    assert!(c.heartbeat());
+    c.shutdown(false);
+}
+
+#[test]
+fn signed_requests_that_cannot_be_served_get_an_error_reply() {
+    let c = start();
+    let cases = [
+        (&c.shell, "execute_request", json!({"cod": 1})),
+        (&c.shell, "execute_request", json!({"code": 5})),
+        (&c.shell, "inspect_request", json!({})),
+        (&c.shell, "frobnicate_request", json!({})),
+        (&c.control, "shutdown_request", json!({"restart": "soon"})),
+        (&c.control, "execute_request", json!({"code": "echo ran"})),
+    ];
+    for (on, msg_type, content) in cases {
+        let id = c.send(on, msg_type, content.clone());
+        let r = c.recv(on, Duration::from_secs(5)).unwrap_or_else(|| panic!("no reply to {msg_type} {content}"));
+        assert_eq!(r.parent_header["msg_id"], id);
+        assert_eq!(r.header.msg_type, format!("{}_reply", msg_type.strip_suffix("_request").unwrap()));
+        assert_eq!(r.content["status"], "error", "{msg_type} {content}");
+        assert_eq!(r.content["ename"], "BadRequest");
+        assert!(r.content["evalue"].as_str().unwrap().starts_with(msg_type), "{}", r.content["evalue"]);
+    }
+    // A message that is not a request waits for nothing and gets nothing.
+    c.send(&c.shell, "frobnicate", json!({}));
+    assert!(c.shell_reply(Duration::from_millis(300)).is_none());
+    // Nothing ran and the kernel goes on: the first good cell is cell 1.
+    let (reply, out) = c.execute("count");
+    assert_eq!(reply.content["execution_count"], 1);
+    assert!(out.iter().all(|m| m.content["data"]["text/plain"] != "ran"));
     assert!(c.heartbeat());
     c.shutdown(false);
 }
@@ -401,6 +431,29 @@ fn a_late_subscriber_still_sees_the_status_of_its_request() {
     assert_eq!(seen[0].content["subscription"], "");
     assert_eq!(seen[1].content["execution_state"], "idle");
     assert_eq!(seen[1].parent_header["msg_id"], id);
+    // The first client saw the original idle; the re-issued one is a new message (jupyter_client rejects a
+    // repeated signature as a replay), and a second late subscriber gets yet another.
+    let original = loop {
+        let m = c.iopub_msg(Duration::from_secs(2)).expect("the original idle");
+        if m.header.msg_type == "status" && m.parent_header["msg_id"] == id && m.content["execution_state"] == "idle" {
+            break m;
+        }
+    };
+    assert_ne!(original.header.msg_id, seen[1].header.msg_id);
+    let second = c.ctx.socket(zmq::SUB).unwrap();
+    second.set_subscribe(b"").unwrap();
+    second.connect(&c.conn.endpoint(c.conn.iopub_port)).unwrap();
+    let mut again = None;
+    while second.poll(zmq::POLLIN, 2000).unwrap() > 0 {
+        let m = Message::from_frames(second.recv_multipart(0).unwrap(), &c.signer).unwrap();
+        if m.header.msg_type == "status" {
+            again = Some(m);
+            break;
+        }
+    }
+    let again = again.expect("the second subscriber gets the status too");
+    assert_eq!(again.parent_header["msg_id"], id);
+    assert!(![&original.header.msg_id, &seen[1].header.msg_id].contains(&&again.header.msg_id));
     c.shutdown(false);
 }
 

@@ -80,8 +80,8 @@ pub static TABLE: &[Command] = &[
     cmd!("poke", ["set-token"], "poke POS TOKEN", "Set a generated position by hand (TOKEN: text, or #ID)",
         "Journalled (rewind undoes it). Positions in cached blocks drop the cache from their block on.\n\nExamples:\n  poke 14 x\n  poke 14 #57", true, poke),
     cmd!("remask", [], "remask POS [POS...]", "Turn positions of the current block back into masks", "Example:\n  remask 12 13", true, remask),
-    cmd!("export", [], "export FILE", "Write the current branch's trace as JSON (docs/decoding.md)", "Example:\n  export trace.json", true, export),
-    cmd!("save", [], "save FILE", "Save the session (settings, branches, breakpoints) as JSON", "Example:\n  save session.json", true, save),
+    cmd!("export", [], "export FILE", "Write the current branch's trace as JSON (docs/decoding.md)", "Writes atomically. An existing FILE is replaced only if it is a trace written by `export`; any other\nfile or folder is refused and left as it was.\n\nExample:\n  export trace.json", true, export),
+    cmd!("save", [], "save FILE", "Save the session (settings, branches, breakpoints) as JSON", "Writes atomically. An existing FILE is replaced only if it is a session written by `save`; any\nother file or folder is refused and left as it was.\n\nExample:\n  save session.json", true, save),
     cmd!("open", [], "open FILE", "Reopen a saved session", "Example:\n  open session.json", true, open),
     cmd!("source", ["script"], "source FILE", "Run the commands in a file (one per line, # comments)",
         "Stops at the first failing command.\n\nExample:\n  source demo.dllm", false, source),
@@ -90,7 +90,7 @@ pub static TABLE: &[Command] = &[
     cmd!("likelihood", ["elbo"], "likelihood [ESTIMATOR...] [seed=S] [repeat=R] [-- PROMPT => RESPONSE]", "ELBO estimates of log p(response | prompt), one row per estimator",
         "Scores the current branch's decoded response (through its EOS), or the pair after `--` (the prompt\ngoes through the chat template, the response gets an EOS). Estimators: stratified:N[:anti] (EBPO's\nvectorised ELBO, the default with N = 4), midpoint:N[:anti], mc:N[:anti] (Monte-Carlo, LLaDA),\nmean-field[:P] (d1's one-step estimate; P masks the prompt), edit:N[:R] (LLaDA2.2 models: the\nlog-probability of the blocks' edit actions on Levenshtein drafts at edit rate R, default 0.1; a\nsecond table splits it into M2T, keep, substitute, delete and insert parts). Each row: value,\nstandard error, per-block terms. repeat=R re-estimates with R seeds and shows the spread\nacross them.\n\nExamples:\n  likelihood\n  likelihood stratified:4 mc:4 mean-field repeat=20\n  likelihood midpoint:8 -- sort 3814 => 1348\n  likelihood stratified:4 edit:4:0.2", true, crate::research::likelihood_cmd),
     cmd!("rl", [], "rl [show|set NAME VALUE|prompt TEXT [=> ANSWER]|prompts [clear]|snapshot [NAME]|update [N]|stats|eval [N]|restore [NAME]|save DIR|merge|reset]", "EBPO: configure and run RL updates on the resident model",
-        "rl show              the RL settings (rl set NAME VALUE changes one)\nrl prompt TEXT => A   train on given prompts (with a reference answer) instead of the task suite\nrl snapshot [NAME]    keep a copy of the trainable parameters (default name `before`)\nrl update [N]         N updates: rollouts, rewards, clipped surrogate, AdamW (live progress)\nrl stats              every update's reward, loss, clip fraction, KL, gradient norm, time\nrl eval [N]           greedy held-out reward on N instances per task (or the given prompts)\nrl restore [NAME]     put a snapshot back\nrl save DIR           write the policy as a checkpoint (LoRA merged); `load DIR` reads it\nrl merge              fold LoRA adapters into the weights\nrl reset              drop the run (weights stay)\nA failing update (reward command error, non-finite loss) changes nothing. docs/rl.md has the\ndefaults and the measured demo.\n\nExample:\n  rl set tasks order\n  rl set reward exact\n  rl snapshot\n  rl update 20\n  rl eval", true, crate::research::rl_cmd),
+        "rl show              the RL settings (rl set NAME VALUE changes one)\nrl prompt TEXT => A   train on given prompts (with a reference answer) instead of the task suite\nrl snapshot [NAME]    keep a copy of the trainable parameters (default name `before`)\nrl update [N]         N updates: rollouts, rewards, clipped surrogate, AdamW (live progress)\nrl stats              every update's reward, loss, clip fraction, KL, gradient norm, time\nrl eval [N]           greedy held-out reward on N instances per task (or the given prompts)\nrl restore [NAME]     put a snapshot back\nrl save DIR           write the policy as a checkpoint (LoRA merged); `load DIR` reads it. DIR must be\n                      new, empty or a checkpoint, which is replaced atomically\nrl merge              fold LoRA adapters into the weights\nrl reset              drop the run (weights stay)\nA failing update (reward command error, non-finite loss) changes nothing. docs/rl.md has the\ndefaults and the measured demo.\n\nExample:\n  rl set tasks order\n  rl set reward exact\n  rl snapshot\n  rl update 20\n  rl eval", true, crate::research::rl_cmd),
     cmd!("redecode", [], "redecode NAME", "Decode this branch's prompt afresh on a new branch (e.g. after `rl update`)",
         "Starts a new branch NAME from the current branch's prompt and settings under the current weights\nand runs it to the end; `diff` then compares it with the branch decoded before.\n\nExample:\n  redecode after\n  diff main after", true, crate::research::redecode),
 ];
@@ -118,7 +118,7 @@ fn int(c: &str, s: Option<&str>, what: &str) -> Result<i64, CommandError> {
 
 /// The text of docs/commands.md.
 pub fn markdown() -> String {
-    let mut s = String::from("# Commands\n\nGenerated from the command table (`repl/src/commands.rs`); a test fails when this file is stale.\nThe same commands work in the terminal REPL and in Jupyter cells.\n\n| command | aliases | summary |\n|---|---|---|\n");
+    let mut s = String::from("# Commands\n\nGenerated from the command table (`repl/src/commands.rs`); a test fails when this file is stale.\nThe same commands work in the terminal REPL and in Jupyter cells.\n\nSyntax, the same everywhere (terminal, `-c`, scripts, stdin, cells): one command a line; `;` separates\ncommands on a line (`fork q ; preset Q ; run`; in the terminal a chain stops at the first failure);\ndouble quotes keep spaces and `;` in an argument (`\\\"` escapes a quote); a line starting with `#` is a\ncomment; a line ending in `\\` continues on the next.\n\n| command | aliases | summary |\n|---|---|---|\n");
     for c in TABLE {
         s += &format!("| `{}` | {} | {} |\n", c.usage, c.aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" "), c.summary);
     }
@@ -675,7 +675,17 @@ fn topk(s: &mut Session, a: &Args) -> CmdResult {
     }
     let d = s.decoder()?;
     let Some((top, cur)) = d.top_k_at(pos, k) else {
-        return Err(CommandError::Failed(format!("the last forward did not cover position {pos} (step first, or the position is outside the current window)")));
+        let why = match d.last_forward_span() {
+            Some(r) => format!("the last forward covered positions {} to {} only", r.start, r.end - 1),
+            None => "there was no forward since this decode started or was rewound".to_string(),
+        };
+        let b = d.settings.block_length;
+        let block = d.cursor().block;
+        return Err(CommandError::Failed(format!(
+            "no distribution at position {pos}: {why}. `step` runs a forward of the current block (block {block}, positions {} to {})",
+            block * b,
+            (block + 1) * b - 1
+        )));
     };
     let current = d.canvas()[pos as usize];
     let l = s.ready()?;
@@ -701,11 +711,11 @@ fn block(s: &mut Session, _: &Args) -> CmdResult {
     let b = d.settings.block_length;
     let masks = d.canvas()[(c.block * b) as usize..((c.block + 1) * b) as usize].iter().filter(|&&t| t == d.mask_id()).count();
     Ok(vec![msg(format!(
-        "block {} of {} (positions {}..{}): {} masks, {} steps in this block, {} post steps, {} cached positions{}",
+        "block {} of {} (positions {} to {}): {} masks, {} steps in this block, {} post steps, {} cached positions{}",
         c.block,
         d.num_blocks(),
         c.block * b,
-        (c.block + 1) * b,
+        (c.block + 1) * b - 1,
         masks,
         c.block_step,
         c.post_steps,
@@ -798,21 +808,32 @@ fn remask(s: &mut Session, a: &Args) -> CmdResult {
     Ok(vec![msg(format!("re-masked {pos:?}")), s.canvas_value("canvas")?])
 }
 
-fn write_file(path: &str, text: &str) -> Result<(), CommandError> {
-    dllm_engine::checkpoint::write_atomic(std::path::Path::new(path), text.as_bytes()).map_err(|e| CommandError::Failed(e.to_string()))
+/// Writes `text` to `path` atomically. An existing `path` is replaced only if it is a file this command wrote
+/// before (JSON with the top-level key `marker`): a save never destroys what it did not write.
+fn write_file(path: &str, text: &str, marker: &str) -> Result<(), CommandError> {
+    let p = std::path::Path::new(path);
+    if p.exists() {
+        let ours = std::fs::read(p).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).is_some_and(|v| v.get(marker).is_some());
+        if !p.is_file() || !ours {
+            return Err(CommandError::Failed(format!(
+                "{path} exists and is not a file this command wrote (JSON with `{marker}`): nothing was written; pick another name, or remove it first"
+            )));
+        }
+    }
+    dllm_engine::checkpoint::write_atomic(p, text.as_bytes()).map_err(|e| CommandError::Failed(e.to_string()))
 }
 
 fn export(s: &mut Session, a: &Args) -> CmdResult {
     let path = a.get(0).ok_or_else(|| usage("export", "missing FILE"))?;
     let json = serde_json::to_string_pretty(&s.decoder()?.trace_json()).unwrap_or_default();
-    write_file(path, &json)?;
+    write_file(path, &json, "steps")?;
     Ok(vec![msg(format!("trace written to {path}"))])
 }
 
 fn save(s: &mut Session, a: &Args) -> CmdResult {
     let path = a.get(0).ok_or_else(|| usage("save", "missing FILE"))?;
     let json = crate::persist::to_json(s);
-    write_file(path, &serde_json::to_string_pretty(&json).unwrap_or_default())?;
+    write_file(path, &serde_json::to_string_pretty(&json).unwrap_or_default(), "dllm_session")?;
     Ok(vec![msg(format!("session saved to {path} ({} branches)", s.branches.len()))])
 }
 
@@ -827,21 +848,18 @@ fn source(s: &mut Session, a: &Args) -> CmdResult {
     let path = a.get(0).ok_or_else(|| usage("source", "missing FILE"))?;
     let text = std::fs::read_to_string(path).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    for item in crate::script::script_items(&text) {
+        let (line, n) = (item.command.as_str(), item.line.unwrap_or(0));
         if s.interrupt_flag().load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommandError::Interrupted);
         }
         // By the command the word names, so the `script` alias cannot recurse either.
         if find(crate::parse::split_command(line).0).is_some_and(|c| c.name == "source") {
-            return Err(CommandError::Failed(format!("{path}:{}: scripts cannot `source` other scripts", i + 1)));
+            return Err(CommandError::Failed(format!("{path}:{n}: scripts cannot `source` other scripts")));
         }
         match s.execute(line) {
             Ok(v) => out.extend(v),
-            Err(e) => return Err(CommandError::Failed(format!("{path}:{}: `{line}`: {e}", i + 1))),
+            Err(e) => return Err(CommandError::Failed(format!("{path}:{n}: `{line}`: {e}"))),
         }
     }
     Ok(out)

@@ -214,6 +214,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
         }
         "update" | "updates" => {
             let n = match a.get(1) {
+                // Not bounded: updates run one after another, each interruptible, and hold nothing from before.
                 None => 1,
                 Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| usage(format!("N must be a positive integer, got {v:?}"), RL_USAGE))?,
             };
@@ -223,7 +224,11 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
         "eval" => {
             let n = match a.get(1) {
                 None => 50,
-                Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| usage(format!("N must be a positive integer, got {v:?}"), RL_USAGE))?,
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=dllm_engine::rl::MAX_EVAL).contains(n))
+                    .ok_or_else(|| usage(format!("N must be a whole number from 1 to {}, got {v:?}", dllm_engine::rl::MAX_EVAL), RL_USAGE))?,
             };
             let c = s.rl.config.clone();
             let l = s.ready()?;
@@ -297,9 +302,10 @@ fn apply_config(s: &mut Session, c: RlConfig) -> Result<(), CommandError> {
 
 fn ensure_run(s: &mut Session) -> Result<&mut Rl, CommandError> {
     if s.rl.run.is_none() {
-        let c = s.rl.config.clone();
+        let (c, flag) = (s.rl.config.clone(), s.interrupt_flag());
         let l = s.model_mut()?;
-        let run = Rl::new(&mut l.model, c)?;
+        let mut run = Rl::new(&mut l.model, c)?;
+        run.set_interrupt(flag);
         s.rl.run = Some(run);
     }
     Ok(s.rl.run.as_mut().expect("just set"))
@@ -319,7 +325,7 @@ fn update(s: &mut Session, n: usize, a: &Args) -> CmdResult {
     let mut stop = None;
     for _ in 0..n {
         if flag.load(Ordering::SeqCst) {
-            stop = Some("interrupted (Ctrl-C) between updates; the policy is consistent".to_string());
+            stop = Some("interrupted between updates; the policy is consistent".to_string());
             break;
         }
         let (l, run) = s.model_and_rl()?;
@@ -331,6 +337,10 @@ fn update(s: &mut Session, n: usize, a: &Args) -> CmdResult {
                     (hook.borrow_mut())(&[msg(progress_line(&m))]);
                 }
                 done.push(m);
+            }
+            Err(dllm_engine::Error::Interrupted(why)) => {
+                stop = Some(format!("interrupted {why}"));
+                break;
             }
             Err(e) if done.is_empty() => return Err(e.into()),
             Err(e) => {
@@ -419,13 +429,25 @@ fn rl_table(s: &Session) -> Value {
 }
 
 /// Writes the resident model (LoRA merged) and its tokenizer into `dir` as a loadable checkpoint: into a
-/// temporary sibling folder first, then renamed, so `dir` is either the old one or the complete new one.
+/// temporary sibling folder first, then put in place atomically (`checkpoint::install_dir`), so `dir` is
+/// either the old checkpoint or the complete new one. An existing `dir` that is not a checkpoint folder (no
+/// config.json) and not empty is refused: a save never destroys what it did not write.
 fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         return Err(CommandError::Failed(format!("cannot save into {}: the folder {} does not exist", dir.display(), parent.display())));
     }
     let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| CommandError::Failed(format!("{} is not a folder name", dir.display())))?;
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !dir.is_dir() || !(empty || dir.join("config.json").is_file()) {
+            return Err(CommandError::Failed(format!(
+                "{} exists and is not a checkpoint folder (no config.json): nothing was written; save into a new folder, or remove it first",
+                dir.display()
+            )));
+        }
+    }
+    remove_stale_temporaries(parent, name);
     let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<(), CommandError> {
@@ -440,21 +462,27 @@ fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
                 std::fs::copy(&from, tmp.join(name)).map_err(|e| CommandError::Failed(format!("{}: {e}", from.display())))?;
             }
         }
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old{}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(|e| CommandError::Failed(format!("{}: {e}", dir.display())))?;
-            std::fs::rename(&tmp, dir).map_err(|e| CommandError::Failed(format!("{}: {e}", dir.display())))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&tmp, dir).map_err(|e| CommandError::Failed(format!("{}: {e}", dir.display())))?;
-        }
-        Ok(())
+        Ok(dllm_engine::checkpoint::install_dir(&tmp, dir)?)
     };
     let r = write();
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     r
+}
+
+/// Removes `.NAME.tmpPID` / `.NAME.tmpPID.old` folders that a killed save of another process left beside `NAME`
+/// (a process that is still running keeps its own).
+fn remove_stale_temporaries(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp");
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).map(|r| r.trim_end_matches(".old")) else { continue };
+        let alive = pid.parse::<u32>().is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if pid.chars().all(|c| c.is_ascii_digit()) && !pid.is_empty() && !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `redecode NAME`: a fresh decode of the current branch's prompt on a new branch, run to the end.

@@ -55,7 +55,8 @@ fn prompt_step_and_inspect() {
     // Top-k at a position of the last forward's window (block 0), and a clear error outside it.
     let k = ok(&mut s, "topk 3 4");
     assert_eq!(k[0]["rows"].as_array().unwrap().len(), 4);
-    assert!(err(&mut s, "topk 17").contains("did not cover"));
+    let e = err(&mut s, "topk 17");
+    assert!(e.contains("covered positions 0 to 3 only") && e.contains("`step` runs a forward"), "{e}");
     assert!(err(&mut s, "topk x").contains("usage: topk POS [K]"));
     let v = ok(&mut s, "step 3");
     assert_eq!(v[0]["rows"].as_array().unwrap().len(), 3);
@@ -229,6 +230,16 @@ fn save_open_export_source_and_sweep() {
     assert_eq!(a.split("output:").nth(1), b.split("output:").nth(1));
     std::fs::write(p("bad.json"), "{\"dllm_session\": 99}").unwrap();
     assert!(err(&mut r, &format!("open {}", p("bad.json"))).contains("bad.json"));
+    // Saving again over its own file replaces it; a file it did not write is refused and kept.
+    ok(&mut s, &format!("save {}", p("s.json")));
+    ok(&mut s, &format!("export {}", p("t.json")));
+    std::fs::write(p("notes.txt"), "my notes").unwrap();
+    for cmd in ["save", "export"] {
+        let e = err(&mut s, &format!("{cmd} {}", p("notes.txt")));
+        assert!(e.contains("not a file this command wrote"), "{cmd}: {e}");
+        assert!(err(&mut s, &format!("{cmd} {}", dir.path().display())).contains("nothing was written"), "{cmd} onto a folder");
+    }
+    assert_eq!(std::fs::read_to_string(p("notes.txt")).unwrap(), "my notes");
     assert!(err(&mut r, &format!("open {}", p("missing.json"))).contains("missing.json"));
     // Scripts.
     std::fs::write(p("script.dllm"), "# demo\nprompt-ids 10,11\nstep 2\nstats\n").unwrap();
@@ -390,11 +401,35 @@ fn rl_updates_snapshot_restore_redecode_and_save() {
         ("rl merge", "no LoRA"),
         ("rl save /nonexistent/dir/x", "does not exist"),
         ("rl set reward_timeout 3", "command"),
+        // Sizes are refused at the boundary, naming the limit, before anything is allocated.
+        ("rl set epochs 1000000", "from 1 to 100"),
+        ("rl set batch 100000", "at most 4096 rollouts"),
+        ("rl set gen_length 9223372036854775807", "from 1 to 1048576"),
+        ("rl set trainable lora:100000000", "from 1 to 4096"),
+        ("rl eval 100000000", "from 1 to 1000"),
+        ("set gen_length 9223372036854775807", "from 1 to 1048576"),
+        ("set block_length 9223372036854775807", "from 1 to 1048576"),
     ] {
         let e = err(&mut s, line);
         assert!(e.contains(says), "{line}: {e}");
     }
     assert_eq!(before, state(&mut s));
+
+    // A save never destroys what it did not write: a folder that is not a checkpoint is refused and kept.
+    let thesis = dir.path().join("thesis");
+    std::fs::create_dir(&thesis).unwrap();
+    std::fs::write(thesis.join("thesis.txt"), "years of work").unwrap();
+    let e = err(&mut s, &format!("rl save {}", thesis.display()));
+    assert!(e.contains("not a checkpoint folder"), "{e}");
+    assert_eq!(std::fs::read_to_string(thesis.join("thesis.txt")).unwrap(), "years of work");
+    // Over a checkpoint: replaced whole, and the temporaries a killed save left beside it are cleared.
+    let stale = dir.path().join(".policy.tmp999999999");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(saved.join("extra.txt"), "old").unwrap();
+    ok(&mut s, &format!("rl save {}", saved.display()));
+    assert!(saved.join("model.safetensors").exists() && !saved.join("extra.txt").exists(), "the old version is gone");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|f| !f.starts_with(".policy.")), "{left:?}");
 }
 
 #[test]
@@ -518,7 +553,7 @@ fn levenshtein_steps_in_every_front_end() {
 
     // remask works on a Levenshtein block and the next step runs from it.
     let block = ok(&mut s, "block")[0]["text"].as_str().unwrap().to_string();
-    let from: i64 = block.split("(positions ").nth(1).unwrap().split("..").next().unwrap().parse().unwrap();
+    let from: i64 = block.split("(positions ").nth(1).unwrap().split(" to ").next().unwrap().parse().unwrap();
     ok(&mut s, &format!("remask {}", from.max(3)));
     ok(&mut s, "step");
 

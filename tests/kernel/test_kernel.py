@@ -90,7 +90,7 @@ class DllmKernelTests(jupyter_kernel_test.KernelTests):
     code_execute_result = [
         {"code": "set threshold 0.8", "result": "threshold = 0.8"},
         {"code": "settings", "mime": "text/html"},
-        {"code": "prompt The capital of France is\nstep\nstats", "mime": "application/json"},
+        {"code": "prompt The capital of France is\nstep\nstats", "mime": "application/vnd.dllm.value+json"},
         {"code": "prompt Sort the digits 4 1 3\nstep 2\nchart", "mime": "image/svg+xml"},
     ]
     code_history_pattern = "set threshold*"
@@ -170,7 +170,7 @@ class DllmKernelBehaviour(unittest.TestCase):
         # Same kernel, same decode: it stopped between steps and goes on from there.
         reply, outs = self.run_cell("stats")
         self.assertEqual(reply["content"]["status"], "ok")
-        data = [m for m in outs if m["msg_type"] == "execute_result"][0]["content"]["data"]["application/json"]
+        data = [m for m in outs if m["msg_type"] == "execute_result"][0]["content"]["data"]["application/vnd.dllm.value+json"]
         self.assertGreater(data["data"]["forwards"], 0)
         self.assertTrue(self.km.is_alive())
         self.run_cell("set gen_length 32\nset threshold 0.95")
@@ -187,6 +187,37 @@ class DllmKernelBehaviour(unittest.TestCase):
         reply, _ = self.run_cell("block")
         self.assertEqual(reply["content"]["status"], "ok")
         self.run_cell("set gen_length 32\nset threshold 0.95")
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for a reaper has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class DllmKernelParent(unittest.TestCase):
+    """A kernel whose parent dies (the notebook server, a console) shuts down, as ipykernel does."""
+
+    def test_the_kernel_exits_when_jpy_parent_pid_is_gone(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            cf, _ = jupyter_client.connect.write_connection_file(os.path.join(d, "kernel.json"), ip="127.0.0.1", key=b"k")
+            # A shell is the kernel's parent and names itself in JPY_PARENT_PID, as Jupyter does.
+            script = 'JPY_PARENT_PID=$$ "$0" kernel --connection-file "$1" --device cpu & echo $!; wait'
+            sh = subprocess.Popen(["sh", "-c", script, kernel_exe(), cf], stdout=subprocess.PIPE, text=True)
+            pid = int(sh.stdout.readline())
+            time.sleep(2.0)
+            self.assertTrue(alive(pid), "the kernel runs while its parent does")
+            sh.kill()
+            sh.wait()
+            deadline = time.time() + 30
+            while time.time() < deadline and alive(pid):
+                time.sleep(0.2)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                self.fail("the kernel outlived its parent by 30 s")
 
 
 if __name__ == "__main__":

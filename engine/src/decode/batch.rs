@@ -99,13 +99,18 @@ impl BatchDecoder {
             let ids = Tensor::from_slice(&ids).view([self.rows.len() as i64, be - start]);
             let mask = BlockMask { block_length: b, kind: settings.attention, bidirectional_from: None };
             let tf = Instant::now();
-            let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
-            let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
             let (first, plan) = &active[0];
-            if let Err(e) = super::stepper::check_finite(&logits, self.rows[*first].cursor().forwards, plan.cursor.block) {
-                self.cache.truncate(start);
-                return Err(e);
-            }
+            let logits = super::stepper::guarded_forward(model, &ids, start, &mut self.cache, commit, mask)
+                .and_then(|l| super::stepper::check_finite(&l, self.rows[*first].cursor().forwards, plan.cursor.block).map(|()| l));
+            let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
+            let logits = match logits {
+                Ok(l) => l,
+                Err(e) => {
+                    self.cache.truncate(start);
+                    self.committed = self.cache.len();
+                    return Err(e);
+                }
+            };
             self.committed = start + commit;
             let mut out = Vec::with_capacity(active.len());
             for (i, plan) in active {

@@ -188,6 +188,11 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("sglang-indel", "SGLang JointThresholdInDel (revised): 0.5 / 0.0 / 16, 1 + introduced masks, cumulative post steps"),
 ];
 
+/// The largest `gen_length` and `block_length` (2^20 tokens), and the largest count of steps or tokens any
+/// integer setting accepts: far beyond any model's positions, small enough that no arithmetic on settings
+/// overflows.
+pub const MAX_LENGTH: i64 = 1 << 20;
+
 /// Setting names accepted by [`DecodeSettings::set`], with one-line help.
 pub const SETTINGS: &[(&str, &str)] = &[
     ("gen_length", "tokens to generate after the prompt"),
@@ -312,11 +317,26 @@ impl DecodeSettings {
     /// Checks every field; the error names the setting and the allowed range.
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, v: String, why: &str| Err(Error::invalid(name, v, why));
-        if self.gen_length < 1 {
-            return bad("gen_length", self.gen_length.to_string(), "must be at least 1");
+        for (name, v) in [("gen_length", self.gen_length), ("block_length", self.block_length)] {
+            if !(1..=MAX_LENGTH).contains(&v) {
+                return bad(name, v.to_string(), &format!("must be from 1 to {MAX_LENGTH} (a canvas also has to fit the model's positions)"));
+            }
         }
-        if self.block_length < 1 {
-            return bad("block_length", self.block_length.to_string(), "must be at least 1");
+        // Counts of steps and tokens: bounded like lengths, so arithmetic on them (a step cap is block_length +
+        // max_post_steps + 1) never overflows.
+        let counts = [
+            ("max_post_steps", Some(self.max_post_steps)),
+            ("num_to_transfer", Some(self.num_to_transfer)),
+            ("fallback_steps", self.fallback_steps),
+            ("top_k", self.top_k),
+            ("mbe_window", Some(self.mbe_window)),
+            ("schedule_steps", self.schedule_steps),
+            ("max_steps_per_block", self.max_steps_per_block),
+        ];
+        for (name, v) in counts {
+            if let Some(v) = v.filter(|v| *v > MAX_LENGTH) {
+                return bad(name, v.to_string(), &format!("must be at most {MAX_LENGTH}"));
+            }
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return bad("threshold", self.threshold.to_string(), "must be in [0, 1]");
@@ -596,7 +616,9 @@ mod tests {
         for (name, value, says) in [
             ("threshold", "1.5", "must be in [0, 1]"),
             ("threshold", "high", "expected a number"),
-            ("gen_length", "0", "at least 1"),
+            ("gen_length", "0", "from 1 to 1048576"),
+            ("gen_length", "9223372036854775807", "from 1 to 1048576"),
+            ("block_length", "9223372036854775807", "from 1 to 1048576"),
             ("top_p", "0", "(0, 1]"),
             ("attention", "full", "block-causal or hf-additive"),
             ("edit_ops", "indel", "substitute or levenshtein"),

@@ -163,6 +163,19 @@ pub struct Stats {
     pub antiloop: i64,
 }
 
+/// `model.forward` with a failure inside libtorch (a panic in tch: out of memory, a kernel error) turned into an
+/// error that names the forward, so a step fails cleanly instead of unwinding through the decoder. The cache
+/// may be left empty by such a failure (`Model::forward` takes it out while its layers run).
+pub(crate) fn guarded_forward(model: &dyn Denoiser, ids: &Tensor, start: i64, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(ids, start, cache, commit, mask))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let why = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown failure");
+            Err(Error::invalid("forward", format!("{:?} ids from position {start}", ids.size()), format!("libtorch failed: {why}")))
+        }
+    }
+}
+
 /// A forward's logits must be finite for the rules to mean anything: NaN or infinite values (a broken
 /// checkpoint, an overflowing dtype) fail the step with an error naming it, instead of deciding on garbage.
 pub(crate) fn check_finite(logits: &Tensor, step: i64, block: i64) -> Result<()> {
@@ -673,13 +686,18 @@ impl Decoder {
         let ids = Tensor::from_slice(&self.canvas[start as usize..be as usize]).view([1, -1]);
         let mask = self.attention_mask(ws);
         let tf = Instant::now();
-        let logits = model.forward(&ids, start, &mut self.cache, commit, mask)?;
+        let logits = guarded_forward(model, &ids, start, &mut self.cache, commit, mask).and_then(|l| check_finite(&l, plan.before.forwards, plan.cursor.block).map(|()| l));
         let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
-        if let Err(e) = check_finite(&logits, plan.before.forwards, plan.cursor.block) {
-            // The step fails as a whole: the cache keeps only what it held before the forward.
-            self.cache.truncate(start);
-            return Err(e);
-        }
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                // The step fails as a whole: the cache keeps at most what it held before the forward (a
+                // forward that failed inside libtorch leaves it empty).
+                self.cache.truncate(start);
+                self.committed = self.cache.len();
+                return Err(e);
+            }
+        };
         self.committed = start + commit;
         Ok(Some(self.apply(plan, &logits.get(0), forward_ms)))
     }
@@ -906,7 +924,7 @@ impl Decoder {
                 return Err(Error::invalid(
                     "position",
                     pos,
-                    format!("only positions of the current block {} ({}..{}) can be re-masked; rewind to go back", self.cursor.block, r.start, r.end),
+                    format!("only positions of the current block {} ({} to {}) can be re-masked; rewind to go back", self.cursor.block, r.start, r.end - 1),
                 ));
             }
         }
@@ -919,7 +937,7 @@ impl Decoder {
             return Err(Error::invalid(
                 "position",
                 pos,
-                format!("generated positions are {}..{} (the prompt is 0..{})", self.prompt_len, self.canvas.len(), self.prompt_len),
+                format!("generated positions are {} to {} (the prompt is 0 to {})", self.prompt_len, self.canvas.len() - 1, self.prompt_len - 1),
             ));
         }
         Ok(())
@@ -944,6 +962,12 @@ impl Decoder {
         }
         self.journal.push(Entry { before, writes, kind: EntryKind::Manual { what }, lev: None });
         Ok(())
+    }
+
+    /// The canvas positions whose distributions the last forward kept (`from..to`, end excluded): what
+    /// [`Decoder::top_k_at`] can answer. `None` when there was no forward since the decode started or rewound.
+    pub fn last_forward_span(&self) -> Option<std::ops::Range<i64>> {
+        self.last.as_ref().map(|l| l.from..l.from + l.dist.size()[0])
     }
 
     /// The `k` most likely tokens at `pos` under the last forward, and the probability there of the token now

@@ -27,6 +27,8 @@
 
 mod reward;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tch::Tensor;
@@ -34,7 +36,7 @@ use tch::Tensor;
 pub use reward::{Reward, RlPrompt, DEFAULT_TIMEOUT};
 
 use crate::config::Config;
-use crate::decode::{BatchDecoder, DecodeSettings, Rng};
+use crate::decode::{BatchDecoder, DecodeSettings, Rng, MAX_LENGTH};
 use crate::edit_likelihood::EditPlan;
 use crate::error::{Error, Result};
 use crate::likelihood::{self, Estimator, NoisePlan};
@@ -55,6 +57,16 @@ pub enum Trainable {
     /// LoRA adapters of `rank` with scale `alpha / rank` on the attention and feed-forward projections.
     Lora { rank: i64, alpha: f64 },
 }
+
+/// The largest LoRA rank `lora:R` accepts (above the hidden size of every LLaDA2.x model, where a LoRA stops
+/// being low-rank).
+pub const MAX_LORA_RANK: i64 = 4096;
+/// Rollouts (batch x group) one update may decode.
+pub const MAX_ROLLOUTS: usize = 4096;
+/// Inner epochs one update may run.
+pub const MAX_EPOCHS: usize = 100;
+/// Held-out prompts per task `rl eval N` may decode.
+pub const MAX_EVAL: usize = 1000;
 
 impl Trainable {
     /// `all`, `lm-head`, `layers:A-B` (B excluded) or `layers:A`, `lora:R` (alpha 2R) or `lora:R:ALPHA`.
@@ -78,7 +90,11 @@ impl Trainable {
             }
             ("lora", Some(a)) => {
                 let mut it = a.split(':');
-                let rank: i64 = it.next().and_then(|r| r.parse().ok()).filter(|r| *r >= 1).ok_or_else(|| bad("the rank is a positive integer"))?;
+                let rank: i64 = it
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .filter(|r| (1..=MAX_LORA_RANK).contains(r))
+                    .ok_or_else(|| bad(&format!("the rank is a whole number from 1 to {MAX_LORA_RANK}")))?;
                 let alpha = match it.next() {
                     Some(x) => x.parse().ok().filter(|a: &f64| a.is_finite() && *a > 0.0).ok_or_else(|| bad("alpha is a positive number"))?,
                     None => 2.0 * rank as f64,
@@ -289,11 +305,20 @@ impl RlConfig {
         if self.group < 2 {
             return bad("group", self.group.to_string(), "needs at least 2 rollouts per prompt (advantages compare a group)");
         }
+        if self.batch.saturating_mul(self.group) > MAX_ROLLOUTS {
+            return bad(
+                "batch x group",
+                format!("{} x {}", self.batch, self.group),
+                &format!("an update decodes at most {MAX_ROLLOUTS} rollouts (batch {} x group {} is {})", self.batch, self.group, self.batch.saturating_mul(self.group)),
+            );
+        }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad("temperature", self.temperature.to_string(), "must be > 0: with greedy decoding every rollout of a group is the same");
         }
-        if self.gen_length < 1 || self.block_length < 1 {
-            return bad("gen_length", format!("{} / block {}", self.gen_length, self.block_length), "lengths must be at least 1");
+        for (name, v) in [("gen_length", self.gen_length), ("block_length", self.block_length)] {
+            if !(1..=MAX_LENGTH).contains(&v) {
+                return bad(name, v.to_string(), &format!("must be from 1 to {MAX_LENGTH}"));
+            }
         }
         for (n, v) in [("eps_low", self.eps_low), ("eps_high", self.eps_high)] {
             if !(v > 0.0 && v < 1.0) {
@@ -303,8 +328,8 @@ impl RlConfig {
         if !(self.kl >= 0.0 && self.kl.is_finite()) {
             return bad("kl", self.kl.to_string(), "must be >= 0");
         }
-        if self.epochs == 0 {
-            return bad("epochs", "0".into(), "must be at least 1");
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return bad("epochs", self.epochs.to_string(), &format!("must be from 1 to {MAX_EPOCHS}"));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", self.lr.to_string(), "must be > 0");
@@ -452,6 +477,8 @@ pub struct Rl {
     opt: AdamW,
     reference: Option<Snapshot>,
     pub history: Vec<UpdateMetrics>,
+    /// Checked between rollouts of an epoch and between epochs: set, the update stops and is not applied.
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl Rl {
@@ -467,7 +494,7 @@ impl Rl {
         freeze_except(model, &params);
         let opt = AdamW::over(shallow(&params), (0.9, 0.999), config.weight_decay);
         let reference = (config.kl > 0.0).then(|| Snapshot::take(&params));
-        Ok(Rl { config, params, opt, reference, history: Vec::new() })
+        Ok(Rl { config, params, opt, reference, history: Vec::new(), interrupt: None })
     }
 
     pub fn config(&self) -> &RlConfig {
@@ -549,12 +576,26 @@ impl Rl {
         Ok((prompts, rollouts))
     }
 
-    /// One EBPO update (see the module documentation). On error the policy and optimizer are unchanged.
+    /// Makes [`Rl::update`] check `flag` between rollouts and epochs (a front-end's Ctrl-C or interrupt).
+    pub fn set_interrupt(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
+
+    fn check_interrupt(&self, at: &str) -> Result<()> {
+        match &self.interrupt {
+            Some(f) if f.load(Ordering::SeqCst) => Err(Error::Interrupted(format!("{at} of update {}; it was not applied and the policy is unchanged", self.history.len() + 1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// One EBPO update (see the module documentation). On error (or an interrupt) the policy and optimizer are
+    /// unchanged.
     pub fn update(&mut self, model: &Model, tok: &Tokenizer) -> Result<UpdateMetrics> {
         let t0 = Instant::now();
         let c = self.config.clone();
         let u = self.history.len();
         let (prompts, mut rollouts) = self.rollouts(model, tok, u)?;
+        self.check_interrupt("after the rollouts")?;
         let t_roll = t0.elapsed().as_secs_f64();
 
         let refs: Vec<&RlPrompt> = rollouts.iter().map(|r| &prompts[r.prompt]).collect();
@@ -599,6 +640,7 @@ impl Rl {
                 let (mut l_sum, mut k_sum, mut r_sum) = (0.0, 0.0, 0.0);
                 clipped = 0;
                 for (k, &i) in active.iter().enumerate() {
+                    self.check_interrupt(&format!("in epoch {} of {epochs}", epoch + 1))?;
                     let r = &rollouts[i];
                     let tl = Instant::now();
                     let new = plans[k].value(model, tok, c.block_length, r)?;

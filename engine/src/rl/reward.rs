@@ -127,14 +127,13 @@ fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -
         "prompt": p.text, "response": response, "task": p.task.map(Task::name), "answers": p.answers,
     })
     .to_string();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("could not start: {e}")))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Its own process group: the timeout and the clean-up reach whatever the command started, and the
+    // terminal's Ctrl-C goes to dllm, not to the reward.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| fail(format!("could not start: {e}")))?;
     let mut stdin = child.stdin.take().expect("piped");
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());
@@ -156,13 +155,15 @@ fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -
         match child.try_wait().map_err(|e| fail(e.to_string()))? {
             Some(s) => break s,
             None if start.elapsed() > timeout => {
-                let _ = child.kill();
+                kill_group(&mut child);
                 let _ = child.wait();
                 return Err(fail(format!("no answer within {:.1} s (timeout; `rl set reward_timeout S` allows more)", timeout.as_secs_f64())));
             }
             None => std::thread::sleep(Duration::from_millis(2)),
         }
     };
+    // What it left running in the background (`sleep 60 &`) would hold stdout open: it ends with the command.
+    kill_group(&mut child);
     let _ = writer.join();
     let out = reader.join().unwrap_or_default();
     let err = err_reader.join().unwrap_or_default();
@@ -176,4 +177,16 @@ fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -
         return Err(fail(format!("printed {v}, expected a finite number")));
     }
     Ok(v)
+}
+
+/// Kills the reward command's process group (the command and everything it started).
+fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
+        unsafe {
+            libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
 }

@@ -10,7 +10,7 @@ mod html;
 mod svg;
 mod text;
 
-use crate::value::{Cell, Value};
+use crate::value::{Cell, Table, Value};
 
 /// One value (or several) in every form a front-end may want.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +54,24 @@ pub fn render_all(vs: &[Value]) -> Bundle {
         json: serde_json::Value::Array(parts.iter().map(|b| b.json.clone()).collect()),
         svg: parts.iter().find_map(|b| b.svg.clone()),
     }
+}
+
+/// A data value that is a flat object (every field a number, string, bool or null) as a two-column table, so
+/// text and HTML show it like every other table; `None` for nested data (shown as JSON).
+pub(crate) fn data_table(title: &str, data: &serde_json::Value) -> Option<Table> {
+    let obj = data.as_object()?;
+    let mut rows = Vec::with_capacity(obj.len());
+    for (k, v) in obj {
+        let cell = match v {
+            serde_json::Value::Number(n) => n.as_i64().map(Cell::Int).or_else(|| n.as_f64().map(Cell::Float))?,
+            serde_json::Value::String(s) => Cell::Text(s.clone()),
+            serde_json::Value::Bool(b) => Cell::Bool(*b),
+            serde_json::Value::Null => Cell::Empty,
+            _ => return None,
+        };
+        rows.push(vec![Cell::Text(k.clone()), cell]);
+    }
+    Some(Table { title: title.to_string(), columns: vec!["name".into(), "value".into()], rows })
 }
 
 /// A float with 4 significant digits: 0.01235, 1.235, 1235, 123457 (large numbers keep their integer part);

@@ -1,5 +1,6 @@
-//! image/svg+xml: a line chart (axes, "nice" ticks with labels, light grid, legend, one polyline per series),
-//! 600x300, standalone (xmlns) so it works both as its own MIME type and embedded in HTML.
+//! image/svg+xml: a line chart (axes, "nice" ticks with labels, light grid, legend, one polyline per series with
+//! points, each with its own colour and dash pattern), 600x300, standalone (xmlns) so it works both as its own
+//! MIME type and embedded in HTML.
 //!
 //! Degenerate data must still draw: no series, no finite point, a single point, a flat line. Non-finite points
 //! are skipped, and every axis domain is widened to a non-zero span before any division.
@@ -82,11 +83,12 @@ impl Axis {
             .collect()
     }
 
-    /// Tick label with as many decimals as the step needs; extreme magnitudes fall back to exponent form.
+    /// Tick label with as many decimals as the step needs, so neighbouring ticks never read alike (0.99990,
+    /// 0.99992, ...); extreme magnitudes fall back to exponent form.
     fn label(&self, v: f64) -> String {
         let big = self.lo.abs().max(self.hi.abs());
-        if self.step >= 1e-4 && big < 1e6 {
-            let decimals = (-self.step.log10().floor()).clamp(0.0, 6.0) as usize;
+        if self.step >= 1e-9 && big < 1e6 {
+            let decimals = (-self.step.log10().floor()).clamp(0.0, 10.0) as usize;
             format!("{v:.decimals$}")
         } else {
             fmt_float(v)
@@ -94,13 +96,29 @@ impl Axis {
     }
 }
 
-/// Truncates a legend name so it fits the right margin.
-fn short(s: &str, max: usize) -> String {
+/// Characters of a legend line that fit the right margin.
+const LEGEND_CHARS: usize = 18;
+/// Dash patterns by series (the first solid), so a series drawn over an equal one leaves it visible.
+const DASHES: [&str; 4] = ["", "6 3", "2 3", "9 3 2 3"];
+
+/// A legend name in at most two lines that fit the right margin: broken at a space, the second line cut with
+/// `…` only if the name is longer than both.
+fn legend_lines(s: &str) -> Vec<String> {
     let s = one_line(s);
-    if s.chars().count() <= max {
-        s
-    } else {
-        s.chars().take(max - 1).chain(['…']).collect()
+    let cut = |t: &str| -> String {
+        if t.chars().count() <= LEGEND_CHARS {
+            t.to_string()
+        } else {
+            t.chars().take(LEGEND_CHARS - 1).chain(['…']).collect()
+        }
+    };
+    if s.chars().count() <= LEGEND_CHARS {
+        return vec![s];
+    }
+    let head: String = s.chars().take(LEGEND_CHARS + 1).collect();
+    match head.rfind(' ') {
+        Some(at) if at > 0 => vec![s[..at].to_string(), cut(s[at + 1..].trim_start())],
+        _ => vec![cut(&s)],
     }
 }
 
@@ -167,14 +185,18 @@ pub(super) fn chart(c: &Chart) -> String {
             (X0 + X1) / 2.0
         );
     }
-    // One polyline per series, always (even empty), so the count matches the legend.
-    for (i, pts) in finite.iter().enumerate() {
-        let col = PALETTE[i % PALETTE.len()];
+    // One polyline per series with points (a series without any has neither a line nor a legend entry). Each
+    // series keeps its colour and dash pattern by index, so the legend matches whatever is left out.
+    let style = |i: usize| (PALETTE[i % PALETTE.len()], DASHES[i % DASHES.len()]);
+    let dash_attr = |d: &str| if d.is_empty() { String::new() } else { format!(" stroke-dasharray=\"{d}\"") };
+    for (i, pts) in finite.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        let (col, dash) = style(i);
         let coords: Vec<(f64, f64)> = pts.iter().map(|(x, y)| (xa.map(*x, X0, X1), ya.map(*y, Y1, Y0))).collect();
         let list: Vec<String> = coords.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
         let _ = write!(
             s,
-            "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"1.8\" stroke-linejoin=\"round\" points=\"{}\"/>",
+            "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"1.8\" stroke-linejoin=\"round\"{} points=\"{}\"/>",
+            dash_attr(dash),
             list.join(" ")
         );
         if coords.len() <= MARKER_MAX {
@@ -183,26 +205,29 @@ pub(super) fn chart(c: &Chart) -> String {
             }
         }
     }
-    // Legend: as many entries as fit the right margin, then "+k more".
-    let fit = ((Y1 - Y0) / 16.0) as usize;
-    for (i, ser) in c.series.iter().enumerate().take(fit) {
-        let (y, col) = (Y0 + 8.0 + 16.0 * i as f64, PALETTE[i % PALETTE.len()]);
-        let lx = X1 + 14.0;
+    // Legend: the series with points, one or two lines each, as many as fit the right margin, then "+k more".
+    let shown: Vec<usize> = (0..c.series.len()).filter(|&i| !finite[i].is_empty()).collect();
+    let (lx, mut y, mut drawn) = (X1 + 14.0, Y0 + 8.0, 0);
+    for &i in &shown {
+        let lines = legend_lines(&c.series[i].name);
+        if y + 14.0 * (lines.len() - 1) as f64 > Y1 - 16.0 && drawn + 1 < shown.len() {
+            break;
+        }
+        let (col, dash) = style(i);
         let _ = write!(
             s,
-            "<line x1=\"{lx}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"{col}\" stroke-width=\"2.5\"/>",
-            lx + 18.0
+            "<line x1=\"{lx}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"{col}\" stroke-width=\"2.5\"{}/>",
+            lx + 18.0,
+            dash_attr(dash)
         );
-        let _ = write!(
-            s,
-            "<text x=\"{}\" y=\"{}\" fill=\"#222\">{}</text>",
-            lx + 24.0,
-            y + 4.0,
-            escape(&short(&ser.name, 18))
-        );
+        for (k, line) in lines.iter().enumerate() {
+            let _ = write!(s, "<text x=\"{}\" y=\"{}\" fill=\"#222\">{}</text>", lx + 24.0, y + 4.0 + 13.0 * k as f64, escape(line));
+        }
+        y += 13.0 * lines.len() as f64 + 6.0;
+        drawn += 1;
     }
-    if c.series.len() > fit {
-        let _ = write!(s, "<text x=\"{}\" y=\"{Y1}\" fill=\"#666\">+{} more</text>", X1 + 14.0, c.series.len() - fit);
+    if shown.len() > drawn {
+        let _ = write!(s, "<text x=\"{lx}\" y=\"{Y1}\" fill=\"#666\">+{} more</text>", shown.len() - drawn);
     }
     s.push_str("</svg>");
     s

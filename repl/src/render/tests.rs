@@ -166,7 +166,9 @@ fn chart_svg_is_well_formed_ish() {
     let svg = b.svg.unwrap();
     assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
     assert!(svg.ends_with("</svg>"));
-    assert_eq!(svg.matches("<polyline").count(), 3);
+    assert_eq!(svg.matches("<polyline").count(), 2, "no line for the empty series");
+    assert!(!svg.contains(">c</text>"), "and no legend entry");
+    assert!(svg.contains("stroke-dasharray"), "the second series is dashed, so it shows over an equal first one");
     assert!(svg.contains("p &lt;&amp;&gt; &quot;q&quot;"));
     assert_eq!(svg.matches('<').count(), svg.matches('>').count());
     assert!(b.plain.contains("a  n=50"));
@@ -185,7 +187,7 @@ fn degenerate_charts_have_no_nan() {
         vec![Series { name: "huge".into(), points: vec![(0.0, -f64::MAX), (1.0, f64::MAX)] }],
     ];
     for series in cases {
-        let n = series.len();
+        let n = series.iter().filter(|s| s.points.iter().any(|(x, y)| x.is_finite() && y.is_finite())).count();
         let b = render(&chart(series));
         let svg = b.svg.unwrap();
         assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
@@ -297,4 +299,26 @@ fn substitution_canvas_has_no_levenshtein_marks() {
     let b = render(&sample_canvas());
     assert!(!b.plain.contains("deleted") && !b.plain.contains('✂') && !b.html.contains("<del"));
     assert!(b.json.get("removed").is_none());
+}
+
+#[test]
+fn chart_ticks_read_apart_and_long_legends_wrap() {
+    // Probabilities that barely move: every y label distinct (they read "1.000, 1.0000, 0.9999, 0.9999" before).
+    let series = vec![
+        Series { name: "masks left in block".into(), points: (0..10).map(|i| (i as f64, 0.99990 + 1e-5 * i as f64)).collect() },
+        Series { name: "a very long series name that needs more than two lines".into(), points: vec![(0.0, 0.9999)] },
+    ];
+    let svg = render(&chart(series)).svg.unwrap();
+    let labels: Vec<&str> = svg
+        .split("text-anchor=\"end\" fill=\"#444\">")
+        .skip(1)
+        .map(|t| t.split('<').next().unwrap())
+        .collect();
+    assert!(labels.len() >= 3, "{labels:?}");
+    let mut unique = labels.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), labels.len(), "tick labels repeat: {labels:?}");
+    // The legend breaks at a space instead of cutting "masks left in blo…".
+    assert!(svg.contains(">masks left in</text>") && svg.contains(">block</text>"), "{svg}");
+    assert!(svg.contains("…</text>"), "a name longer than two lines is cut on the second");
 }

@@ -25,10 +25,13 @@ pub(super) fn render(v: &Value, ansi: bool) -> String {
         Value::Steps(s) => table(&s.table, ansi),
         Value::Canvas(c) => canvas(c, ansi),
         Value::Chart(c) => chart(c, ansi),
-        Value::Data { title, data } => {
-            let json = serde_json::to_string_pretty(data).unwrap_or_else(|_| data.to_string());
-            format!("{}\n{json}", paint(title, BOLD, ansi))
-        }
+        Value::Data { title, data } => match super::data_table(title, data) {
+            Some(t) => table(&t, ansi),
+            None => {
+                let json = serde_json::to_string_pretty(data).unwrap_or_else(|_| data.to_string());
+                format!("{}\n{json}", paint(title, BOLD, ansi))
+            }
+        },
     }
 }
 

@@ -20,6 +20,7 @@ use rustyline::history::FileHistory;
 use rustyline::{CompletionType, Config, EditMode, Editor};
 
 pub use helper::{find_command, setting_values, ReplHelper};
+pub use crate::script::{join_continuations, script_items, split_chain, split_commands, Item, ScriptLines};
 
 use crate::render::render_all;
 use crate::value::Value;
@@ -34,13 +35,6 @@ pub struct Options {
     pub keep_going: bool,
     /// Interactive mode: vi key bindings (also `DLLM_EDIT_MODE=vi`).
     pub vi: bool,
-}
-
-/// One command of a batch; `line` is its first line in a script or on stdin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Item {
-    pub command: String,
-    pub line: Option<usize>,
 }
 
 /// Exit status of a batch stopped by Ctrl-C (128 + SIGINT).
@@ -143,84 +137,6 @@ pub fn banner(src: &ModelSource) -> String {
 // ---------------------------------------------------------------------------------------------------------
 // Parsing command text
 
-/// `-c` text: commands separated by `;` or newlines outside double quotes (`\"` escapes inside them).
-pub fn split_commands(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let (mut quoted, mut chars) = (false, text.chars());
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if quoted => {
-                cur.push(c);
-                cur.extend(chars.next());
-            }
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            ';' | '\n' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out.into_iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty() && !c.starts_with('#')).collect()
-}
-
-/// The commands of a script read line by line: blank lines and `#` comments are skipped, and a line ending
-/// in `\` continues on the next (the command gets a newline there).
-pub struct ScriptLines<I> {
-    lines: I,
-    n: usize,
-}
-
-impl<I: Iterator<Item = io::Result<String>>> ScriptLines<I> {
-    pub fn new(lines: I) -> Self {
-        ScriptLines { lines, n: 0 }
-    }
-}
-
-impl<I: Iterator<Item = io::Result<String>>> Iterator for ScriptLines<I> {
-    type Item = io::Result<Item>;
-
-    fn next(&mut self) -> Option<io::Result<Item>> {
-        loop {
-            let mut text = match self.lines.next()? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(e)),
-            };
-            self.n += 1;
-            let first = self.n;
-            text.truncate(text.trim_end_matches('\r').len());
-            while text.ends_with('\\') {
-                text.pop();
-                text.push('\n');
-                match self.lines.next() {
-                    Some(Ok(l)) => {
-                        self.n += 1;
-                        text += l.trim_end_matches('\r');
-                    }
-                    Some(Err(e)) => return Some(Err(e)),
-                    None => break,
-                }
-            }
-            let t = text.trim();
-            if !t.is_empty() && !t.starts_with('#') {
-                return Some(Ok(Item { command: t.to_string(), line: Some(first) }));
-            }
-        }
-    }
-}
-
-/// The commands of a script's text.
-pub fn script_items(text: &str) -> Vec<Item> {
-    ScriptLines::new(text.lines().map(|l| Ok(l.to_string()))).filter_map(Result::ok).collect()
-}
-
-/// A line of the interactive editor with its `\`-newline continuations turned into newlines.
-pub fn join_continuations(buffer: &str) -> String {
-    buffer.replace("\\\r\n", "\n").replace("\\\n", "\n")
-}
-
 /// Whether a command line waits for the model (so the terminal shows the loading spinner first).
 pub fn needs_model(line: &str) -> bool {
     let word = line.split_whitespace().next().unwrap_or("");
@@ -246,6 +162,15 @@ pub fn run_items(session: &mut Session, items: impl IntoIterator<Item = io::Resu
     for item in items {
         let item = match item {
             Ok(i) => i,
+            // A line that is not UTF-8 fails like a command; the lines after it can still be read.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                print_error(&format!("{}: {e}; the line was skipped", name.unwrap_or("stdin")));
+                status = 1;
+                if opts.keep_going {
+                    continue;
+                }
+                return status;
+            }
             Err(e) => {
                 print_error(&format!("{}: {e}", name.unwrap_or("stdin")));
                 return 1;
@@ -415,18 +340,29 @@ pub fn interactive(source: ModelSource, opts: &Options) -> i32 {
                         let _ = rl.append_history(p);
                     }
                 }
-                if matches!(line, "exit" | "quit") {
-                    break;
-                }
-                if needs_model(line) && !session.model_ready() && !wait_for_model(&session, &flag) {
-                    print_error("interrupted while the model was loading (it goes on loading)");
-                    continue;
-                }
-                match session.execute(line) {
-                    Ok(values) => {
-                        let _ = print_values(&values, ansi);
+                // `a ; b ; c` runs in order and stops at the first command that fails (or is interrupted).
+                let chain = split_chain(line);
+                for (i, command) in chain.iter().enumerate() {
+                    if matches!(command.as_str(), "exit" | "quit") {
+                        println!();
+                        return 0;
                     }
-                    Err(e) => print_error(&e.to_string()),
+                    if needs_model(command) && !session.model_ready() && !wait_for_model(&session, &flag) {
+                        print_error("interrupted while the model was loading (it goes on loading)");
+                        break;
+                    }
+                    match session.execute(command) {
+                        Ok(values) => {
+                            let _ = print_values(&values, ansi);
+                        }
+                        Err(e) => {
+                            let rest = &chain[i + 1..];
+                            let skipped = if rest.is_empty() { String::new() } else { format!(" (not run: `{}`)", rest.join(" ; ")) };
+                            let at = if chain.len() > 1 { format!("`{command}`: ") } else { String::new() };
+                            print_error(&format!("{at}{e}{skipped}"));
+                            break;
+                        }
+                    }
                 }
                 if let Some(h) = rl.helper_mut() {
                     h.branches = session.branch_names();
@@ -448,29 +384,6 @@ pub fn interactive(source: ModelSource, opts: &Options) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_on_semicolons_outside_quotes() {
-        assert_eq!(split_commands("set gen_length 8; step 3 ;; canvas"), vec!["set gen_length 8", "step 3", "canvas"]);
-        assert_eq!(split_commands(r#"prompt "a; b"; step"#), vec![r#"prompt "a; b""#, "step"]);
-        assert_eq!(split_commands(r#"prompt "x\"; y"; run"#), vec![r#"prompt "x\"; y""#, "run"]);
-        assert_eq!(split_commands("step\n# note\nrun"), vec!["step", "run"]);
-        assert!(split_commands("  ; ").is_empty());
-    }
-
-    #[test]
-    fn scripts_skip_comments_and_join_continuations() {
-        let items = script_items("# setup\nset gen_length 8\n\nprompt a \\\n  b\r\n  step 2  \n");
-        assert_eq!(
-            items,
-            vec![
-                Item { command: "set gen_length 8".into(), line: Some(2) },
-                Item { command: "prompt a \n  b".into(), line: Some(4) },
-                Item { command: "step 2".into(), line: Some(6) },
-            ]
-        );
-        assert_eq!(join_continuations("prompt a\\\nb"), "prompt a\nb");
-    }
 
     #[test]
     fn model_commands_are_known() {

@@ -1,0 +1,118 @@
+//! A standing, seeded fuzz of the command language: command lines mutated from valid ones (numbers swapped for
+//! extremes, words dropped, doubled or moved to another command, bytes inserted, lines cut) run against one
+//! session on the embedded model. None may abort the process or reach the internal-error guard, and a command
+//! that fails must leave the session's observable state (settings, trace, branches, RL settings) as it was.
+//! Bounded and reproducible: a fixed number of lines from a fixed seed. `DLLM_FUZZ_LINES` runs more (for
+//! longer campaigns by hand).
+//!
+//! Left out on purpose: commands that write or read files (`load`, `save`, `open`, `source`, `export`,
+//! `rl save`), and `rl update` / `rl eval` (seconds each; their bounds are tested in session.rs).
+
+use dllm_repl::{ModelSource, Session};
+
+/// Valid lines the mutations start from.
+const SEEDS: &[&str] = &[
+    "help", "help step", "info", "prompt The capital of", "chat copy abc", "chat sort 3142", "chat order 3142",
+    "prompt-ids 10,11,12", "settings", "set threshold 0.8", "set gen_length 16", "set block_length 4",
+    "set edit_threshold 0.5", "set temperature 0.5", "set top_k 3", "set top_p 0.9", "set seed 7",
+    "set max_post_steps 4", "set num_to_transfer 2", "set fallback_steps 2", "set mbe_window 1", "preset Q",
+    "preset S", "step", "step 2", "run", "continue", "break step 3", "break token 5", "break low-confidence 0.5",
+    "break edit", "breaks", "delete 1", "delete all", "watch 5 6", "rewind 1", "rewind 0", "fork b",
+    "switch main", "switch b", "branches", "diff main b", "canvas", "gamma", "delta", "topk 5 3", "trace", "block",
+    "stats", "chart", "poke 20 a", "remask 20 21", "sweep threshold 0.5 0.9", "likelihood",
+    "likelihood stratified:4 -- copy ab => ab", "likelihood mc:3 seed=2 repeat=2", "rl show", "rl set batch 2",
+    "rl set group 2", "rl set epochs 2", "rl set trainable lora:4", "rl set estimator stratified:2",
+    "rl prompt copy ab => ab", "rl prompts", "rl snapshot s", "rl restore s", "rl stats", "redecode r",
+];
+
+/// Words that break parsers: extremes of every numeric type, non-numbers, quotes, separators, odd Unicode.
+const EXTREMES: &[&str] = &[
+    "0", "-1", "1", "-0", "1e300", "-1e300", "1e-300", "NaN", "nan", "inf", "-inf", "9223372036854775807",
+    "-9223372036854775808", "18446744073709551616", "4294967296", "2147483648", "0.5", "1.0000001", "x", "\"",
+    "\"a b", "\u{202e}", "ü", "\u{1F4A5}", "--", "=>", "all", "off", "auto", "lora:0", "stratified:0", "1,2,,3",
+    "-5,7", "b", "main",
+];
+
+/// xorshift64*: the test's only randomness.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+}
+
+fn mutate(line: &str, rng: &mut Rng) -> String {
+    let mut words: Vec<String> = line.split(' ').map(String::from).collect();
+    let pick = |rng: &mut Rng, words: &[String]| if words.len() > 1 { 1 + rng.below(words.len() - 1) } else { 0 };
+    match rng.below(7) {
+        0 => {
+            let i = pick(rng, &words);
+            words[i] = EXTREMES[rng.below(EXTREMES.len())].to_string();
+        }
+        1 => words.push(EXTREMES[rng.below(EXTREMES.len())].to_string()),
+        2 if words.len() > 1 => {
+            let i = pick(rng, &words);
+            words.remove(i);
+        }
+        3 => {
+            let i = rng.below(words.len());
+            words.insert(i, words[i].clone());
+        }
+        4 => {
+            // Another command's arguments.
+            let other = SEEDS[rng.below(SEEDS.len())];
+            words.truncate(1);
+            words.extend(other.split(' ').skip(1).map(String::from));
+        }
+        5 => {
+            let text = words.join(" ");
+            let at = text.char_indices().map(|(i, _)| i).nth(rng.below(text.chars().count().max(1))).unwrap_or(0);
+            let junk = ["\0", "\t", "\\", "\"", "\u{7f}", "\u{FEFF}", "é"][rng.below(7)];
+            return format!("{}{junk}{}", &text[..at], &text[at..]);
+        }
+        _ => {
+            let text = words.join(" ");
+            let n = rng.below(text.chars().count().max(1) + 1);
+            return text.chars().take(n).collect();
+        }
+    }
+    words.join(" ")
+}
+
+/// What a failed command must leave as it was.
+fn state(s: &mut Session) -> String {
+    let show = |s: &mut Session, line: &str| s.execute(line).map(|v| format!("{v:?}")).unwrap_or_else(|e| format!("error: {e}"));
+    ["settings", "trace", "branches", "breaks", "rl show", "rl prompts"].map(|c| show(s, c)).join("\n")
+}
+
+#[test]
+fn mutated_command_lines_never_abort_and_failures_change_nothing() {
+    let lines: usize = std::env::var("DLLM_FUZZ_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(500);
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
+    for setup in ["set gen_length 16", "set block_length 4", "chat sort 3142", "step"] {
+        s.execute(setup).unwrap();
+    }
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (mut failed, mut internal) = (0, Vec::new());
+    for n in 0..lines {
+        let seed = SEEDS[rng.below(SEEDS.len())];
+        // Half the lines run as written, so the session keeps moving through decodes, branches and RL state.
+        let line = if rng.below(2) == 0 { seed.to_string() } else { mutate(seed, &mut rng) };
+        let before = state(&mut s);
+        if let Err(e) = s.execute(&line) {
+            failed += 1;
+            let e = e.to_string();
+            if e.contains("internal error") {
+                internal.push(format!("{n}: `{line}`: {e}"));
+            }
+            let after = state(&mut s);
+            assert_eq!(before, after, "line {n} `{line}` failed ({e}) and changed the session");
+        }
+    }
+    assert!(internal.is_empty(), "internal errors:\n{}", internal.join("\n"));
+    assert!(failed > lines / 10, "the mutations should make many lines fail ({failed} of {lines})");
+}
