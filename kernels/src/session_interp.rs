@@ -8,8 +8,9 @@
 //! - An interrupt stops a stepping command between decoder steps (the session sets its own flag); the cell
 //!   then shows what ran and ends with an `Interrupted` error, so a notebook's queued cells are not run on a
 //!   state the person meant to stop. The model stays resident and the decoder consistent.
-//! - `NAME?` on a line of its own pages NAME's help (IPython's convention); completion, inspection and
-//!   is_complete come from `Session::commands()`, the table the REPL's `help` uses.
+//! - `NAME?` on a line of its own pages NAME's help (IPython's convention); inspection and is_complete come
+//!   from `Session::commands()`, the table the REPL's `help` uses; completion is the terminal's own function
+//!   (`dllm_repl::complete`).
 //!
 //! JSON: every value's JSON travels as `application/vnd.dllm.value+json`, kept in the notebook for programs to
 //! read. Never as `application/json`: JupyterLab ranks its JSON tree viewer above HTML, so a result carrying it
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dllm_repl::render::{render, render_all, Bundle};
+use dllm_repl::complete::find_command as find;
 use dllm_repl::script::script_items;
 use dllm_repl::value::Value as DValue;
 use dllm_repl::{Command, CommandError, ModelSource, Session};
@@ -65,9 +67,6 @@ impl Drop for SessionInterpreter {
     }
 }
 
-fn find(word: &str) -> Option<&'static Command> {
-    Session::commands().iter().find(|c| c.name == word || c.aliases.contains(&word))
-}
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
@@ -243,30 +242,15 @@ impl Interpreter for SessionInterpreter {
     }
 
     fn complete(&mut self, code: &str, cursor_pos: usize) -> Completion {
+        // The terminal's completion (`dllm_repl::complete`) on the line the cursor is in. Jupyter inserts the
+        // match itself, so the terminal's trailing "next argument" space is left out.
         let cursor = byte_offset(code, cursor_pos);
         let line_start = code[..cursor].rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let before = &code[line_start..cursor];
-        let word_start = before.rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
-        let word = &before[word_start..];
-        let earlier: Vec<&str> = before[..word_start].split_whitespace().collect();
-        let mut matches: Vec<String> = match earlier.as_slice() {
-            [] => Session::commands().iter().flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied())).map(String::from).collect(),
-            [cmd] => match find(cmd).map(|c| c.name) {
-                Some("set" | "sweep") => dllm_engine::decode::SETTINGS.iter().map(|(n, _)| n.to_string()).collect(),
-                Some("preset") => dllm_engine::decode::PRESETS.iter().map(|(n, _)| n.to_string()).collect(),
-                Some("break") => dllm_repl::BREAK_EVENTS.iter().map(|n| n.to_string()).collect(),
-                Some("help") => Session::commands().iter().map(|c| c.name.to_string()).collect(),
-                Some("switch" | "diff") => self.session.branch_names(),
-                Some("load" | "open" | "source" | "save" | "export") => paths(word),
-                _ => Vec::new(),
-            },
-            [cmd, _] if find(cmd).map(|c| c.name) == Some("diff") => self.session.branch_names(),
-            _ => Vec::new(),
-        };
-        matches.retain(|m| m.starts_with(word));
-        matches.sort();
+        let line_end = code[cursor..].find('\n').map(|i| cursor + i).unwrap_or(code.len());
+        let (start, candidates) = dllm_repl::complete::complete(&code[line_start..line_end], cursor - line_start, &self.session.branch_names());
+        let mut matches: Vec<String> = candidates.into_iter().map(|c| c.replacement.trim_end().to_string()).collect();
         matches.dedup();
-        Completion { matches, cursor_start: code_points(code, line_start + word_start), cursor_end: cursor_pos }
+        Completion { matches, cursor_start: code_points(code, line_start + start), cursor_end: cursor_pos }
     }
 
     fn inspect(&mut self, code: &str, cursor_pos: usize, _detail_level: u8) -> Option<MimeBundle> {
@@ -305,27 +289,6 @@ impl Interpreter for SessionInterpreter {
     }
 }
 
-/// File and folder names completing `partial` (folders end in `/`).
-fn paths(partial: &str) -> Vec<String> {
-    let (dir, prefix) = match partial.rfind('/') {
-        Some(i) => (&partial[..=i], &partial[i + 1..]),
-        None => ("", partial),
-    };
-    let Ok(entries) = std::fs::read_dir(if dir.is_empty() { "." } else { dir }) else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            if !name.starts_with(prefix) || (name.starts_with('.') && !prefix.starts_with('.')) {
-                return None;
-            }
-            let slash = if e.file_type().ok()?.is_dir() { "/" } else { "" };
-            Some(format!("{dir}{name}{slash}"))
-        })
-        .take(500)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +319,14 @@ mod tests {
         assert_eq!((c.matches[0].as_str(), c.cursor_start), ("canvas", 4));
         assert_eq!(i.complete("preset ", 7).matches.len(), dllm_engine::decode::PRESETS.len());
         assert_eq!(i.complete("break an", 8).matches, vec!["antiloop"]);
+        // What the terminal completes, the kernel completes (one function): RL subcommands and settings,
+        // estimators, setting values, the session's branches, commands after a `;`.
+        assert_eq!(i.complete("rl upd", 6).matches, vec!["update"]);
+        assert_eq!(i.complete("rl set eps_h", 12).matches, vec!["eps_high"]);
+        assert!(i.complete("likelihood mid", 14).matches.contains(&"midpoint:4".to_string()));
+        assert_eq!(i.complete("set edit_timing a", 17).matches, vec!["after-masks", "always"]);
+        assert!(i.complete("switch ma", 9).matches.is_empty(), "no branches before the first decode");
+        assert_eq!(i.complete("step 2 ; ca", 11).matches, vec!["canvas"]);
         done(i);
     }
 

@@ -5,6 +5,7 @@ mod commands;
 mod parse;
 mod persist;
 mod research;
+pub mod complete;
 pub mod script;
 pub mod render;
 mod session;

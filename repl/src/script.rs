@@ -38,6 +38,22 @@ fn split(text: &str, newlines: bool) -> Vec<String> {
     out.into_iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty() && !c.starts_with('#')).collect()
 }
 
+/// Where the last command of a line starts: the byte after its last `;` outside double quotes (0 if none).
+/// Completion uses it to find the command the cursor is in.
+pub fn last_command_start(line: &str) -> usize {
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => start = i + 1,
+            _ => {}
+        }
+    }
+    start
+}
+
 /// `-c` text: commands separated by `;` or newlines outside double quotes.
 pub fn split_commands(text: &str) -> Vec<String> {
     split(text, true)
