@@ -254,3 +254,32 @@ fn output_commands_end_quietly_when_the_reader_goes_away() {
     assert!(!stderr.contains("panicked") && !stderr.contains("failed printing"), "{stderr}");
     assert_eq!(out.stdout.len(), 100);
 }
+
+#[test]
+fn rl_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint() {
+    // kill -9 at spread-out moments of `rl save DIR` over an existing checkpoint: DIR is always a complete,
+    // loadable checkpoint (the old version or the new one, swapped in one atomic exchange), never missing.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("policy");
+    let t = target.to_str().unwrap();
+    ok(&["--device", "cpu", "-c", &format!("rl save {t}")]);
+    for i in 0..10u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dllm"))
+            .args(["--device", "cpu", "-c", &format!("rl save {t}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100 + 70 * i));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            assert!(target.join(f).is_file(), "kill {i}: {f} missing");
+        }
+        ok(&["info", "--model", t, "--device", "cpu"]);
+    }
+    // A save that completes clears what the killed ones left beside DIR.
+    ok(&["--device", "cpu", "-c", &format!("rl save {t}")]);
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["policy"], "temporaries left: {left:?}");
+}
