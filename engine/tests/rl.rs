@@ -262,3 +262,57 @@ fn settings_parse_and_bad_values_change_nothing() {
     assert_eq!(advantages(&[1.0, 1.0]), vec![0.0, 0.0]);
     assert_eq!(Reward::parse("regex ^1+$").unwrap().score(&[&p, &p], &["111".into(), "12".into()]).unwrap(), vec![1.0, 0.0]);
 }
+
+#[test]
+fn an_interrupted_update_is_not_applied_and_redoing_it_gives_the_same_weights() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut c = order_config("all");
+    c.epochs = 2; // more pieces to stop between
+    // Reference: two updates, uninterrupted.
+    let mut l = builtin();
+    let mut reference = Rl::new(&mut l.model, c.clone()).unwrap();
+    reference.update(&l.model, &l.tokenizer).unwrap();
+    reference.update(&l.model, &l.tokenizer).unwrap();
+    let want = bytes(reference.params());
+
+    let mut l = builtin();
+    let mut rl = Rl::new(&mut l.model, c).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    rl.set_interrupt(flag.clone());
+    rl.update(&l.model, &l.tokenizer).unwrap();
+    let after_one = bytes(rl.params());
+    // Interrupt update 2 at spread-out moments (after its rollouts, inside its epochs): each time nothing
+    // changes, and the update can be run again.
+    let mut interrupted = 0;
+    for delay_ms in [0u64, 150, 400, 800] {
+        flag.store(delay_ms == 0, Ordering::SeqCst);
+        let setter = (delay_ms > 0).then(|| {
+            let f = flag.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                f.store(true, Ordering::SeqCst);
+            })
+        });
+        let r = rl.update(&l.model, &l.tokenizer);
+        if let Some(t) = setter {
+            t.join().unwrap();
+        }
+        match r {
+            Err(dllm_engine::Error::Interrupted(why)) => {
+                interrupted += 1;
+                assert!(why.contains("update 2") && why.contains("not applied"), "{why}");
+                assert_eq!(bytes(rl.params()), after_one, "an interrupted update changed the weights");
+                assert_eq!(rl.history.len(), 1);
+            }
+            Ok(_) => break, // finished before the flag was set: update 2 is done
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(interrupted >= 1, "at least the immediate interrupt stops the update");
+    flag.store(false, Ordering::SeqCst);
+    while rl.history.len() < 2 {
+        rl.update(&l.model, &l.tokenizer).unwrap();
+    }
+    assert_eq!(bytes(rl.params()), want, "redone after interrupts, update 2 gives the uninterrupted weights");
+}

@@ -47,7 +47,7 @@ pub static TABLE: &[Command] = &[
     cmd!("preset", [], "preset NAME", "Apply a named preset (Q, S, llada2.0, sglang, diffusers, llada2.2, sglang-indel)",
         "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources. Loading a model with DELETE / SPLIT tokens\n(LLaDA2.2) applies llada2.2 unless a preset or setting was chosen; Levenshtein presets are refused\nfor models without them.\n\nExamples:\n  preset S\n  preset", false, preset),
     cmd!("step", ["s"], "step [N]", "Run N forward passes (default 1) and show Gamma and Delta",
-        "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. Ctrl-C stops between steps.\n\nExamples:\n  step\n  step 5", true, step),
+        "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. An interrupt (Ctrl-C in the terminal, the\nInterrupt button in Jupyter) stops it between steps.\n\nExamples:\n  step\n  step 5", true, step),
     cmd!("run", ["r"], "run", "Decode to the end",
         "Steps until the decode finishes (breakpoints are ignored; use `continue` to stop at them).", true, run),
     cmd!("continue", ["c"], "continue", "Step until a breakpoint fires or the decode ends",

@@ -363,7 +363,7 @@ impl Session {
         let mut stop = None;
         for _ in 0..n {
             if self.interrupt.load(Ordering::SeqCst) {
-                stop = Some("interrupted (Ctrl-C): the decoder is between steps and consistent".to_string());
+                stop = Some("interrupted: the decoder is between steps and consistent".to_string());
                 break;
             }
             let Some(mut r) = d.step(&l.model)? else {

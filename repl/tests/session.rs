@@ -689,3 +689,56 @@ fn the_edit_likelihood_shows_its_parts_on_a_llada22_model_and_is_refused_elsewhe
     ok(&mut s, "rl set estimator edit:2:0.2");
     assert!(text(&ok(&mut s, "rl show")).contains("edit:2:0.2"));
 }
+
+#[test]
+fn a_run_interrupted_at_any_moment_goes_on_to_the_same_decode() {
+    // An interrupt from another thread (Ctrl-C, the kernel's interrupt_request) at spread-out moments of `run`:
+    // the decoder stops between steps, and running on gives exactly the uninterrupted decode.
+    let setup = |s: &mut Session| {
+        ok(s, "set gen_length 48");
+        ok(s, "set threshold 0.9");
+        ok(s, "prompt-ids 10,11,12");
+    };
+    // What must not depend on where the run was cut: every step's Gamma and Delta, the counts, the canvas.
+    let outcome = |s: &mut Session| {
+        let st = ok(s, "stats");
+        let d = &st[0]["data"];
+        let counts = ["forwards", "unmasked", "edits", "fallbacks", "tokens"].map(|k| d[k].clone());
+        let canvas = ok(s, "canvas");
+        let ids: Vec<Json> = canvas[0]["cells"].as_array().unwrap().iter().map(|c| c["id"].clone()).collect();
+        let trace = ok(s, "trace");
+        let steps: Vec<Json> = trace[0]["reports"].as_array().unwrap().iter().map(|r| Json::Array(vec![r["gamma"].clone(), r["delta"].clone()])).collect();
+        (counts, ids, steps)
+    };
+    let mut reference = session();
+    setup(&mut reference);
+    ok(&mut reference, "run");
+    let want = outcome(&mut reference);
+    assert!(want.2.len() > 5, "a decode long enough to cut");
+    let mut stopped = 0;
+    for delay_ms in [0u64, 2, 10, 40, 120] {
+        let mut s = session();
+        setup(&mut s);
+        let flag = s.interrupt_flag();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut out = text(&ok(&mut s, "run"));
+        setter.join().unwrap();
+        if out.contains("interrupted") {
+            stopped += 1;
+        }
+        for _ in 0..5 {
+            if out.contains("the decode has finished") {
+                break;
+            }
+            // The flag belongs to the command it arrived during; whatever is left runs now.
+            s.interrupt_flag().store(false, std::sync::atomic::Ordering::SeqCst);
+            out = text(&ok(&mut s, "run"));
+        }
+        assert!(out.contains("the decode has finished"), "{out}");
+        assert_eq!(outcome(&mut s), want, "interrupted after {delay_ms} ms");
+    }
+    assert!(stopped >= 1, "at least one run was stopped part-way");
+}
