@@ -138,8 +138,9 @@ pub fn write_random_checkpoint(config: &Config, init: RandomInit, dir: &Path, op
     checkpoint::write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())
 }
 
-/// Writes `model`'s weights and config.json into `dir` (the tokenizer is the caller's). LoRA adapters, if
-/// attached, are written merged into their weights.
+/// Writes `model`'s weights and then config.json into `dir` (the tokenizer is the caller's), each atomically;
+/// config.json last, so a folder with a config has its weights. LoRA adapters, if attached, are written merged
+/// into their weights.
 pub fn write_checkpoint(model: &Model, dir: &Path, opts: SaveOptions) -> Result<()> {
     let tensors = model.merged_variables();
     checkpoint::save(&tensors, dir, opts)?;

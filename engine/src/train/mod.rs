@@ -357,12 +357,14 @@ impl Trainer {
         Ok((masked, visible, ids, Tensor::from_slice(&targets).view([b as i64, nl as i64])))
     }
 
-    /// Writes the model (config.json, model.safetensors in the official per-expert layout, tokenizer.json) to
-    /// `dir`, each file atomically.
+    /// Writes the model (tokenizer.json, model.safetensors in the official per-expert layout, then config.json)
+    /// to `dir`, each file atomically. config.json, which makes a folder a checkpoint, comes last: a run killed
+    /// while writing its first checkpoint leaves `dir` without one (not a checkpoint yet), never a config whose
+    /// weights or tokenizer are missing; later checkpoints replace only the weights (the rest does not change).
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        crate::presets::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })?;
-        checkpoint::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json.as_bytes())
+        checkpoint::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json.as_bytes())?;
+        crate::presets::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })
     }
 
     /// A resumable checkpoint `out/train/step-NNNNNN` (model, optimiser state, state.json), written into a
