@@ -550,50 +550,38 @@ fn a_levenshtein_batch_decodes_each_row_exactly_as_alone() {
     }
 }
 
-#[test]
-fn nan_logits_fail_the_step_naming_it_and_change_nothing() {
-    let broken = Cell::new(false);
-    let broken = std::rc::Rc::new(broken);
-    let b2 = broken.clone();
-    let m = Scripted::new(move |_, pos, _| if b2.get() { vec![(5, f32::NAN)] } else { vec![(10 + pos, 0.9)] });
+/// Steps once on a sound model, then once while its forward is broken (`broken` gives what the script lists
+/// then, or panics as tch does on a libtorch error): the step fails with an error saying all of `says`, nothing
+/// changes, and the decode goes on once the model is sound again. For both decoding loops.
+fn a_broken_forward_fails_the_step_alone(broken: impl Fn() -> Vec<(i64, f32)> + 'static, says: &[&str]) {
+    let is_broken = std::rc::Rc::new(Cell::new(false));
+    let flag = is_broken.clone();
+    let m = Scripted::new(move |_, pos, _| if flag.get() { broken() } else { vec![(10 + pos, 0.9)] });
     for preset in ["llada2.2", "S"] {
         let mut s = DecodeSettings::official(6);
         s.apply_preset(preset).unwrap();
         s.block_length = 4;
         let mut d = decoder(&[7], s, &m);
-        broken.set(false);
+        is_broken.set(false);
         step(&mut d, &m);
         let (canvas, cursor, steps) = (d.canvas().to_vec(), d.cursor(), d.reports().count());
-        broken.set(true);
+        is_broken.set(true);
         let e = d.step(&m).unwrap_err().to_string();
-        assert!(e.contains("step 1 (block 0)") && e.contains("NaN or infinite logits"), "{preset}: {e}");
+        assert!(says.iter().all(|w| e.contains(w)), "{preset}: {e}");
         assert_eq!((d.canvas(), d.cursor(), d.reports().count()), (&canvas[..], cursor, steps), "{preset}: nothing changed");
-        broken.set(false);
+        is_broken.set(false);
         d.run(&m).unwrap();
         assert!(d.is_finished(), "{preset}: the decode goes on once the model is sound");
     }
 }
 
 #[test]
+fn nan_logits_fail_the_step_naming_it_and_change_nothing() {
+    a_broken_forward_fails_the_step_alone(|| vec![(5, f32::NAN)], &["step 1 (block 0)", "NaN or infinite logits"]);
+}
+
+#[test]
 fn a_forward_that_fails_inside_libtorch_fails_the_step_and_changes_nothing() {
-    let broken = std::rc::Rc::new(Cell::new(false));
-    let b2 = broken.clone();
     // tch panics on a libtorch error (out of memory, a kernel failure): the step must turn it into an error.
-    let m = Scripted::new(move |_, pos, _| if b2.get() { panic!("CUDA out of memory (simulated)") } else { vec![(10 + pos, 0.9)] });
-    for preset in ["llada2.2", "S"] {
-        let mut s = DecodeSettings::official(6);
-        s.apply_preset(preset).unwrap();
-        s.block_length = 4;
-        let mut d = decoder(&[7], s, &m);
-        broken.set(false);
-        step(&mut d, &m);
-        let (canvas, cursor, steps) = (d.canvas().to_vec(), d.cursor(), d.reports().count());
-        broken.set(true);
-        let e = d.step(&m).unwrap_err().to_string();
-        assert!(e.contains("forward") && e.contains("libtorch failed: CUDA out of memory (simulated)"), "{preset}: {e}");
-        assert_eq!((d.canvas(), d.cursor(), d.reports().count()), (&canvas[..], cursor, steps), "{preset}: nothing changed");
-        broken.set(false);
-        d.run(&m).unwrap();
-        assert!(d.is_finished(), "{preset}: the decode goes on");
-    }
+    a_broken_forward_fails_the_step_alone(|| panic!("CUDA out of memory (simulated)"), &["forward", "libtorch failed: CUDA out of memory (simulated)"]);
 }

@@ -100,17 +100,10 @@ impl BatchDecoder {
             let mask = BlockMask { block_length: b, kind: settings.attention, bidirectional_from: None };
             let tf = Instant::now();
             let (first, plan) = &active[0];
-            let logits = super::stepper::guarded_forward(model, &ids, start, &mut self.cache, commit, mask)
-                .and_then(|l| super::stepper::check_finite(&l, self.rows[*first].cursor().forwards, plan.cursor.block).map(|()| l));
+            let step = (self.rows[*first].cursor().forwards, plan.cursor.block);
+            let logits = super::stepper::step_forward(model, &ids, (start, commit), &mut self.cache, mask, step);
+            let logits = logits.inspect_err(|_| self.committed = self.cache.len())?;
             let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
-            let logits = match logits {
-                Ok(l) => l,
-                Err(e) => {
-                    self.cache.truncate(start);
-                    self.committed = self.cache.len();
-                    return Err(e);
-                }
-            };
             self.committed = start + commit;
             let mut out = Vec::with_capacity(active.len());
             for (i, plan) in active {

@@ -166,7 +166,7 @@ pub struct Stats {
 /// `model.forward` with a failure inside libtorch (a panic in tch: out of memory, a kernel error) turned into an
 /// error that names the forward, so a step fails cleanly instead of unwinding through the decoder. The cache
 /// may be left empty by such a failure (`Model::forward` takes it out while its layers run).
-pub(crate) fn guarded_forward(model: &dyn Denoiser, ids: &Tensor, start: i64, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor> {
+fn guarded_forward(model: &dyn Denoiser, ids: &Tensor, start: i64, cache: &mut KvCache, commit: i64, mask: BlockMask) -> Result<Tensor> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(ids, start, cache, commit, mask))) {
         Ok(r) => r,
         Err(panic) => {
@@ -176,9 +176,27 @@ pub(crate) fn guarded_forward(model: &dyn Denoiser, ids: &Tensor, start: i64, ca
     }
 }
 
+/// A decoder's forward, all or nothing: [`guarded_forward`] then [`check_finite`] (for `step` of `block`). On
+/// error the cache keeps at most what it held before (truncated to `start`); the caller's count of committed
+/// positions is then `cache.len()`.
+pub(crate) fn step_forward(
+    model: &dyn Denoiser,
+    ids: &Tensor,
+    (start, commit): (i64, i64),
+    cache: &mut KvCache,
+    mask: BlockMask,
+    (step, block): (i64, i64),
+) -> Result<Tensor> {
+    let logits = guarded_forward(model, ids, start, cache, commit, mask).and_then(|l| check_finite(&l, step, block).map(|()| l));
+    if logits.is_err() {
+        cache.truncate(start);
+    }
+    logits
+}
+
 /// A forward's logits must be finite for the rules to mean anything: NaN or infinite values (a broken
 /// checkpoint, an overflowing dtype) fail the step with an error naming it, instead of deciding on garbage.
-pub(crate) fn check_finite(logits: &Tensor, step: i64, block: i64) -> Result<()> {
+fn check_finite(logits: &Tensor, step: i64, block: i64) -> Result<()> {
     if logits.isfinite().all().int64_value(&[]) == 1 {
         return Ok(());
     }
@@ -686,18 +704,10 @@ impl Decoder {
         let ids = Tensor::from_slice(&self.canvas[start as usize..be as usize]).view([1, -1]);
         let mask = self.attention_mask(ws);
         let tf = Instant::now();
-        let logits = guarded_forward(model, &ids, start, &mut self.cache, commit, mask).and_then(|l| check_finite(&l, plan.before.forwards, plan.cursor.block).map(|()| l));
+        let logits = step_forward(model, &ids, (start, commit), &mut self.cache, mask, (plan.before.forwards, plan.cursor.block));
+        // The step fails as a whole (a forward that failed inside libtorch leaves the cache empty).
+        let logits = logits.inspect_err(|_| self.committed = self.cache.len())?;
         let forward_ms = tf.elapsed().as_secs_f64() * 1e3;
-        let logits = match logits {
-            Ok(l) => l,
-            Err(e) => {
-                // The step fails as a whole: the cache keeps at most what it held before the forward (a
-                // forward that failed inside libtorch leaves it empty).
-                self.cache.truncate(start);
-                self.committed = self.cache.len();
-                return Err(e);
-            }
-        };
         self.committed = start + commit;
         Ok(Some(self.apply(plan, &logits.get(0), forward_ms)))
     }

@@ -43,15 +43,17 @@ pub(super) fn render(v: &Value, svg: Option<&str>) -> String {
             Some(s) => format!("<div>{s}</div>"),
             None => format!("<div>{}</div>", escape(&c.title)),
         },
-        Value::Data { title, data } if super::data_table(title, data).is_some() => table(&super::data_table(title, data).expect("checked")),
-        Value::Data { title, data } => {
-            let json = serde_json::to_string_pretty(data).unwrap_or_else(|_| data.to_string());
-            format!(
-                "<div style=\"{FONT}\"><div style=\"font-weight:bold\">{}</div><pre style=\"margin:2px 0\">{}</pre></div>",
-                escape(title),
-                escape(&json)
-            )
-        }
+        Value::Data { title, data } => match super::data_table(title, data) {
+            Some(t) => table(&t),
+            None => {
+                let json = serde_json::to_string_pretty(data).unwrap_or_else(|_| data.to_string());
+                format!(
+                    "<div style=\"{FONT}\"><div style=\"font-weight:bold\">{}</div><pre style=\"margin:2px 0\">{}</pre></div>",
+                    escape(title),
+                    escape(&json)
+                )
+            }
+        },
     }
 }
 
