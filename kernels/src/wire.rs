@@ -161,14 +161,14 @@ impl Message {
         };
         // Check the signature before parsing anything an attacker controls.
         signer.verify(&sig, [&h, &p, &m, &c])?;
-        let json = |name: &'static str, b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| WireError::BadJson(name, e.to_string()));
         let header: Header = serde_json::from_slice(&h).map_err(|e| WireError::BadJson("header", e.to_string()))?;
-        let parent_header = json("parent_header", &p)?;
-        let metadata = json("metadata", &m)?;
-        let content = json("content", &c)?;
-        if !content.is_object() {
-            return Err(WireError::BadJson("content", "not an object".into()));
-        }
+        // From here on the message is authentic and has a type, so its sender waits for a reply: frames that do
+        // not parse do not drop it. A parent header or metadata that is not a JSON object reads as `{}` (we
+        // only echo them); content that is not JSON becomes a string saying so, and content of the wrong shape
+        // stays as it is, so parsing the request fails with a reason the error reply carries.
+        let object = |b: &[u8]| serde_json::from_slice::<Value>(b).ok().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
+        let (parent_header, metadata) = (object(&p), object(&m));
+        let content = serde_json::from_slice::<Value>(&c).unwrap_or_else(|e| Value::String(format!("content that is not JSON ({e})")));
         Ok(Message { identities: frames, header, parent_header, metadata, content, buffers: it.collect() })
     }
 
@@ -319,8 +319,11 @@ mod tests {
         let frames = |h: &[u8], c: &[u8]| vec![DELIMITER.to_vec(), vec![], h.to_vec(), b"{}".to_vec(), b"{}".to_vec(), c.to_vec()];
         assert!(Message::from_frames(frames(b"{not json", b"{}"), &s).is_err());
         assert!(Message::from_frames(frames(b"{}", b"{}"), &s).is_err()); // header without msg_type
-        assert!(Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"[1]"), &s).is_err());
-        assert!(Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"\xff\xfe"), &s).is_err());
+        // An authentic message with a type is kept whatever its content, so that its sender gets an error reply.
+        let m = Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"[1]"), &s).unwrap();
+        assert_eq!(m.content, serde_json::json!([1]));
+        let m = Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"\xff\xfe"), &s).unwrap();
+        assert!(m.content.as_str().unwrap().starts_with("content that is not JSON"), "{:?}", m.content);
         assert!(Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"{}"), &s).is_ok());
     }
 

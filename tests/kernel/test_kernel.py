@@ -189,6 +189,110 @@ class DllmKernelBehaviour(unittest.TestCase):
         self.run_cell("set gen_length 32\nset threshold 0.95")
 
 
+class DllmKernelWire(unittest.TestCase):
+    """Malformed traffic on the shell and control sockets (bad signatures, broken JSON, wrong content, unknown
+    types, missing or extra frames, random bytes, a huge cell) is dropped or answered with an error reply; the
+    kernel goes on serving a real client afterwards. Seeded (DLLM_WIRE_SEED), so a failure can be replayed."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.km, cls.kc = jupyter_client.manager.start_new_kernel(kernel_name=KERNEL_NAME)
+        # The raw messages' own session: message ids are `session_pid_count`, so sharing the client's session id
+        # would give a raw message the id of a later client request.
+        cls.session = jupyter_client.session.Session(key=cls.km.session.key, signature_scheme=cls.km.session.signature_scheme)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.kc.stop_channels()
+        cls.km.shutdown_kernel()
+
+    def raw_socket(self, channel: str):
+        import zmq
+
+        info = self.km.get_connection_info()
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"{info['transport']}://{info['ip']}:{info[channel + '_port']}")
+        return sock
+
+    def frames(self, rng, msg_type: str, content) -> list[bytes]:
+        """A signed message of `msg_type` whose content is `content` (any JSON value, or raw bytes)."""
+        session = self.session
+        header = session.pack(session.msg_header(msg_type))
+        body = content if isinstance(content, bytes) else json.dumps(content).encode()
+        parts = [header, b"{}", b"{}", body]
+        return [b"<IDS|MSG>", session.sign(parts)] + parts
+
+    def mutations(self, rng):
+        """(what, frames, a reply is due) for one malformed message."""
+        cases = []
+        for msg_type, content in [
+            ("execute_request", {"code": 123, "silent": False}),
+            ("execute_request", {"silent": "yes"}),
+            ("execute_request", ["not", "an", "object"]),
+            ("complete_request", {"code": "se", "cursor_pos": -5}),
+            ("complete_request", {"code": "se", "cursor_pos": 10**30}),
+            ("inspect_request", {"code": None, "cursor_pos": 0}),
+            ("history_request", {"hist_access_type": 7}),
+            ("is_complete_request", {}),
+            ("comm_info_request", {"target_name": ["x"]}),
+            ("kernel_info_request", {"extra": "field"}),
+            ("frobnicate_request", {}),
+        ]:
+            cases.append((f"{msg_type} {json.dumps(content)[:40]}", self.frames(rng, msg_type, content), msg_type.endswith("_request")))
+        good = self.frames(rng, "kernel_info_request", {})
+        cases.append(("bad signature", good[:1] + [b"0" * 64] + good[2:], False))
+        cases.append(("no signature frame", good[:1] + good[2:], False))
+        cases.append(("no delimiter", good[1:], False))
+        cases.append(("header only", good[:3], False))
+        cases.append(("broken header JSON", self.frames_with_header(b"{not json"), False))
+        cases.append(("content not JSON", self.frames(rng, "execute_request", b"\xff\xfe{"), True))
+        cases.append(("extra buffers", good + [b"buffer"] * 3, True))
+        for i in range(20):
+            n = rng.randrange(1, 7)
+            cases.append((f"random frames {i}", [rng.randbytes(rng.randrange(0, 200)) for _ in range(n)], False))
+        big = "set threshold 0.9 # " + "x" * (1 << 20)
+        cases.append(("a 1 MiB cell", self.frames(rng, "execute_request", {"code": big, "silent": False}), True))
+        return cases
+
+    def frames_with_header(self, header: bytes) -> list[bytes]:
+        session = self.session
+        parts = [header, b"{}", b"{}", b"{}"]
+        return [b"<IDS|MSG>", session.sign(parts)] + parts
+
+    def test_malformed_messages_never_stop_the_kernel(self) -> None:
+        import random
+
+        import zmq
+
+        seed = int(os.environ.get("DLLM_WIRE_SEED", "7"))
+        rng = random.Random(seed)
+        for channel in ("shell", "control"):
+            sock = self.raw_socket(channel)
+            try:
+                for what, frames, reply_due in self.mutations(rng):
+                    sock.send_multipart(frames)
+                    if reply_due and sock.poll(30_000, zmq.POLLIN):
+                        reply = sock.recv_multipart()
+                        self.assertIn(b"<IDS|MSG>", reply, f"{channel}: {what} (seed {seed})")
+                        at = reply.index(b"<IDS|MSG>")
+                        header, parent = json.loads(reply[at + 2]), json.loads(reply[at + 3])
+                        self.assertTrue(header["msg_type"].endswith("_reply"), f"{channel}: {what}: {header}")
+                        self.assertEqual(parent["msg_id"], json.loads(frames[2])["msg_id"], f"{channel}: the reply to {what}")
+                    elif reply_due:
+                        self.fail(f"{channel}: no reply to {what} (seed {seed})")
+                    self.assertTrue(self.km.is_alive(), f"{channel}: the kernel died on {what} (seed {seed})")
+            finally:
+                sock.close()
+        # A real client still gets served, with the session state the valid cells made.
+        outs: list[dict] = []
+        r = self.kc.execute_interactive("set threshold 0.8\nsettings", output_hook=outs.append, timeout=60)
+        self.assertEqual(r["content"]["status"], "ok")
+        text = [m for m in outs if m["msg_type"] == "execute_result"][0]["content"]["data"]["text/plain"]
+        self.assertIn("0.8", text)
+        self.assertEqual(self.kc.kernel_info(reply=True, timeout=30)["content"]["status"], "ok")
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie waiting for a reaper has exited)."""
     try:
