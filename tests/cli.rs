@@ -256,6 +256,47 @@ fn output_commands_end_quietly_when_the_reader_goes_away() {
 }
 
 #[test]
+fn save_killed_at_any_moment_leaves_the_old_or_the_new_session() {
+    // kill -9 at spread-out moments of a process that decodes and then saves over an existing session file:
+    // FILE always opens, as the old session or the new one (written beside it, then renamed over it).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.json");
+    let f = file.to_str().unwrap();
+    let cmd = format!("set gen_length 48; chat reverse abcdef; run; fork b; rewind 2; save {f}");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_dllm"))
+            .args(["--device", "cpu", "-c", &cmd])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The kills spread over the time a whole run takes here (the debug binary under load is slow).
+    let started = std::time::Instant::now();
+    assert!(spawn().wait().unwrap().success());
+    let whole = started.elapsed();
+    ok(&["--device", "cpu", "-c", &format!("chat copy abc; run; save {f}")]);
+    let mut kept_new = 0;
+    for i in 5..=12u32 {
+        let mut child = spawn();
+        std::thread::sleep(whole * i / 10); // from half the time a run takes to after its end
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let now = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("kill {i}: {f} missing: {e}"));
+        let out = ok(&["--device", "cpu", "-c", &format!("open {f}; branches")]);
+        assert!(out.contains("main"), "kill {i}: {out}");
+        let session: serde_json::Value = serde_json::from_str(&now).unwrap();
+        if session["branches"].get("b").is_some() {
+            kept_new += 1;
+            ok(&["--device", "cpu", "-c", &format!("chat copy abc; run; save {f}")]); // back to the old one
+        }
+    }
+    assert!(kept_new >= 1, "every kill came before the save: the test did not test it");
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| n == "s.json" || n.starts_with(".s.json.tmp")), "only hidden temporaries of killed saves beside FILE: {left:?}");
+}
+
+#[test]
 fn rl_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint() {
     // kill -9 at spread-out moments of `rl save DIR` over an existing checkpoint: DIR is always a complete,
     // loadable checkpoint (the old version or the new one, swapped in one atomic exchange), never missing.
