@@ -25,6 +25,9 @@ pub struct TrainArgs {
     /// Override the preset's seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Override how often (in steps) a resumable checkpoint is written to OUT/train.
+    #[arg(long)]
+    checkpoint_every: Option<i64>,
     /// Start over even if OUT/train holds a checkpoint (default: resume from it).
     #[arg(long)]
     fresh: bool,
@@ -46,6 +49,12 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     if let Some(s) = a.seed {
         cfg.seed = s;
+    }
+    if let Some(n) = a.checkpoint_every {
+        if n <= 0 {
+            bail!("--checkpoint-every must be positive, got {n}");
+        }
+        cfg.checkpoint_every = n;
     }
     if let Some(t) = a.threads {
         if t <= 0 {

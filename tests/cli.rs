@@ -297,6 +297,43 @@ fn save_killed_at_any_moment_leaves_the_old_or_the_new_session() {
 }
 
 #[test]
+fn train_killed_at_any_moment_resumes_to_the_same_weights() {
+    // kill -9 at spread-out moments of `dllm train`, resumed after each kill: OUT is never a config without
+    // its files, every checkpoint left is complete, and the run ends with the weights of an uninterrupted one.
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &str| -> Vec<String> {
+        ["train", "--preset", "smoke", "--steps", "12", "--checkpoint-every", "3", "--threads", "1", "--json", "--out", out].map(String::from).to_vec()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let started = std::time::Instant::now();
+    ok(&args(a.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = started.elapsed();
+    let mut kills_mid_run = 0;
+    for i in 1..=6u32 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dllm"))
+            .args(args(b.to_str().unwrap()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole * i / 8);
+        let _ = child.kill(); // SIGKILL
+        kills_mid_run += usize::from(!child.wait().unwrap().success());
+        if b.join("config.json").exists() {
+            for f in ["model.safetensors", "tokenizer.json"] {
+                assert!(b.join(f).is_file(), "kill {i}: config.json without {f}");
+            }
+            ok(&["info", "--model", b.to_str().unwrap(), "--device", "cpu"]);
+        }
+    }
+    assert!(kills_mid_run >= 3, "only {kills_mid_run} kills came before the run ended");
+    let out = ok(&args(b.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.lines().count() <= 12, "the last run resumed instead of starting over: {} steps", out.lines().count());
+    let weights = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(weights(&a) == weights(&b), "a run killed and resumed ends with other weights than an uninterrupted one");
+}
+
+#[test]
 fn rl_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint() {
     // kill -9 at spread-out moments of `rl save DIR` over an existing checkpoint: DIR is always a complete,
     // loadable checkpoint (the old version or the new one, swapped in one atomic exchange), never missing.
