@@ -10,7 +10,7 @@
 #
 # Usage: scripts/rl-edit-vs-elbo.sh [MODEL] [TASK] [UPDATES]
 #   MODEL    checkpoint folder or embedded model (default builtin:tiny-2.2)
-#   TASK     a task of the suite (default order: the one whose drafts DELETE / INSERT realign)
+#   TASK     a task of the suite (default rle: the length task whose mixed drafts DELETE / INSERT repair)
 #   UPDATES  EBPO updates per arm (default 40)
 # Environment: DLLM (binary, default target/release/dllm), DEVICE (default cpu), HELD (held-out instances, 200),
 #   SEED (0), LR (1e-4), TRAINABLE (all), ELBO (stratified:4:anti), EDIT (edit:4:0.1), OUT (target/rl-edit-vs-elbo),
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-builtin:tiny-2.2}
-TASK=${2:-order}
+TASK=${2:-rle}
 UPDATES=${3:-40}
 DLLM=${DLLM:-target/release/dllm}
 DEVICE=${DEVICE:-cpu}

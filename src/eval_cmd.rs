@@ -14,8 +14,8 @@ use crate::model_cmds::ModelArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Comma-separated tasks (copy, reverse, sort, add, order, dedup, expand), `all`, `2.1` (the first five) or
-    /// `edit` (dedup, expand).
+    /// Comma-separated tasks (copy, reverse, sort, add, order, dedup, expand, rle), `all`, `2.1` (the first
+    /// five) or `edit` (the length tasks: dedup, expand, rle).
     #[arg(long, default_value = "all")]
     pub tasks: String,
     /// Decoding preset (Q, S, llada2.0, llada2.2, sglang, sglang-indel, diffusers); eos_early_stop stays on

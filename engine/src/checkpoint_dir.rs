@@ -56,7 +56,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("builtin:tiny", "LLaDA2.1 tiny (1.76M parameters), trained by `dllm train --preset tiny` on the five 2.1 tasks"),
     (
         "builtin:tiny-2.2",
-        "LLaDA2.2 tiny (block routing, DELETE / SPLIT), trained by `dllm train --preset tiny-2.2` on all seven tasks with Levenshtein T2T",
+        "LLaDA2.2 tiny (block routing, DELETE / SPLIT), trained by `dllm train --preset tiny-2.2` on all eight tasks with Levenshtein T2T",
     ),
 ];
 

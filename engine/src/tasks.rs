@@ -14,6 +14,7 @@
 //! | order | `order ` + digits | ascending OR descending: AMBIGUOUS, both accepted, 50/50 in training |
 //! | dedup | `dedup ` + letters in runs (`aabccc`) | one letter per run (`abc`) |
 //! | expand | `expand ` + letter-count pairs (`a3b1c2`) | the runs written out (`aaabcc`) |
+//! | rle | `rle ` + letters in runs (`aabccc`) | letter-count pairs, every count (`a2b1c3`) OR the 1s left out (`a2bc3`): AMBIGUOUS in LENGTH, both accepted, 50/50 in training |
 //!
 //! `order` is where parallel drafting breaks: a confident model is split between two answers, so positions
 //! drafted in the same step can come from different answers; token editing repairs the mix.
@@ -22,7 +23,11 @@
 //! the token at answer position i depends on counting runs (dedup) or summing counts (expand) before it, so a
 //! parallel draft that miscounts by one duplicates or drops a letter and shifts everything after it. A
 //! substitution can only repair that by rewriting every later token; a DELETE or an INSERT repairs it in one
-//! edit. [`TASKS`] is the LLaDA2.1 suite `builtin:tiny` was trained on; [`ALL_TASKS`] adds the length tasks.
+//! edit. `rle` is `order`'s ambiguity with lengths that differ: its two answers part at the first run of
+//! one letter and are shifted by one from there on, so a draft that takes some positions from each answer
+//! has a letter or a count too many or too few (`a2bcc3`), which one DELETE or INSERT repairs and
+//! substitution repairs only by rewriting the rest. [`TASKS`] is the LLaDA2.1 suite `builtin:tiny` was
+//! trained on; [`ALL_TASKS`] adds the length tasks.
 //!
 //! Lengths: letters and digits strings have 3..=8 characters at the base level and 9..=10 at the hard level
 //! (1 in 8 instances); additions use 1..=3 digit numbers. The train split and the held-out split draw from the
@@ -43,16 +48,17 @@ pub enum Task {
     Order,
     Dedup,
     Expand,
+    Rle,
 }
 
 /// The LLaDA2.1 suite (what `builtin:tiny` was trained on), in table order.
 pub const TASKS: [Task; 5] = [Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Order];
 
 /// The length tasks, where Levenshtein editing (DELETE / INSERT) repairs what substitution cannot cheaply.
-pub const EDIT_TASKS: [Task; 2] = [Task::Dedup, Task::Expand];
+pub const EDIT_TASKS: [Task; 3] = [Task::Dedup, Task::Expand, Task::Rle];
 
 /// Every task, in table order (`all` in task lists).
-pub const ALL_TASKS: [Task; 7] = [Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Order, Task::Dedup, Task::Expand];
+pub const ALL_TASKS: [Task; 8] = [Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Order, Task::Dedup, Task::Expand, Task::Rle];
 
 /// The longest answer of `expand` (answer and EOS fill the 16 generated tokens).
 const EXPAND_MAX: usize = 15;
@@ -98,6 +104,7 @@ impl Task {
             Task::Order => "order",
             Task::Dedup => "dedup",
             Task::Expand => "expand",
+            Task::Rle => "rle",
         }
     }
 
@@ -124,7 +131,7 @@ impl Task {
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         match self {
             Task::Expand => text.strip_prefix("expand ").and_then(parse_runs).is_some(),
-            Task::Copy | Task::Reverse | Task::Dedup => {
+            Task::Copy | Task::Reverse | Task::Dedup | Task::Rle => {
                 text.strip_prefix(self.name()).and_then(|r| r.strip_prefix(' ')).is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()))
             }
             Task::Sort | Task::Order => text.strip_prefix(self.name()).and_then(|r| r.strip_prefix(' ')).is_some_and(digits),
@@ -134,7 +141,7 @@ impl Task {
 
     /// Whether the task has several correct answers.
     pub fn is_ambiguous(self) -> bool {
-        self == Task::Order
+        matches!(self, Task::Order | Task::Rle)
     }
 
     /// A random instance.
@@ -191,6 +198,18 @@ impl Task {
                 }
                 (format!("expand {pairs}"), vec![answer])
             }
+            Task::Rle => {
+                // 2-6 runs, each of one letter (half of them) or 2-4: the answer with every count has at most 12
+                // characters.
+                let k = 2 + below(rng, 5);
+                let letters = distinct_runs(rng, k);
+                let runs: Vec<(char, usize)> =
+                    letters.into_iter().map(|c| (c, if below(rng, 2) == 0 { 1 } else { 2 + below(rng, 3) })).collect();
+                let text: String = runs.iter().map(|&(c, n)| c.to_string().repeat(n)).collect();
+                let (every, short) = (run_length(&runs, false), run_length(&runs, true));
+                let answers = if every == short { vec![every] } else { vec![every, short] };
+                (format!("rle {text}"), answers)
+            }
         };
         Example { task: self, text, answers }
     }
@@ -204,6 +223,10 @@ impl Task {
             Task::Sort => arg("sort ").is_some_and(|s| response == sorted(&s, false)),
             Task::Order => arg("order ").is_some_and(|s| response == sorted(&s, false) || response == sorted(&s, true)),
             Task::Dedup => arg("dedup ").is_some_and(|s| response == dedup(&s)),
+            Task::Rle => arg("rle ").is_some_and(|s| {
+                let runs = runs_of(&s);
+                !runs.is_empty() && (response == run_length(&runs, false) || response == run_length(&runs, true))
+            }),
             Task::Expand => arg("expand ").and_then(|s| parse_runs(&s)).is_some_and(|runs| {
                 response == runs.iter().map(|&(c, n)| c.to_string().repeat(n)).collect::<String>()
             }),
@@ -247,6 +270,23 @@ fn dedup(s: &str) -> String {
     let mut c: Vec<char> = s.chars().collect();
     c.dedup();
     c.into_iter().collect()
+}
+
+/// The runs of equal characters of `s`, as (character, count).
+fn runs_of(s: &str) -> Vec<(char, usize)> {
+    let mut runs: Vec<(char, usize)> = Vec::new();
+    for c in s.chars() {
+        match runs.last_mut() {
+            Some((last, n)) if *last == c => *n += 1,
+            _ => runs.push((c, 1)),
+        }
+    }
+    runs
+}
+
+/// Runs written as letter-count pairs (`a2b1c3`); `short` leaves out the counts of 1 (`a2bc3`).
+fn run_length(runs: &[(char, usize)], short: bool) -> String {
+    runs.iter().map(|&(c, n)| if short && n == 1 { c.to_string() } else { format!("{c}{n}") }).collect()
 }
 
 /// `a3b1c2` as (letter, count) pairs: lowercase letters each followed by one digit 1-9.
@@ -298,6 +338,10 @@ mod tests {
         assert!(Task::Expand.verify("expand a3b1c2", "aaabcc"));
         assert!(!Task::Expand.verify("expand a3b1c2", "aaaabcc") && !Task::Expand.verify("expand a3b1c2", "aabcc"));
         assert!(!Task::Expand.verify("expand a3b", "aaab") && !Task::Expand.verify("expand a0", ""), "malformed runs never verify");
+        assert!(Task::Rle.verify("rle aabccc", "a2b1c3") && Task::Rle.verify("rle aabccc", "a2bc3"));
+        assert!(!Task::Rle.verify("rle aabccc", "a2bcc3") && !Task::Rle.verify("rle aabccc", "a2b1c"), "a mix of both answers is wrong");
+        assert!(!Task::Rle.verify("rle abdb", "a1bd1b1") && !Task::Rle.verify("rle ", ""), "one answer or the other, never a mix; empty input never verifies");
+        assert!(Task::Rle.verify("rle aabb", "a2b2"));
     }
 
     #[test]
@@ -315,7 +359,7 @@ mod tests {
                 assert!(ex.text.chars().all(|c| ALPHABET.contains(c)), "{ex:?}");
             }
             let hard = a.iter().filter(|e| e.task != Task::Add && e.answers[0].len() >= 9).count();
-            if task != Task::Add && task != Task::Expand {
+            if !matches!(task, Task::Add | Task::Expand | Task::Rle) {
                 assert!((15..=70).contains(&hard), "{task:?}: about 1 in 8 instances at the hard level, got {hard}/300");
             }
         }
@@ -327,6 +371,12 @@ mod tests {
         assert!(d.iter().filter(|e| e.text.len() - "dedup ".len() > e.answers[0].len()).count() > 250, "most dedup inputs hold a run");
         let order = instances(Task::Order, 1, 100);
         assert!(order.iter().filter(|e| e.answers.len() == 2).count() > 90, "order is ambiguous");
+        let rle = instances(Task::Rle, 1, 300);
+        let two = rle.iter().filter(|e| e.answers.len() == 2).count();
+        assert!((220..=280).contains(&two), "most rle instances have a run of one letter, so two answers: {two}/300");
+        for ex in rle.iter().filter(|e| e.answers.len() == 2) {
+            assert!(ex.task.recognises(&ex.text) && ex.answers[0].len() > ex.answers[1].len(), "the answers differ in length: {ex:?}");
+        }
     }
 
     #[test]
@@ -357,10 +407,10 @@ mod tests {
     #[test]
     fn task_names_parse() {
         assert_eq!(Task::parse_list("copy,add").unwrap(), vec![Task::Copy, Task::Add]);
-        assert_eq!(Task::parse_list("all").unwrap().len(), 7);
+        assert_eq!(Task::parse_list("all").unwrap().len(), 8);
         assert_eq!(Task::parse_list("2.1").unwrap(), TASKS);
         assert_eq!(Task::parse_list("edit").unwrap(), EDIT_TASKS);
         let e = Task::from_name("mul").unwrap_err().to_string();
-        assert!(e.contains("known tasks: copy, reverse, sort, add, order, dedup, expand"), "{e}");
+        assert!(e.contains("known tasks: copy, reverse, sort, add, order, dedup, expand, rle"), "{e}");
     }
 }

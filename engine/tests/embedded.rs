@@ -1,6 +1,6 @@
 //! The embedded models (engine/assets/tiny and tiny-2.2, trained by `dllm train --preset tiny` / `tiny-2.2`):
 //! fixed lower bounds on a fixed held-out set, the teaching claim of the ambiguous task (editing repairs parallel
-//! drafts), and the LLaDA2.2 model's (DELETE and INSERT realign what substitution leaves).
+//! drafts), and the LLaDA2.2 model's (DELETE and INSERT repair what substitution leaves, on `rle` and `order`).
 
 use dllm_engine::decode::{DecodeSettings, Editing};
 use dllm_engine::eval::{evaluate, EvalOptions, EvalReport};
@@ -57,8 +57,17 @@ fn the_llada22_model_decodes_the_held_out_tasks_with_levenshtein_edits() {
     tch::set_num_threads(1);
     let r = eval_on("builtin:tiny-2.2", &ALL_TASKS, 40, settings("llada2.2"));
     // Bounds just under what the shipped model scores on these 40 instances (100% on copy, reverse, sort, add
-    // and expand, 72.5% order, 97.5% dedup; docs/training.md has the 250-instance numbers).
-    let bounds = [("copy", 0.975), ("reverse", 0.975), ("sort", 0.975), ("add", 0.95), ("order", 0.65), ("dedup", 0.925), ("expand", 0.975)];
+    // and expand, 77.5% order, 97.5% dedup, 87.5% rle; docs/training.md has the 250-instance numbers).
+    let bounds = [
+        ("copy", 0.975),
+        ("reverse", 0.975),
+        ("sort", 0.975),
+        ("add", 0.95),
+        ("order", 0.725),
+        ("dedup", 0.95),
+        ("expand", 0.975),
+        ("rle", 0.825),
+    ];
     for (task, bound) in bounds {
         assert!(accuracy(&r, task) >= bound, "{task}: {:.3} < {bound}\n{r:#?}", accuracy(&r, task));
     }
@@ -67,16 +76,19 @@ fn the_llada22_model_decodes_the_held_out_tasks_with_levenshtein_edits() {
 #[test]
 fn delete_and_insert_repair_what_substitution_leaves() {
     tch::set_num_threads(1);
-    // `order`: a parallel draft takes digits from both answers, and a mixed draft is often one answer shifted
-    // by a slot, which DELETE + INSERT realign and substitution cannot. (The model drafts `dedup` and `expand`
-    // right in length, so they show no gain: docs/training.md.)
-    let tasks = [Task::Order];
-    let lev = eval_on("builtin:tiny-2.2", &tasks, 250, settings("llada2.2"));
-    let mut s = settings("llada2.2");
-    s.set("edit_ops", "substitute").unwrap();
-    let sub = eval_on("builtin:tiny-2.2", &tasks, 250, s);
-    // Measured on these 250 instances: 76.0% with DELETE / INSERT, 62.0% by substitution only.
-    assert!(lev.accuracy - sub.accuracy >= 0.08, "Levenshtein {:.3}, substitution {:.3}", lev.accuracy, sub.accuracy);
-    assert!(lev.deletions > 0.3 && lev.insertions > 0.3, "the gain comes from DELETE and INSERT: {lev:#?}");
-    assert_eq!((sub.deletions, sub.insertions), (0.0, 0.0));
+    // `rle` has two right answers one place apart after the first run of one letter (`o4r1x1m2`, `o4rxm2`): a
+    // parallel draft that takes positions from both holds a letter twice or nowhere, which one DELETE or INSERT
+    // repairs and substitution only by rewriting the rest. `order`'s mixed drafts are often one answer shifted by
+    // a slot. (The model drafts `dedup` and `expand` right in length, so they show little: docs/training.md.)
+    // Measured on these 250 instances, with DELETE / INSERT against substitution only: rle 85.6% against 72.8%
+    // (the goal is +10 points), order 83.6% against 69.6%.
+    for (task, gain) in [(Task::Rle, 0.10), (Task::Order, 0.08)] {
+        let lev = eval_on("builtin:tiny-2.2", &[task], 250, settings("llada2.2"));
+        let mut s = settings("llada2.2");
+        s.set("edit_ops", "substitute").unwrap();
+        let sub = eval_on("builtin:tiny-2.2", &[task], 250, s);
+        assert!(lev.accuracy - sub.accuracy >= gain, "{task:?}: Levenshtein {:.3}, substitution {:.3}", lev.accuracy, sub.accuracy);
+        assert!(lev.deletions > 0.3 && lev.insertions > 0.3, "{task:?}: the gain comes from DELETE and INSERT: {lev:#?}");
+        assert_eq!((sub.deletions, sub.insertions), (0.0, 0.0));
+    }
 }

@@ -72,7 +72,7 @@ const TINY22_STEPS: i64 = 6000;
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", "the embedded model: tiny shape (1.7M parameters), M2T + T2T + MTF, 4,000 steps of 128 sequences"),
     ("m2t", "the control: as tiny, but M2T only (no T2T stream, no MTF)"),
-    ("tiny-2.2", "the embedded LLaDA2.2 model: tiny-2.2 shape (block routing, DELETE / SPLIT), M2T + Levenshtein T2T + MTF, all seven tasks"),
+    ("tiny-2.2", "the embedded LLaDA2.2 model: tiny-2.2 shape (block routing, DELETE / SPLIT), M2T + Levenshtein T2T + MTF, all eight tasks"),
     ("smoke", "a test run: micro shape, 300 steps of 32 sequences, copy and reverse"),
     ("smoke-2.2", "a test run: micro-2.2 shape, 300 steps of 32 sequences, copy and dedup, Levenshtein T2T"),
 ];
@@ -106,7 +106,7 @@ impl TrainConfig {
                 steps: TINY22_STEPS,
                 task_mix: vec![
                     Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Add, Task::Add, Task::Order, Task::Order,
-                    Task::Dedup, Task::Dedup, Task::Dedup, Task::Expand,
+                    Task::Dedup, Task::Dedup, Task::Expand, Task::Rle, Task::Rle,
                 ],
                 ..base
             }),
