@@ -164,11 +164,16 @@ impl Message {
         let header: Header = serde_json::from_slice(&h).map_err(|e| WireError::BadJson("header", e.to_string()))?;
         // From here on the message is authentic and has a type, so its sender waits for a reply: frames that do
         // not parse do not drop it. A parent header or metadata that is not a JSON object reads as `{}` (we
-        // only echo them); content that is not JSON becomes a string saying so, and content of the wrong shape
-        // stays as it is, so parsing the request fails with a reason the error reply carries.
+        // only echo them); content that is not a JSON object becomes a string saying so (an array would
+        // otherwise deserialise into a request's fields by position), so parsing the request fails with a
+        // reason the error reply carries.
         let object = |b: &[u8]| serde_json::from_slice::<Value>(b).ok().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
         let (parent_header, metadata) = (object(&p), object(&m));
-        let content = serde_json::from_slice::<Value>(&c).unwrap_or_else(|e| Value::String(format!("content that is not JSON ({e})")));
+        let content = match serde_json::from_slice::<Value>(&c) {
+            Ok(v) if v.is_object() => v,
+            Ok(_) => Value::String("content that is not a JSON object".into()),
+            Err(e) => Value::String(format!("content that is not JSON ({e})")),
+        };
         Ok(Message { identities: frames, header, parent_header, metadata, content, buffers: it.collect() })
     }
 
@@ -321,7 +326,7 @@ mod tests {
         assert!(Message::from_frames(frames(b"{}", b"{}"), &s).is_err()); // header without msg_type
         // An authentic message with a type is kept whatever its content, so that its sender gets an error reply.
         let m = Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"[1]"), &s).unwrap();
-        assert_eq!(m.content, serde_json::json!([1]));
+        assert_eq!(m.content, serde_json::json!("content that is not a JSON object"));
         let m = Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"\xff\xfe"), &s).unwrap();
         assert!(m.content.as_str().unwrap().starts_with("content that is not JSON"), "{:?}", m.content);
         assert!(Message::from_frames(frames(br#"{"msg_id":"1","msg_type":"x"}"#, b"{}"), &s).is_ok());

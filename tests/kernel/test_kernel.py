@@ -230,6 +230,7 @@ class DllmKernelWire(unittest.TestCase):
             ("execute_request", {"code": 123, "silent": False}),
             ("execute_request", {"silent": "yes"}),
             ("execute_request", ["not", "an", "object"]),
+            ("execute_request", ["set threshold 0.1", False]),
             ("complete_request", {"code": "se", "cursor_pos": -5}),
             ("complete_request", {"code": "se", "cursor_pos": 10**30}),
             ("inspect_request", {"code": None, "cursor_pos": 0}),

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A long fuzz campaign of the command language (docs/reliability.md): the standing fuzz of repl/tests/fuzz.rs
+# run with many more lines, once per seed, one seed per core, in the release profile. Any abort, internal error
+# or failing line that changed the session fails its seed; the log names the line (replay it with that seed).
+#
+# Usage: scripts/fuzz.sh [LINES_PER_SEED] [FIRST_SEED] [SEEDS]
+#   defaults: 200000 lines per seed, seeds 1..4 (docs/reliability.md has the measured speed)
+# Logs: target/fuzz/seed-S.log; the summary is printed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES=${1:-200000}
+FIRST=${2:-1}
+SEEDS=${3:-4}
+OUT=target/fuzz
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1
+# Build the test binary once; the seeds then run it side by side.
+cargo test --release -p dllm-repl --test fuzz --no-run
+pids=()
+for s in $(seq "$FIRST" $((FIRST + SEEDS - 1))); do
+  DLLM_FUZZ_LINES=$LINES DLLM_FUZZ_SEED=$s cargo test --release -q -p dllm-repl --test fuzz >"$OUT/seed-$s.log" 2>&1 &
+  pids+=("$!:$s")
+done
+failed=0
+for p in "${pids[@]}"; do
+  if wait "${p%%:*}"; then echo "seed ${p#*:}: $LINES lines, clean"; else echo "seed ${p#*:}: FAILED (see $OUT/seed-${p#*:}.log)"; failed=1; fi
+done
+exit $failed
