@@ -328,7 +328,8 @@ fn train_killed_at_any_moment_resumes_to_the_same_weights() {
     }
     assert!(kills_mid_run >= 3, "only {kills_mid_run} kills came before the run ended");
     let out = ok(&args(b.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.lines().count() <= 12, "the last run resumed instead of starting over: {} steps", out.lines().count());
+    // A run that starts over prints 12 step lines (the summary goes to stderr); one that resumes prints fewer.
+    assert!(out.lines().count() < 12, "the last run started over instead of resuming: {out}");
     let weights = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
     assert!(weights(&a) == weights(&b), "a run killed and resumed ends with other weights than an uninterrupted one");
 }
