@@ -85,6 +85,21 @@ pub fn bundle(values: &[DValue]) -> MimeBundle {
     m
 }
 
+/// A progress display: the values' HTML (and JSON) for notebooks, and one line of text/plain (`… step 3: block
+/// 2, |Gamma| 4, ...`: the first line of each value but the canvas) for a front-end that prints text and ignores
+/// display updates (jupyter console prints the first progress display as it comes, then the result, so a whole
+/// canvas there would be noise).
+fn progress_bundle(values: &[DValue]) -> MimeBundle {
+    let lines: Vec<String> = values
+        .iter()
+        .filter(|v| !matches!(v, DValue::Canvas(_)))
+        .filter_map(|v| render(v).plain.lines().next().map(str::to_string))
+        .collect();
+    let mut b = bundle(values);
+    b.insert("text/plain".into(), Value::String(format!("… {}", lines.join(" · "))));
+    b
+}
+
 fn command_help(c: &Command) -> MimeBundle {
     let aliases = if c.aliases.is_empty() { String::new() } else { format!("\naliases: {}", c.aliases.join(", ")) };
     let help = if c.help.is_empty() { String::new() } else { format!("\n\n{}", c.help) };
@@ -211,9 +226,9 @@ impl Interpreter for SessionInterpreter {
             let mut shown = false;
             let result = self.session.execute_with_progress(command, &mut |values: &[DValue]| {
                 if shown {
-                    ctx.update_display(bundle(values), &progress_id);
+                    ctx.update_display(progress_bundle(values), &progress_id);
                 } else {
-                    ctx.display_with_id(bundle(values), &progress_id);
+                    ctx.display_with_id(progress_bundle(values), &progress_id);
                     shown = true;
                 }
             });

@@ -175,6 +175,20 @@ class DllmKernelBehaviour(unittest.TestCase):
         self.assertTrue(self.km.is_alive())
         self.run_cell("set gen_length 32\nset threshold 0.95")
 
+    def test_progress_is_one_line_of_text(self) -> None:
+        # jupyter console prints a progress display's text/plain as it comes and ignores the updates: one line,
+        # not a canvas. Notebooks get the HTML.
+        reply, outs = self.run_cell("chat copy abcdef\nrun")
+        self.assertEqual(reply["content"]["status"], "ok")
+        progress = [m for m in outs if m["msg_type"] in ("display_data", "update_display_data")
+                    and m["content"]["transient"].get("display_id", "").startswith("dllm-progress")]
+        self.assertTrue(progress, [m["msg_type"] for m in outs])
+        first = progress[0]["content"]["data"]
+        self.assertRegex(first["text/plain"], r"^… step \d+: block \d+, .*masks left")
+        self.assertNotIn("\n", first["text/plain"])
+        self.assertIn("<", first["text/html"])
+        self.assertEqual(progress[-1]["content"]["data"]["text/plain"], "", "the display empties when the command ends")
+
     def test_sigint_interrupts_too(self) -> None:
         self.run_cell("set gen_length 2048\nset threshold 1.0\nprompt The capital of France is")
         msg_id = self.kc.execute("run")
