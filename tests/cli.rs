@@ -255,6 +255,16 @@ fn output_commands_end_quietly_when_the_reader_goes_away() {
     assert_eq!(out.stdout.len(), 100);
 }
 
+/// `dllm ARGS` started in the background with its output discarded (the kill -9 tests).
+fn spawn_quiet(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_dllm"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn save_killed_at_any_moment_leaves_the_old_or_the_new_session() {
     // kill -9 at spread-out moments of a process that decodes and then saves over an existing session file:
@@ -263,14 +273,7 @@ fn save_killed_at_any_moment_leaves_the_old_or_the_new_session() {
     let file = dir.path().join("s.json");
     let f = file.to_str().unwrap();
     let cmd = format!("set gen_length 48; chat reverse abcdef; run; fork b; rewind 2; save {f}");
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_dllm"))
-            .args(["--device", "cpu", "-c", &cmd])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_quiet(&["--device", "cpu", "-c", &cmd]);
     // The kills spread over the time a whole run takes here (the debug binary under load is slow).
     let started = std::time::Instant::now();
     assert!(spawn().wait().unwrap().success());
@@ -301,21 +304,17 @@ fn train_killed_at_any_moment_resumes_to_the_same_weights() {
     // kill -9 at spread-out moments of `dllm train`, resumed after each kill: OUT is never a config without
     // its files, every checkpoint left is complete, and the run ends with the weights of an uninterrupted one.
     let dir = tempfile::tempdir().unwrap();
-    let args = |out: &str| -> Vec<String> {
-        ["train", "--preset", "smoke", "--steps", "12", "--checkpoint-every", "3", "--threads", "1", "--json", "--out", out].map(String::from).to_vec()
-    };
+    fn args(out: &std::path::Path) -> [&str; 12] {
+        let out = out.to_str().unwrap();
+        ["train", "--preset", "smoke", "--steps", "12", "--checkpoint-every", "3", "--threads", "1", "--json", "--out", out]
+    }
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let started = std::time::Instant::now();
-    ok(&args(a.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&args(&a));
     let whole = started.elapsed();
     let mut kills_mid_run = 0;
     for i in 1..=6u32 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dllm"))
-            .args(args(b.to_str().unwrap()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(&args(&b));
         std::thread::sleep(whole * i / 8);
         let _ = child.kill(); // SIGKILL
         kills_mid_run += usize::from(!child.wait().unwrap().success());
@@ -327,7 +326,7 @@ fn train_killed_at_any_moment_resumes_to_the_same_weights() {
         }
     }
     assert!(kills_mid_run >= 3, "only {kills_mid_run} kills came before the run ended");
-    let out = ok(&args(b.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = ok(&args(&b));
     // A run that starts over prints 12 step lines (the summary goes to stderr); one that resumes prints fewer.
     assert!(out.lines().count() < 12, "the last run started over instead of resuming: {out}");
     let weights = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
@@ -343,12 +342,7 @@ fn rl_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint() {
     let t = target.to_str().unwrap();
     ok(&["--device", "cpu", "-c", &format!("rl save {t}")]);
     for i in 0..10u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dllm"))
-            .args(["--device", "cpu", "-c", &format!("rl save {t}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(&["--device", "cpu", "-c", &format!("rl save {t}")]);
         std::thread::sleep(std::time::Duration::from_millis(100 + 70 * i));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
