@@ -413,6 +413,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// A fresh temporary folder path beside `dir` (`.NAME.tmpPID`, in the same filesystem, so
+/// [`install_dir`] can put it in place), after removing the `.NAME.tmpPID[.old]` folders that killed writers
+/// of other processes left there (a process that is still running keeps its own).
+pub fn temp_sibling(dir: &Path) -> Result<PathBuf> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::invalid("folder", dir.display().to_string(), "not a folder name"))?;
+    let prefix = format!(".{name}.tmp");
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).map(|r| r.trim_end_matches(".old")) else { continue };
+        let alive = pid.parse::<u32>().is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if pid.chars().all(|c| c.is_ascii_digit()) && !pid.is_empty() && !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    Ok(tmp)
+}
+
 /// Puts the complete folder `tmp` at `dir`: a rename when `dir` does not exist; otherwise the two are swapped
 /// in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`) and the old version, now at `tmp`, is removed. At
 /// every instant `dir` is the old version or the new one, whatever kills the process. Where the exchange is

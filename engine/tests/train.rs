@@ -109,3 +109,31 @@ fn unknown_preset_lists_the_known_ones() {
     let e = TrainConfig::preset("huge").unwrap_err().to_string();
     assert!(e.contains("tiny, m2t, tiny-2.2, smoke, smoke-2.2"), "{e}");
 }
+
+#[test]
+fn a_run_never_writes_into_a_folder_that_is_not_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("thesis");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("chapter1.tex"), "x").unwrap();
+    let e = train::run(smoke(2), &out, true, |_, _| true).unwrap_err().to_string();
+    assert!(e.contains("not a training folder") && e.contains("chapter1.tex"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["chapter1.tex"], "nothing written, nothing removed");
+
+    // A fresh folder appears whole at the first checkpoint; a killed run's temporary beside it is cleared.
+    let stale = dir.path().join(".run.tmp999999999");
+    std::fs::create_dir(&stale).unwrap();
+    let run = dir.path().join("run");
+    let mut cfg = smoke(4);
+    cfg.checkpoint_every = 2;
+    let mut seen = Vec::new();
+    train::run(cfg, &run, false, |t, _| {
+        seen.push((t.step, run.exists()));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, [(1, false), (2, false), (3, true), (4, true)], "OUT is created by the first checkpoint, after step 2");
+    assert!(!stale.exists(), "the stale temporary is removed");
+    dllm_engine::load(&run, tch::Device::Cpu, None).unwrap();
+}

@@ -437,7 +437,6 @@ fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
     if !parent.is_dir() {
         return Err(CommandError::Failed(format!("cannot save into {}: the folder {} does not exist", dir.display(), parent.display())));
     }
-    let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| CommandError::Failed(format!("{} is not a folder name", dir.display())))?;
     if dir.exists() {
         let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !dir.is_dir() || !(empty || dir.join("config.json").is_file()) {
@@ -447,9 +446,7 @@ fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
             )));
         }
     }
-    remove_stale_temporaries(parent, name);
-    let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = dllm_engine::checkpoint::temp_sibling(dir)?;
     let write = || -> Result<(), CommandError> {
         let opts = dllm_engine::checkpoint::SaveOptions { dtype: l.model.dtype(), fused_experts: false, shard_bytes: None };
         dllm_engine::presets::write_checkpoint(&l.model, &tmp, opts)?;
@@ -469,20 +466,6 @@ fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     r
-}
-
-/// Removes `.NAME.tmpPID` / `.NAME.tmpPID.old` folders that a killed save of another process left beside `NAME`
-/// (a process that is still running keeps its own).
-fn remove_stale_temporaries(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp");
-    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        let file = entry.file_name();
-        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).map(|r| r.trim_end_matches(".old")) else { continue };
-        let alive = pid.parse::<u32>().is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
-        if pid.chars().all(|c| c.is_ascii_digit()) && !pid.is_empty() && !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// `redecode NAME`: a fresh decode of the current branch's prompt on a new branch, run to the end.

@@ -358,9 +358,7 @@ impl Trainer {
     }
 
     /// Writes the model (tokenizer.json, model.safetensors in the official per-expert layout, then config.json)
-    /// to `dir`, each file atomically. config.json, which makes a folder a checkpoint, comes last: a run killed
-    /// while writing its first checkpoint leaves `dir` without one (not a checkpoint yet), never a config whose
-    /// weights or tokenizer are missing; later checkpoints replace only the weights (the rest does not change).
+    /// to `dir`, each file atomically.
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         checkpoint::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json.as_bytes())?;
@@ -370,9 +368,30 @@ impl Trainer {
     /// A resumable checkpoint `out/train/step-NNNNNN` (model, optimiser state, state.json), written into a
     /// temporary folder and renamed, so it is complete or absent; older ones are removed afterwards. The model
     /// files in `out` itself are refreshed too, so `out` is a loadable checkpoint during the run.
+    ///
+    /// The first time (no `out/config.json` yet) the whole of `out` is built beside it and put in place at once
+    /// (`checkpoint::install_dir`): `out` is absent, as it was, or a complete checkpoint, whatever kills the
+    /// run. Later ones change only the weights in `out` (config.json and tokenizer.json do not change during a
+    /// run), and each file is replaced atomically.
     pub fn checkpoint(&self, out: &Path, history: &[StepMetrics]) -> Result<PathBuf> {
-        let train = out.join("train");
-        let tmp = train.join(format!(".tmp-step-{:06}", self.step));
+        let step = format!("step-{:06}", self.step);
+        if out.join("config.json").is_file() {
+            self.write_step(&out.join("train"), &step, history)?;
+            self.save_model(out)?;
+        } else {
+            let tmp = checkpoint::temp_sibling(out)?;
+            let built = self.write_step(&tmp.join("train"), &step, history).and_then(|_| self.save_model(&tmp));
+            if let Err(e) = built.and_then(|_| checkpoint::install_dir(&tmp, out)) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        }
+        Ok(out.join("train").join(step))
+    }
+
+    /// Writes `train/STEP` through a temporary folder and a rename, then removes the older steps.
+    fn write_step(&self, train: &Path, step: &str, history: &[StepMetrics]) -> Result<()> {
+        let tmp = train.join(format!(".tmp-{step}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
@@ -381,20 +400,40 @@ impl Trainer {
         Tensor::write_safetensors(&self.opt.state_tensors(), &opt_path).map_err(|e| Error::io(&opt_path, std::io::Error::other(e.to_string())))?;
         let state = serde_json::json!({ "step": self.step, "config": self.cfg, "history": history });
         checkpoint::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?;
-        let done = train.join(format!("step-{:06}", self.step));
+        let done = train.join(step);
         if done.exists() {
             std::fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;
         }
         std::fs::rename(&tmp, &done).map_err(|e| Error::io(&done, e))?;
-        for entry in std::fs::read_dir(&train).map_err(|e| Error::io(&train, e))?.flatten() {
+        for entry in std::fs::read_dir(train).map_err(|e| Error::io(train, e))?.flatten() {
             let p = entry.path();
             if p != done && entry.file_name().to_string_lossy().starts_with("step-") {
                 let _ = std::fs::remove_dir_all(&p);
             }
         }
-        self.save_model(out)?;
-        Ok(done)
+        Ok(())
     }
+}
+
+/// Refuses an `out` that holds anything a training run did not write: a run may replace the whole folder
+/// (its first checkpoint) or remove `out/train` (`--fresh`), and must not take a person's files with it.
+fn check_out(out: &Path) -> Result<()> {
+    if !out.exists() || out.join("config.json").is_file() {
+        return Ok(());
+    }
+    let not_ours = |e: &std::fs::DirEntry| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        !(n.starts_with('.') || ["train", "model.safetensors", "tokenizer.json"].contains(&n.as_str()))
+    };
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    if let Some(e) = entries.flatten().find(not_ours) {
+        return Err(Error::invalid(
+            "--out",
+            out.display().to_string(),
+            format!("it exists and is not a training folder (it holds {:?}, and no config.json): nothing was written; use a new folder", e.file_name()),
+        ));
+    }
+    Ok(())
 }
 
 /// Adds one forward's per-layer expert loads into `total`.
@@ -437,6 +476,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// calling `progress` after every step; `progress` returning false stops the run at once, as an interruption
 /// would (work since the last checkpoint is not saved). Returns the per-step metrics of this invocation.
 pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, mut progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
+    check_out(out)?;
     let mut trainer = match (fresh, Trainer::resume(out)?) {
         (false, Some(t)) => {
             if t.cfg != cfg {
@@ -469,7 +509,7 @@ pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, mut progress: impl FnMut(&
         }
     }
     if history.is_empty() {
-        trainer.save_model(out)?;
+        trainer.save_model(out)?; // a finished run resumed: its model again
     }
     Ok(history)
 }
