@@ -523,3 +523,35 @@ fn a_spinner_while_the_model_loads_and_ctrl_c_cuts_the_wait() {
     t.send("\x04");
     assert!(t.wait_exit().success());
 }
+
+#[test]
+fn requests_that_cannot_fit_are_refused_with_an_estimate_and_the_session_goes_on() {
+    // DLLM_MEMORY_LIMIT makes the budget the same on every machine (the check itself reads MemAvailable, the
+    // cgroup and `ulimit -v` as well, and takes the smallest).
+    let lines = "rl set batch 64; rl set group 64; rl set gen_length 400; rl update 1; \
+                 rl set trainable lora:4096; rl snapshot a; rl set trainable lora:2; rl snapshot a; \
+                 rl set batch 1; rl set group 2; rl set gen_length 16; rl update 1; rl history";
+    let run = |limit: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dllm"))
+            .args(["--device", "cpu", "--json", "--keep-going", "-c", lines])
+            .env("DLLM_MEMORY_LIMIT", limit)
+            .output()
+            .unwrap()
+    };
+    let out = run("1GB");
+    let lines = json_lines(&out);
+    let ok: Vec<bool> = lines.iter().map(|l| l["ok"].as_bool().unwrap()).collect();
+    assert_eq!(ok, [true, true, true, false, true, false, true, true, true, true, true, true, true], "{}", text(&out.stdout));
+    let error = |i: usize| lines[i]["error"].as_str().unwrap().to_string();
+    // 4096 rollouts of 424 positions: the KV cache alone is 4096 x 424 x 2 x 32 x 2 x 4 B x 4 layers = 3.6 GB.
+    assert!(error(3).starts_with("decoding 4096 canvases of 424 positions needs about 4.2 GB of memory; "), "{}", error(3));
+    assert!(error(5).starts_with("LoRA of rank 4096 (103284736 parameters"), "{}", error(5));
+    for i in [3, 5] {
+        assert!(error(i).contains("under DLLM_MEMORY_LIMIT") && error(i).contains("nothing was allocated"), "{}", error(i));
+    }
+    // The refused update left no trace: the one that fits is update 1.
+    assert_eq!(value_of(&lines[12], "table")["rows"].as_array().unwrap().len(), 1, "{}", lines[12]);
+
+    let out = run("plenty");
+    assert!(text(&out.stdout).contains("invalid DLLM_MEMORY_LIMIT \\\"plenty\\\""), "{}", text(&out.stdout));
+}

@@ -48,6 +48,11 @@ pub enum Error {
     #[error("invalid {what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
 
+    /// A request whose estimated memory exceeds what the device has ([`crate::memory`]), refused before
+    /// anything was allocated; `hint` says how to ask for less.
+    #[error("{what} needs about {} of memory; {} {budget}: nothing was allocated; {hint}", crate::memory::human(*needed), crate::memory::human(*free))]
+    OutOfMemory { what: String, needed: u64, free: u64, budget: &'static str, hint: String },
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 

@@ -19,6 +19,7 @@ pub mod rl;
 mod device;
 mod error;
 pub mod lora;
+pub mod memory;
 mod model;
 mod moe;
 pub mod presets;

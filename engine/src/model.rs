@@ -424,6 +424,28 @@ impl Model {
         self.vs.variables().values().map(tensor_bytes).sum()
     }
 
+    /// Refuses work estimated at `needed` bytes that the device cannot hold ([`crate::memory`]). Small
+    /// requests pass without reading the device's figures, so the check costs nothing in ordinary use.
+    pub fn check_memory(&self, what: impl FnOnce() -> String, needed: u64, hint: &str) -> Result<()> {
+        const ALWAYS_FITS: u64 = 64 << 20;
+        if needed <= ALWAYS_FITS {
+            return Ok(());
+        }
+        let budget = crate::memory::Budget::of(self.device(), self.weight_bytes() as u64)?;
+        crate::memory::check(what(), needed, budget, hint)
+    }
+
+    /// [`Model::check_memory`] for one forward of `rows` x `queries` positions against `keys` positions.
+    fn check_forward_memory(&self, rows: i64, queries: i64, keys: i64, grad: bool) -> Result<()> {
+        let elem = self.dtype.kind().elt_size_in_bytes() as i64;
+        let needed = crate::memory::forward_bytes(&self.config, rows, queries, keys, elem, grad);
+        self.check_memory(
+            || format!("a forward of {rows} x {queries} positions{}", if grad { " with gradients" } else { "" }),
+            needed,
+            "ask for fewer rows (a smaller count, repeat, batch or group) or a shorter sequence",
+        )
+    }
+
     /// Logits (f32, `[B, L - commit, vocab]`) for `ids` (`[B, L]`, int64) placed right after the cached positions.
     ///
     /// Queries see the cache and this input under `mask`. The K/V of the first `commit` positions are appended
@@ -438,6 +460,7 @@ impl Model {
         let (b, l) = (size[0], size[1]);
         let start = cache.len();
         self.check_forward(b, l, start, commit, mask, cache)?;
+        self.check_forward_memory(b, l, start + l, false)?;
         let ids = ids.to_device(self.device()).to_kind(Kind::Int64);
         if l > 0 {
             let (min, max) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
@@ -473,6 +496,7 @@ impl Model {
         if positions.min().int64_value(&[]) < 0 || max_pos >= self.config.max_position_embeddings {
             return Err(Error::invalid("positions", max_pos, format!("must be in 0..{}", self.config.max_position_embeddings)));
         }
+        self.check_forward_memory(size[0], t, t, crate::memory::grad_enabled())?;
         let dev = self.device();
         let kind = self.dtype.kind();
         let c = &self.config;
@@ -574,6 +598,13 @@ impl Model {
     /// Attaches fresh LoRA adapters of `rank` (scale `alpha / rank`) to every attention and feed-forward
     /// projection; the outputs do not change until they are trained (`B` = 0). Replaces adapters already there.
     pub fn attach_lora(&mut self, rank: i64, alpha: f64, seed: u64) -> Result<()> {
+        // Adapters in f32, with their gradients and two optimiser moments when trained: four copies.
+        let params = self.lora_parameters(rank);
+        self.check_memory(
+            || format!("LoRA of rank {rank} ({params} parameters, with gradients and optimiser moments)"),
+            (params as u64).saturating_mul(16),
+            "use a smaller rank",
+        )?;
         let mut b = crate::lora::Builder::new(rank, alpha, seed, self.device())?;
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -599,6 +630,33 @@ impl Model {
         }
         self.lora = Some(b.finish(alpha, layers));
         Ok(())
+    }
+
+    /// Parameters of LoRA adapters of `rank` on this model ([`Model::attach_lora`]'s projections), from the
+    /// shapes: `rank x (in + out)` per projection and per expert.
+    pub fn lora_parameters(&self, rank: i64) -> i64 {
+        let one = |w: &Tensor| {
+            let s = w.size();
+            let (out, inp) = (s[s.len() - 2], s[s.len() - 1]);
+            let lead: i64 = s[..s.len() - 2].iter().product();
+            lead.saturating_mul(rank).saturating_mul(out + inp)
+        };
+        let mut n = 0i64;
+        for layer in &self.layers {
+            let mut ws = vec![&layer.attention.qkv, &layer.attention.dense];
+            match &layer.ffn {
+                Ffn::Dense(m) => ws.extend([&m.gate, &m.up, &m.down]),
+                Ffn::Moe(m) => {
+                    let (g, u, d) = m.expert_weights();
+                    ws.extend([g, u, d]);
+                    if let Some(sh) = m.shared() {
+                        ws.extend([&sh.gate, &sh.up, &sh.down]);
+                    }
+                }
+            }
+            n = ws.into_iter().map(one).fold(n, i64::saturating_add);
+        }
+        n
     }
 
     /// Drops the adapters without merging them (the model is the base model again).

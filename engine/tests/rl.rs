@@ -43,7 +43,9 @@ fn lora_starts_as_identity_merges_exactly_and_saves_merged() {
     let mut m = random_model(&c, 3, Device::Cpu, DType::F32).unwrap();
     let ids = Tensor::from_slice(&[5i64, 9, 17, 3, 8, 2, 11, 4]).view([1, 8]);
     let base = logits(&m, &ids);
+    let planned = m.lora_parameters(4);
     m.attach_lora(4, 8.0, 1).unwrap();
+    assert_eq!(m.lora().unwrap().num_parameters(), planned, "the memory check counts what attaching makes");
     assert_eq!(max_diff(&base, &logits(&m, &ids)), 0.0, "B = 0: attaching changes nothing");
     // Train-like change of every B.
     tch::no_grad(|| {

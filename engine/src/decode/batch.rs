@@ -31,6 +31,11 @@ impl BatchDecoder {
         if settings.mbe_window > 0 {
             return Err(Error::invalid("mbe_window", settings.mbe_window, "multi-block editing is not available in batches yet"));
         }
+        let b = settings.block_length.max(1);
+        let longest = prompts.iter().map(|p| (p.len() as i64).saturating_add(settings.gen_length).saturating_add(b - 1) / b * b).max().unwrap_or(0);
+        if longest <= model.max_positions() {
+            model.check_decode_memory(prompts.len() as i64, longest, b)?;
+        }
         let rows = prompts
             .iter()
             .enumerate()

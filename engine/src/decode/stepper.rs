@@ -51,6 +51,11 @@ pub trait Denoiser {
     fn routing_block(&self) -> Option<i64> {
         None
     }
+    /// Refuses, before anything is allocated, a decode of `rows` canvases of `len` positions in blocks of
+    /// `block` that cannot fit in memory (the KV cache of whole canvases and a block's forward against them).
+    fn check_decode_memory(&self, _rows: i64, _len: i64, _block: i64) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Denoiser for Model {
@@ -73,6 +78,19 @@ impl Denoiser for Model {
 
     fn routing_block(&self) -> Option<i64> {
         self.config().block_routing().map(|(_, block_size)| block_size)
+    }
+
+    fn check_decode_memory(&self, rows: i64, len: i64, block: i64) -> Result<()> {
+        let elem = self.dtype().kind().elt_size_in_bytes() as i64;
+        let host = (rows.max(0) as u64).saturating_mul(len.max(0) as u64).saturating_mul(32); // canvases, journals
+        let needed = crate::memory::cache_bytes(self.config(), rows, len, elem)
+            .saturating_add(crate::memory::forward_bytes(self.config(), rows, block, len, elem, false))
+            .saturating_add(host);
+        self.check_memory(
+            || format!("decoding {rows} canvas{} of {len} positions", if rows == 1 { "" } else { "es" }),
+            needed,
+            "ask for fewer rows (batch, group, eval size) or a shorter gen_length",
+        )
     }
 }
 
@@ -391,6 +409,7 @@ impl Decoder {
                 format!("the canvas ({} blocks of {b}) exceeds the model's {} positions", num_blocks, model.max_positions()),
             ));
         }
+        model.check_decode_memory(1, len, b)?;
         let mut canvas = vec![mask_id; len as usize];
         canvas[..prompt.len()].copy_from_slice(prompt);
         let cursor = Cursor { block: p / b, block_step: 0, post_steps: 0, forwards: 0, finished: false, rng: Rng::new(settings.seed) };
