@@ -18,11 +18,12 @@ export OMP_NUM_THREADS=1
 cargo test --release -p dllm-repl --test fuzz --no-run
 pids=()
 for s in $(seq "$FIRST" $((FIRST + SEEDS - 1))); do
-  DLLM_FUZZ_LINES=$LINES DLLM_FUZZ_SEED=$s cargo test --release -q -p dllm-repl --test fuzz >"$OUT/seed-$s.log" 2>&1 &
+  DLLM_FUZZ_LINES=$LINES DLLM_FUZZ_SEED=$s cargo test --release -q -p dllm-repl --test fuzz -- --nocapture >"$OUT/seed-$s.log" 2>&1 &
   pids+=("$!:$s")
 done
 failed=0
 for p in "${pids[@]}"; do
-  if wait "${p%%:*}"; then echo "seed ${p#*:}: $LINES lines, clean"; else echo "seed ${p#*:}: FAILED (see $OUT/seed-${p#*:}.log)"; failed=1; fi
+  log="$OUT/seed-${p#*:}.log"
+  if wait "${p%%:*}"; then echo "seed ${p#*:}: clean; $(grep -h '^fuzz:' "$log")"; else echo "seed ${p#*:}: FAILED (see $log)"; failed=1; fi
 done
 exit $failed

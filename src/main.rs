@@ -164,6 +164,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Ends the REPL's process with `status` at once, without C++ static destructors: when a script fails before
+/// the background load of the model has finished, the loading thread would otherwise meet libtorch being torn
+/// down under it and print a panic on the way out.
 fn exit(status: i32) -> ExitCode {
-    ExitCode::from(status.clamp(0, 255) as u8)
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) ends the process; everything the REPL writes (output, history, saves) is done by now.
+    unsafe { libc::_exit(status.clamp(0, 255)) }
 }

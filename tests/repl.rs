@@ -555,3 +555,14 @@ fn requests_that_cannot_fit_are_refused_with_an_estimate_and_the_session_goes_on
     let out = run("plenty");
     assert!(text(&out.stdout).contains("invalid DLLM_MEMORY_LIMIT \\\"plenty\\\""), "{}", text(&out.stdout));
 }
+
+#[test]
+fn a_script_that_fails_while_the_model_loads_exits_cleanly() {
+    // The first command fails before the background load has finished; the process must end with status 1 and
+    // only the error (before the fix, about one exit in four printed a libtorch panic from the loading thread).
+    for i in 0..20 {
+        let out = dllm(&["-c", "frobnicate"]);
+        assert_eq!(out.status.code(), Some(1), "run {i}");
+        assert_eq!(text(&out.stderr).trim(), "error: `frobnicate`: unknown command `frobnicate`; `help` lists the commands", "run {i}");
+    }
+}

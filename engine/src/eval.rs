@@ -196,7 +196,7 @@ fn run(model: &dyn Denoiser, tok: &Tokenizer, opts: &EvalOptions, alone: bool) -
     let rows = if alone {
         prompts.iter().map(|p| decode_alone(model, tok, p, &opts.settings)).collect::<Result<Vec<_>>>()?
     } else {
-        decode_batched(model, tok, &prompts, &opts.settings, opts.batch)?
+        decode_batched(model, tok, &prompts, &opts.settings, opts.batch, None)?
     };
     let outcomes: Vec<Outcome> = examples
         .into_iter()
@@ -339,14 +339,21 @@ fn decode_alone(model: &dyn Denoiser, tok: &Tokenizer, prompt: &[i64], settings:
 
 /// Decodes `prompts` `batch` rows at a time; rows of similar prompt length share a batch (they start on the
 /// same block, so fewer rows wait). Results are in the order of `prompts`.
-pub(crate) fn decode_batched(model: &dyn Denoiser, tok: &Tokenizer, prompts: &[Vec<i64>], settings: &DecodeSettings, batch: usize) -> Result<Vec<Row>> {
+pub(crate) fn decode_batched(
+    model: &dyn Denoiser,
+    tok: &Tokenizer,
+    prompts: &[Vec<i64>],
+    settings: &DecodeSettings,
+    batch: usize,
+    interrupt: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<Vec<Row>> {
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
     let mut rows: Vec<Option<Row>> = vec![None; prompts.len()];
     for chunk in order.chunks(batch) {
         let group: Vec<Vec<i64>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
         let mut b = BatchDecoder::new(&group, settings.clone(), tok.mask_id, tok.eos_id, model)?;
-        b.run(model)?;
+        b.run_until(model, interrupt)?;
         for (&i, d) in chunk.iter().zip(b.rows()) {
             rows[i] = Some(Row::of(d));
         }

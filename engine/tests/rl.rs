@@ -198,13 +198,13 @@ fn a_non_finite_loss_rejects_the_whole_update() {
 fn a_short_fixed_seed_run_raises_the_reward() {
     let mut l = builtin();
     let c = order_config("all");
-    let (before, _) = held_out_reward(&l.model, &l.tokenizer, &c, 60).unwrap();
+    let (before, _) = held_out_reward(&l.model, &l.tokenizer, &c, 60, None).unwrap();
     let mut rl = Rl::new(&mut l.model, c.clone()).unwrap();
     let mut train = Vec::new();
     for _ in 0..8 {
         train.push(rl.update(&l.model, &l.tokenizer).unwrap().reward_mean);
     }
-    let (after, _) = held_out_reward(&l.model, &l.tokenizer, &c, 60).unwrap();
+    let (after, _) = held_out_reward(&l.model, &l.tokenizer, &c, 60, None).unwrap();
     // Measured: 0.57 -> 0.82 after 6 updates, 0.97 after 20 (docs/rl.md). The margin leaves room for
     // libtorch versions that round differently.
     assert!(after >= before + 0.15, "held-out reward {before:.3} -> {after:.3}; training rewards {train:?}");
@@ -304,6 +304,9 @@ fn an_interrupted_update_is_not_applied_and_redoing_it_gives_the_same_weights() 
             Err(dllm_engine::Error::Interrupted(why)) => {
                 interrupted += 1;
                 assert!(why.contains("update 2") && why.contains("not applied"), "{why}");
+                if delay_ms == 0 {
+                    assert!(why.starts_with("decoding the rollouts"), "stopped before the first decoding step: {why}");
+                }
                 assert_eq!(bytes(rl.params()), after_one, "an interrupted update changed the weights");
                 assert_eq!(rl.history.len(), 1);
             }
@@ -312,6 +315,10 @@ fn an_interrupted_update_is_not_applied_and_redoing_it_gives_the_same_weights() 
         }
     }
     assert!(interrupted >= 1, "at least the immediate interrupt stops the update");
+    // The held-out decodes of `rl eval` stop too.
+    flag.store(true, Ordering::SeqCst);
+    let e = held_out_reward(&l.model, &l.tokenizer, rl.config(), 50, Some(&flag)).unwrap_err();
+    assert!(matches!(e, dllm_engine::Error::Interrupted(_)), "{e}");
     flag.store(false, Ordering::SeqCst);
     while rl.history.len() < 2 {
         rl.update(&l.model, &l.tokenizer).unwrap();

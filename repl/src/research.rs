@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use dllm_engine::decode::Decoder;
 use dllm_engine::edit_likelihood::EditParts;
-use dllm_engine::likelihood::{likelihood, Estimator, LikelihoodReport};
+use dllm_engine::likelihood::{likelihood, Estimator, LikelihoodReport, MAX_COUNT};
 use dllm_engine::rl::{held_out_reward, Rl, RlConfig, RlPrompt, Snapshot, UpdateMetrics, RL_SETTINGS};
 use dllm_engine::{Loaded, Role, Tokenizer};
 
@@ -56,7 +56,9 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
         if let Some(v) = w.strip_prefix("seed=") {
             seed = v.parse().map_err(|_| usage(format!("seed must be an integer, got {v:?}"), LIKELIHOOD_USAGE))?;
         } else if let Some(v) = w.strip_prefix("repeat=") {
-            repeat = v.parse().ok().filter(|r| *r >= 1).ok_or_else(|| usage(format!("repeat must be a positive integer, got {v:?}"), LIKELIHOOD_USAGE))?;
+            repeat = v.parse().ok().filter(|r| (1..=MAX_COUNT).contains(r)).ok_or_else(|| {
+                usage(format!("repeat must be a whole number from 1 to {MAX_COUNT} (each repeat is a fresh estimate), got {v:?}"), LIKELIHOOD_USAGE)
+            })?;
         } else {
             estimators.push(Estimator::parse(w)?);
         }
@@ -231,8 +233,9 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
                     .ok_or_else(|| usage(format!("N must be a whole number from 1 to {}, got {v:?}", dllm_engine::rl::MAX_EVAL), RL_USAGE))?,
             };
             let c = s.rl.config.clone();
+            let flag = s.interrupt_flag();
             let l = s.ready()?;
-            let (mean, rows) = held_out_reward(&l.model, &l.tokenizer, &c, n)?;
+            let (mean, rows) = held_out_reward(&l.model, &l.tokenizer, &c, n, Some(&flag))?;
             let shown = rows.iter().take(8).map(|(p, r, x)| vec![p.text.clone().into(), r.clone().into(), p.answer.clone().into(), (*x).into()]).collect();
             Ok(vec![
                 msg(format!("held-out reward ({}, greedy {} decodes of {} prompts): {mean:.3}", c.reward.describe(), c.rollout_preset(l.model.config()), rows.len())),

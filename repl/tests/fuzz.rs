@@ -5,10 +5,25 @@
 //! Bounded and reproducible: a fixed number of lines from a fixed seed. `DLLM_FUZZ_LINES` and
 //! `DLLM_FUZZ_SEED` run longer or other campaigns by hand.
 //!
+//! Every line runs under a watchdog: after [`PATIENCE`] it sets the session's interrupt flag, as Ctrl-C would,
+//! and the line must then end within [`GRACE`] (long work stops between pieces; no line hangs). The process
+//! runs under `DLLM_MEMORY_LIMIT=2GB` (unless set), so what would not fit is refused with an estimate the same
+//! way on every machine. The end prints the lines, failures, interrupts, the longest wait after an interrupt
+//! and the peak resident memory.
+//!
 //! Left out on purpose: commands that write or read files (`load`, `save`, `open`, `source`, `export`,
-//! `rl save`), and `rl update` / `rl eval` (seconds each; their bounds are tested in session.rs).
+//! `rl save`).
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use dllm_repl::{ModelSource, Session};
+
+/// How long a line runs before the watchdog interrupts it.
+const PATIENCE: Duration = Duration::from_secs(2);
+/// How long an interrupted line may take to stop (generous: four campaign seeds share two cores).
+const GRACE: Duration = Duration::from_secs(20);
 
 /// Valid lines the mutations start from.
 const SEEDS: &[&str] = &[
@@ -23,6 +38,8 @@ const SEEDS: &[&str] = &[
     "likelihood stratified:4 -- copy ab => ab", "likelihood mc:3 seed=2 repeat=2", "rl show", "rl set batch 2",
     "rl set group 2", "rl set epochs 2", "rl set trainable lora:4", "rl set estimator stratified:2",
     "rl prompt copy ab => ab", "rl prompts", "rl snapshot s", "rl restore s", "rl stats", "redecode r",
+    "rl update 1", "rl eval 2", "rl set gen_length 16", "rl set tasks copy,sort", "rl set estimator edit:2",
+    "likelihood edit:2:0.2 repeat=2 -- copy ab => ab", "set gen_length 64", "run",
 ];
 
 /// Words that break parsers: extremes of every numeric type, non-numbers, quotes, separators, odd Unicode.
@@ -30,7 +47,7 @@ const EXTREMES: &[&str] = &[
     "0", "-1", "1", "-0", "1e300", "-1e300", "1e-300", "NaN", "nan", "inf", "-inf", "9223372036854775807",
     "-9223372036854775808", "18446744073709551616", "4294967296", "2147483648", "0.5", "1.0000001", "x", "\"",
     "\"a b", "\u{202e}", "ü", "\u{1F4A5}", "--", "=>", "all", "off", "auto", "lora:0", "stratified:0", "1,2,,3",
-    "-5,7", "b", "main",
+    "-5,7", "b", "main", "64", "100", "1000", "4096", "100000",
 ];
 
 /// xorshift64*: the test's only randomness.
@@ -48,7 +65,16 @@ impl Rng {
 fn mutate(line: &str, rng: &mut Rng) -> String {
     let mut words: Vec<String> = line.split(' ').map(String::from).collect();
     let pick = |rng: &mut Rng, words: &[String]| if words.len() > 1 { 1 + rng.below(words.len() - 1) } else { 0 };
-    match rng.below(7) {
+    match rng.below(8) {
+        7 => {
+            // The value inside a word: `repeat=2` -> `repeat=1e300`, `lora:4` -> `lora:9223372036854775807`.
+            let i = rng.below(words.len());
+            if let Some(at) = words[i].rfind(['=', ':']) {
+                words[i] = format!("{}{}", &words[i][..=at], EXTREMES[rng.below(EXTREMES.len())]);
+            } else {
+                words[i] = EXTREMES[rng.below(EXTREMES.len())].to_string();
+            }
+        }
         0 => {
             let i = pick(rng, &words);
             words[i] = EXTREMES[rng.below(EXTREMES.len())].to_string();
@@ -92,19 +118,38 @@ fn state(s: &mut Session) -> String {
 #[test]
 fn mutated_command_lines_never_abort_and_failures_change_nothing() {
     let lines: usize = std::env::var("DLLM_FUZZ_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(500);
+    if std::env::var_os("DLLM_MEMORY_LIMIT").is_none() {
+        std::env::set_var("DLLM_MEMORY_LIMIT", "2GB"); // before the session's loading thread starts
+    }
     let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
     for setup in ["set gen_length 16", "set block_length 4", "chat sort 3142", "step"] {
         s.execute(setup).unwrap();
     }
     let seed: u64 = std::env::var("DLLM_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0x9E37_79B9_7F4A_7C15);
     let mut rng = Rng(seed.max(1));
-    let (mut failed, mut internal) = (0, Vec::new());
+    let (mut failed, mut internal, mut interrupted, mut slowest_stop) = (0, Vec::new(), 0, Duration::ZERO);
     for n in 0..lines {
         let seed = SEEDS[rng.below(SEEDS.len())];
         // Half the lines run as written, so the session keeps moving through decodes, branches and RL state.
         let line = if rng.below(2) == 0 { seed.to_string() } else { mutate(seed, &mut rng) };
         let before = state(&mut s);
-        if let Err(e) = s.execute(&line) {
+        let (flag, (done, wait)) = (s.interrupt_flag(), mpsc::channel::<()>());
+        let watchdog = std::thread::spawn(move || {
+            let fired = wait.recv_timeout(PATIENCE).is_err();
+            if fired {
+                flag.store(true, Ordering::SeqCst);
+            }
+            fired.then(Instant::now)
+        });
+        let result = s.execute(&line);
+        let _ = done.send(());
+        if let Some(at) = watchdog.join().unwrap() {
+            interrupted += 1;
+            let took = at.elapsed();
+            slowest_stop = slowest_stop.max(took);
+            assert!(took < GRACE, "line {n} `{line}` ran {took:?} past its interrupt: it hangs");
+        }
+        if let Err(e) = result {
             failed += 1;
             let e = e.to_string();
             if e.contains("internal error") {
@@ -114,6 +159,12 @@ fn mutated_command_lines_never_abort_and_failures_change_nothing() {
             assert_eq!(before, after, "line {n} `{line}` failed ({e}) and changed the session");
         }
     }
+    let peak = std::fs::read_to_string("/proc/self/status").ok().and_then(|t| t.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_string()));
+    eprintln!(
+        "fuzz: {lines} lines, {failed} failed, {} internal errors, {interrupted} interrupted by the watchdog (slowest stop {slowest_stop:.2?}), peak resident {}",
+        internal.len(),
+        peak.unwrap_or_else(|| "?".into())
+    );
     assert!(internal.is_empty(), "internal errors:\n{}", internal.join("\n"));
     assert!(failed > lines / 10, "the mutations should make many lines fail ({failed} of {lines})");
 }

@@ -334,6 +334,7 @@ fn likelihood_of_the_canvas_and_of_a_pair_with_several_estimators() {
         ("likelihood -- sort 3814", "=>"),
         ("likelihood stratified:0", "from 1 to 4096"),
         ("likelihood mc:1000000000", "from 1 to 4096"),
+        ("likelihood repeat=1000000000 -- a => b", "from 1 to 4096"),
     ] {
         let e = err(&mut s, line);
         assert!(e.contains(says), "{line}: {e}");

@@ -8,6 +8,7 @@
 //! is just tokens in its row's canvas. Shorter canvases are padded with EOS beyond their end, which no position
 //! of that row's own canvas ever attends to (it lies in later blocks) and no other row sees.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tch::Tensor;
@@ -121,10 +122,21 @@ impl BatchDecoder {
 
     /// Steps until every row has finished; returns the number of batched forwards.
     pub fn run(&mut self, model: &dyn Denoiser) -> Result<i64> {
+        self.run_until(model, None)
+    }
+
+    /// [`BatchDecoder::run`] that checks `interrupt` before every step and stops with
+    /// [`Error::Interrupted`] when it is set (the rows stay as they are, between two steps).
+    pub fn run_until(&mut self, model: &dyn Denoiser, interrupt: Option<&AtomicBool>) -> Result<i64> {
         let mut forwards = 0;
-        while !self.step(model)?.is_empty() {
+        loop {
+            if interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Err(Error::Interrupted(format!("after {forwards} batched steps of {} rows", self.rows.len())));
+            }
+            if self.step(model)?.is_empty() {
+                return Ok(forwards);
+            }
             forwards += 1;
         }
-        Ok(forwards)
     }
 }

@@ -560,7 +560,10 @@ impl Rl {
             }
         }
         let mut dec = BatchDecoder::with_seeds(&ids, &seeds, settings, tok.mask_id, tok.eos_id, model)?;
-        dec.run(model)?;
+        dec.run_until(model, self.interrupt.as_deref()).map_err(|e| match e {
+            Error::Interrupted(at) => Error::Interrupted(format!("decoding the rollouts of update {} ({at}); it was not applied and the policy is unchanged", u + 1)),
+            e => e,
+        })?;
         let rollouts = dec
             .rows()
             .iter()
@@ -828,8 +831,9 @@ fn freeze_except(model: &Model, params: &[(String, Tensor)]) {
 }
 
 /// The mean reward of the greedy decodes (temperature 0, the rollout preset) of the first `n` held-out
-/// instances of each of `config.tasks` (or of the user's prompts), and the responses.
-pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usize) -> Result<(f64, Vec<(RlPrompt, String, f64)>)> {
+/// instances of each of `config.tasks` (or of the user's prompts), and the responses. `interrupt`, when set,
+/// stops the decodes between two steps with [`Error::Interrupted`].
+pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usize, interrupt: Option<&AtomicBool>) -> Result<(f64, Vec<(RlPrompt, String, f64)>)> {
     let prompts: Vec<RlPrompt> = if config.prompts.is_empty() {
         config.tasks.iter().flat_map(|&t| crate::tasks::instances(t, crate::tasks::HELD_OUT_SEED, n)).map(|e| RlPrompt::of_example(&e)).collect()
     } else {
@@ -841,7 +845,7 @@ pub fn held_out_reward(model: &Model, tok: &Tokenizer, config: &RlConfig, n: usi
         .iter()
         .map(|p| tok.encode(&Tokenizer::chat_prompt(&[(Role::Human, &p.text)], true)))
         .collect::<Result<Vec<_>>>()?;
-    let rows = crate::eval::decode_batched(model, tok, &ids, &settings, crate::eval::DEFAULT_BATCH)?;
+    let rows = crate::eval::decode_batched(model, tok, &ids, &settings, crate::eval::DEFAULT_BATCH, interrupt)?;
     let texts: Vec<String> = rows.iter().map(|r| response_text(tok, &r.output)).collect();
     let refs: Vec<&RlPrompt> = prompts.iter().collect();
     let rewards = config.reward.score(&refs, &texts)?;
