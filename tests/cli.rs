@@ -357,3 +357,21 @@ fn rl_save_killed_at_any_moment_leaves_the_old_or_the_new_checkpoint() {
     let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(left, ["policy"], "temporaries left: {left:?}");
 }
+
+#[test]
+fn train_data_errors_name_the_line_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"rot abc\", \"response\": \"bca\"}\n{\"prompt\": \"rot abc\"}\nnot json\n").unwrap();
+    let out = dir.path().join("out");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let e = fails(&["train", "--data", d, "--out", o, "--steps", "2"]);
+    assert!(e.contains("2 bad lines") && e.contains("line 2: expected") && e.contains("line 3: not JSON"), "{e}");
+    assert!(!out.exists(), "nothing written for bad data");
+    let e = fails(&["train", "--trainable", "lora:2", "--out", o]);
+    assert!(e.contains("go with --data"), "{e}");
+    let e = fails(&["train", "--data", d, "--out", o, "--trainable", "lora:x"]);
+    assert!(e.contains("trainable"), "{e}");
+    let e = fails(&["train", "--data", d, "--out", o, "--held-out", "1.5"]);
+    assert!(e.contains("--held-out"), "{e}");
+}

@@ -48,6 +48,12 @@ pub enum Error {
     #[error("invalid {what} {value:?}: {message}")]
     Invalid { what: &'static str, value: String, message: String },
 
+    /// Lines of a training data file that cannot be used, each `line N: what is wrong`.
+    #[error("{}: {} bad line{}:\n  {}{}", file.display(), errors.len(), if errors.len() == 1 { "" } else { "s" },
+            errors.iter().take(20).cloned().collect::<Vec<_>>().join("\n  "),
+            if errors.len() > 20 { format!("\n  ... and {} more", errors.len() - 20) } else { String::new() })]
+    Data { file: PathBuf, errors: Vec<String> },
+
     /// A request whose estimated memory exceeds what the device has ([`crate::memory`]), refused before
     /// anything was allocated; `hint` says how to ask for less.
     #[error("{what} needs about {} of memory; {} {budget}: nothing was allocated; {hint}", crate::memory::human(*needed), crate::memory::human(*free))]

@@ -782,7 +782,7 @@ fn mean_std(x: &[f64]) -> (f64, f64) {
 }
 
 /// The trainable tensors of `t` on `model` (attaching LoRA adapters when asked).
-fn select(model: &mut Model, t: &Trainable) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn select(model: &mut Model, t: &Trainable) -> Result<Vec<(String, Tensor)>> {
     let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().filter(|(n, _)| !n.ends_with("expert_bias")).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let layers = model.config().num_hidden_layers;
@@ -820,7 +820,7 @@ fn select(model: &mut Model, t: &Trainable) -> Result<Vec<(String, Tensor)>> {
 }
 
 /// Gradients only for `params`: every other model parameter (LoRA adapters included) stops requiring them.
-fn freeze_except(model: &Model, params: &[(String, Tensor)]) {
+pub(crate) fn freeze_except(model: &Model, params: &[(String, Tensor)]) {
     let keep: std::collections::HashSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
     let adapters = model.lora().map(|a| a.variables()).unwrap_or_default();
     for (name, t) in model.var_store().variables().into_iter().chain(adapters) {

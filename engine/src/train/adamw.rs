@@ -45,6 +45,11 @@ impl AdamW {
         AdamW { betas, eps: 1e-8, weight_decay, step: 0, params }
     }
 
+    /// Number of parameters it updates.
+    pub fn num_parameters(&self) -> i64 {
+        self.params.iter().map(|p| p.value.numel() as i64).sum()
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.value.zero_grad();

@@ -19,6 +19,7 @@
 //! (seed, k), so a resumed run continues exactly where the interrupted one was.
 
 mod adamw;
+pub mod data;
 mod noise;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use crate::decode::{apply_edits, EditTokens, Rng};
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::rl::Trainable;
 use crate::tasks::{below, Task, BLOCK_LENGTH};
 use crate::tokenizer::Tokenizer;
 
@@ -63,6 +65,23 @@ pub struct TrainConfig {
     /// Tasks are drawn uniformly from this list (a task listed twice is drawn twice as often).
     pub task_mix: Vec<Task>,
     pub block: i64,
+    /// Fine-tuning a checkpoint on a JSONL file (`dllm train --data`) instead of the task suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataConfig>,
+}
+
+/// What a fine-tuning run trains on and what it trains.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataConfig {
+    /// The JSONL file ([`data`]).
+    pub file: PathBuf,
+    /// [`data::digest`] of the file when the run started: a resumed run refuses a changed file.
+    pub digest: String,
+    /// The checkpoint folder or `builtin:NAME` the run starts from.
+    pub base: String,
+    /// `all`, `lora:R[:ALPHA]` or `layers:A-B` ([`crate::rl::Trainable`]).
+    pub trainable: String,
+    pub options: data::DataOptions,
 }
 
 /// Steps of the `tiny-2.2` run.
@@ -75,6 +94,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny-2.2", "the embedded LLaDA2.2 model: tiny-2.2 shape (block routing, DELETE / SPLIT), M2T + Levenshtein T2T + MTF, all eight tasks"),
     ("smoke", "a test run: micro shape, 300 steps of 32 sequences, copy and reverse"),
     ("smoke-2.2", "a test run: micro-2.2 shape, 300 steps of 32 sequences, copy and dedup, Levenshtein T2T"),
+    ("finetune", "fine-tuning on --data: 300 steps of 32 examples, lr 1e-3, M2T + T2T + MTF"),
 ];
 
 impl TrainConfig {
@@ -98,6 +118,7 @@ impl TrainConfig {
             seed: 1,
             task_mix: vec![Task::Copy, Task::Reverse, Task::Sort, Task::Add, Task::Add, Task::Order],
             block: BLOCK_LENGTH,
+            data: None,
         };
         match name {
             "tiny" => Ok(base),
@@ -129,6 +150,8 @@ impl TrainConfig {
                 task_mix: vec![Task::Copy, Task::Dedup],
                 ..TrainConfig::preset("smoke")?
             }),
+            // The data and the base come from `dllm train --data` ([`TrainConfig::data`]).
+            "finetune" => Ok(TrainConfig { steps: 300, batch: 32, lr: 1e-3, warmup: 20, mtf_from: 0.5, checkpoint_every: 100, task_mix: Vec::new(), ..base }),
             _ => {
                 let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
                 Err(Error::invalid("training preset", name, format!("known presets: {}", names.join(", "))))
@@ -157,6 +180,9 @@ pub struct StepMetrics {
     pub split: [f64; 4],
     /// The loss was not finite: no update was made.
     pub skipped: bool,
+    /// (M2T, T2T) losses on the held-out examples of a fine-tuning run, at checkpoint steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<(f64, f64)>,
 }
 
 /// A model being trained, its optimiser and where the run stands.
@@ -164,22 +190,39 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     pub model: Model,
     pub tokenizer: Tokenizer,
-    tokenizer_json: String,
+    /// Files written beside the weights: tokenizer.json, and a fine-tuned checkpoint's chat template.
+    files: Vec<(String, Vec<u8>)>,
     opt: AdamW,
     pub step: i64,
     corrupt: Vec<i64>,
     /// (DELETE, SPLIT) of a LLaDA2.2 model: Levenshtein T2T.
     edits: Option<(i64, i64)>,
+    /// The examples of a fine-tuning run ([`TrainConfig::data`]).
+    pub data: Option<data::Dataset>,
+    trainable: Trainable,
 }
 
+/// Adapters of a LoRA run, beside the merged weights: `lora/adapter.safetensors` and `lora/adapter.json`.
+pub const ADAPTER_DIR: &str = "lora";
+
 impl Trainer {
-    /// A fresh run: the model shape's random initialisation from the seed.
+    /// A fresh run: the model shape's random initialisation from the seed, or the base checkpoint of a
+    /// fine-tuning run.
     pub fn new(cfg: TrainConfig) -> Result<Trainer> {
-        let config = crate::presets::preset(&cfg.model)?;
-        let model = crate::presets::random_model(&config, cfg.seed, Device::Cpu, DType::F32)?;
-        Trainer::with_model(cfg, model, 0)
+        match cfg.data.clone() {
+            None => {
+                let config = crate::presets::preset(&cfg.model)?;
+                let model = crate::presets::random_model(&config, cfg.seed, Device::Cpu, DType::F32)?;
+                Trainer::with_model(cfg, model, 0)
+            }
+            Some(d) => {
+                let base = crate::load(Path::new(&d.base), Device::Cpu, Some(DType::F32))?;
+                Trainer::fine_tune(cfg, base, 0)
+            }
+        }
     }
 
+    /// A task-suite run on `model` (the tokenizer of its preset shape).
     fn with_model(cfg: TrainConfig, model: Model, step: i64) -> Result<Trainer> {
         let config = model.config().clone();
         let tokenizer_json = serde_json::to_string(&crate::presets::tokenizer_spec_for(&config).to_json()).expect("json");
@@ -187,7 +230,44 @@ impl Trainer {
         let corrupt = corruption_ids(&tokenizer)?;
         let opt = AdamW::new(model.var_store(), (0.9, 0.95), cfg.weight_decay);
         let edits = config.delete_token_id.zip(config.split_token_id);
-        Ok(Trainer { cfg, model, tokenizer, tokenizer_json, opt, step, corrupt, edits })
+        let files = vec![("tokenizer.json".to_string(), tokenizer_json.into_bytes())];
+        Ok(Trainer { cfg, model, tokenizer, files, opt, step, corrupt, edits, data: None, trainable: Trainable::All })
+    }
+
+    /// A fine-tuning run on `loaded` (its tokenizer and chat template): reads the data, selects and unfreezes
+    /// the trainable parameters (attaching LoRA adapters for `lora:R`).
+    fn fine_tune(cfg: TrainConfig, loaded: crate::Loaded, step: i64) -> Result<Trainer> {
+        let d = cfg.data.clone().ok_or_else(|| Error::invalid("training run", &cfg.preset, "has no data"))?;
+        let trainable = Trainable::parse(&d.trainable)?;
+        let mut options = d.options;
+        if options.max_positions == 0 {
+            options.max_positions = loaded.model.config().max_position_embeddings as usize;
+        }
+        let dataset = data::load(&d.file, &loaded.tokenizer, options)?;
+        if dataset.digest != d.digest {
+            return Err(Error::invalid(
+                "--data",
+                d.file.display().to_string(),
+                "the file changed since the run started (its digest differs): use --fresh to start over on it",
+            ));
+        }
+        let mut files = vec![("tokenizer.json".to_string(), loaded.tokenizer.to_json_text()?.into_bytes())];
+        for name in ["chat_template.jinja", "tokenizer_config.json"] {
+            let path = loaded.dir.join(name);
+            if path.is_file() {
+                files.push((name.to_string(), std::fs::read(&path).map_err(|e| Error::io(&path, e))?));
+            }
+        }
+        let mut model = loaded.model;
+        let params = crate::rl::select(&mut model, &trainable)?;
+        crate::rl::freeze_except(&model, &params);
+        let opt = AdamW::over(params, (0.9, 0.95), cfg.weight_decay);
+        let mut corrupt: Vec<i64> = dataset.train.iter().flat_map(|e| e.response.iter().copied()).collect();
+        corrupt.push(loaded.tokenizer.eos_id);
+        corrupt.sort_unstable();
+        corrupt.dedup();
+        let edits = model.config().delete_token_id.zip(model.config().split_token_id);
+        Ok(Trainer { cfg, model, tokenizer: loaded.tokenizer, files, opt, step, corrupt, edits, data: Some(dataset), trainable })
     }
 
     /// The latest complete checkpoint under `out/train`, if any.
@@ -197,12 +277,35 @@ impl Trainer {
         let cfg: TrainConfig = serde_json::from_value(state["config"].clone())
             .map_err(|e| Error::invalid("training checkpoint", dir.display().to_string(), format!("state.json: {e}")))?;
         let step = state["step"].as_i64().ok_or_else(|| Error::invalid("training checkpoint", dir.display().to_string(), "state.json has no step"))?;
-        let loaded = crate::load(&dir, Device::Cpu, Some(DType::F32))?;
-        let mut t = Trainer::with_model(cfg, loaded.model, step)?;
+        let mut t = match &cfg.data {
+            None => Trainer::with_model(cfg, crate::load(&dir, Device::Cpu, Some(DType::F32))?.model, step)?,
+            Some(d) if d.trainable.starts_with("lora") => {
+                // The base never changes under LoRA: the base itself, then the saved adapters.
+                let base = crate::load(Path::new(&d.base), Device::Cpu, Some(DType::F32))?;
+                let t = Trainer::fine_tune(cfg, base, step)?;
+                let path = dir.join(ADAPTER_DIR).join("adapter.safetensors");
+                let saved = Tensor::read_safetensors(&path).map_err(|e| Error::CorruptFile { file: path.clone(), message: e.to_string() })?;
+                let saved: std::collections::HashMap<String, Tensor> = saved.into_iter().collect();
+                tch::no_grad(|| -> Result<()> {
+                    for (name, mut t) in t.model.lora().expect("attached").variables() {
+                        let v = saved.get(&name).ok_or_else(|| Error::MissingTensor { file: path.clone(), tensor: name.clone(), shape: Some(t.size()) })?;
+                        t.f_copy_(v)?;
+                    }
+                    Ok(())
+                })?;
+                t
+            }
+            Some(_) => Trainer::fine_tune(cfg, crate::load(&dir, Device::Cpu, Some(DType::F32))?, step)?,
+        };
         let path = dir.join("optimizer.safetensors");
         let tensors = Tensor::read_safetensors(&path).map_err(|e| Error::CorruptFile { file: path.clone(), message: e.to_string() })?;
         t.opt.load_state(tensors.into_iter().collect(), step)?;
         Ok(Some(t))
+    }
+
+    /// Number of parameters the run trains.
+    pub fn trainable_parameters(&self) -> i64 {
+        self.opt.num_parameters()
     }
 
     pub fn is_done(&self) -> bool {
@@ -217,14 +320,25 @@ impl Trainer {
     /// The noised batch of the current step, in groups of similar layout.
     pub fn batch(&self, rng: &mut Rng) -> Result<Vec<Batch>> {
         let mut rows = Vec::with_capacity(self.cfg.batch);
+        if let Some(d) = &self.data {
+            for _ in 0..self.cfg.batch {
+                rows.push(data::canvas(&d.train[below(rng, d.train.len())], self.tokenizer.eos_id, self.cfg.block));
+            }
+            return self.noised(&rows, rng);
+        }
         for _ in 0..self.cfg.batch {
             let task = self.cfg.task_mix[below(rng, self.cfg.task_mix.len())];
             let ex = task.generate(rng);
             let answer = &ex.answers[below(rng, ex.answers.len())];
             rows.push(canvas(&self.tokenizer, &ex, answer, self.cfg.block)?);
         }
-        let groups = self.cfg.batch.div_ceil(32);
-        noised_groups(&rows, groups, &self.tokenizer, &self.corrupt, NoiseConfig { t2t: self.cfg.t2t, block: self.cfg.block, edits: self.edits.filter(|_| self.cfg.t2t) }, rng)
+        self.noised(&rows, rng)
+    }
+
+    /// `rows` noised in groups of up to 32 of similar layout.
+    fn noised(&self, rows: &[(Vec<i64>, usize)], rng: &mut Rng) -> Result<Vec<Batch>> {
+        let groups = rows.len().div_ceil(32);
+        noised_groups(rows, groups, &self.tokenizer, &self.corrupt, NoiseConfig { t2t: self.cfg.t2t, block: self.cfg.block, edits: self.edits.filter(|_| self.cfg.t2t) }, rng)
     }
 
     /// One optimiser step.
@@ -234,24 +348,7 @@ impl Trainer {
         let groups = self.batch(&mut rng)?;
         let mut split = [start.elapsed().as_secs_f64(), 0.0, 0.0, 0.0];
         let mtf = self.cfg.mtf && self.step as f64 >= self.cfg.mtf_from * self.cfg.steps as f64;
-        let zero = || Tensor::zeros([], (Kind::Float, Device::Cpu));
-        let (mut m_sum, mut m_n, mut v_sum, mut v_n) = (zero(), zero(), zero(), zero());
-        let (mut loads, mut tokens) = (Vec::new(), 0);
-        for batch in &groups {
-            let (masked, visible, ids, targets) = self.multi_turn(batch, mtf, &mut rng)?;
-            let input = &batch.input;
-            let mut group_loads = Vec::new();
-            let logits = self.model.forward_masked(&ids, &input.positions, &input.allowed, Some(&mut group_loads))?.narrow(1, 0, input.noisy_len);
-            let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
-            let (mf, vf) = (masked.to_kind(Kind::Float), visible.to_kind(Kind::Float));
-            m_sum = m_sum - (&logp * &mf).sum(Kind::Float);
-            v_sum = v_sum - (&logp * &vf).sum(Kind::Float);
-            m_n = m_n + mf.sum(Kind::Float);
-            v_n = v_n + vf.sum(Kind::Float);
-            add_loads(&mut loads, group_loads);
-            tokens += batch.tokens;
-        }
-        let (m2t, t2t) = (m_sum / m_n.clamp_min(1.0), v_sum / v_n.clamp_min(1.0));
+        let (m2t, t2t, loads, tokens) = self.losses(&groups, mtf, &mut rng)?;
         let loss = if self.cfg.t2t { &m2t + &t2t } else { m2t.shallow_clone() };
         let loss_value = loss.double_value(&[]);
         split[1] = start.elapsed().as_secs_f64() - split[0];
@@ -269,6 +366,7 @@ impl Trainer {
             seconds: 0.0,
             split,
             skipped: !loss_value.is_finite(),
+            held_out: None,
         };
         if !metrics.skipped {
             self.opt.zero_grad();
@@ -277,7 +375,8 @@ impl Trainer {
             metrics.grad_norm = self.opt.clip_grad_norm(self.cfg.clip);
             self.opt.update(lr);
             self.opt.zero_grad();
-            if self.cfg.balance_rate > 0.0 {
+            // The expert bias is part of the base: balanced only when the whole model trains.
+            if self.cfg.balance_rate > 0.0 && self.trainable == Trainable::All {
                 self.model.balance_experts(&loads, self.cfg.balance_rate);
             }
         }
@@ -285,6 +384,59 @@ impl Trainer {
         metrics.seconds = start.elapsed().as_secs_f64();
         metrics.split[3] = (metrics.seconds - split[0] - split[1] - metrics.split[2]).max(0.0);
         Ok(metrics)
+    }
+
+    /// The M2T and T2T losses (means over masked and visible response positions, with gradients) of `groups`
+    /// after the MTF round when `mtf`, the per-layer expert loads and the canvas tokens.
+    fn losses(&self, groups: &[Batch], mtf: bool, rng: &mut Rng) -> Result<(Tensor, Tensor, Vec<Vec<i64>>, i64)> {
+        let zero = || Tensor::zeros([], (Kind::Float, Device::Cpu));
+        let (mut m_sum, mut m_n, mut v_sum, mut v_n) = (zero(), zero(), zero(), zero());
+        let (mut loads, mut tokens) = (Vec::new(), 0);
+        for batch in groups {
+            let (masked, visible, ids, targets) = self.multi_turn(batch, mtf, rng)?;
+            let input = &batch.input;
+            let mut group_loads = Vec::new();
+            let logits = self.model.forward_masked(&ids, &input.positions, &input.allowed, Some(&mut group_loads))?.narrow(1, 0, input.noisy_len);
+            let logp = logits.log_softmax(-1, Kind::Float).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+            let (mf, vf) = (masked.to_kind(Kind::Float), visible.to_kind(Kind::Float));
+            m_sum = m_sum - (&logp * &mf).sum(Kind::Float);
+            v_sum = v_sum - (&logp * &vf).sum(Kind::Float);
+            m_n = m_n + mf.sum(Kind::Float);
+            v_n = v_n + vf.sum(Kind::Float);
+            add_loads(&mut loads, group_loads);
+            tokens += batch.tokens;
+        }
+        Ok((m_sum / m_n.clamp_min(1.0), v_sum / v_n.clamp_min(1.0), loads, tokens))
+    }
+
+    /// The (M2T, T2T) losses on the held-out examples of a fine-tuning run (up to 256 of them, under fixed
+    /// noise, without MTF), or `None` without held-out data. The same noise at every call, so the values of
+    /// two calls compare.
+    pub fn held_out_loss(&self) -> Result<Option<(f64, f64)>> {
+        let Some(d) = self.data.as_ref().filter(|d| !d.held_out.is_empty()) else { return Ok(None) };
+        let rows: Vec<(Vec<i64>, usize)> = d.held_out.iter().take(256).map(|e| data::canvas(e, self.tokenizer.eos_id, self.cfg.block)).collect();
+        let mut rng = Rng::new(self.cfg.seed ^ 0x4E1D_0075);
+        let groups = self.noised(&rows, &mut rng)?;
+        let (m2t, t2t, _, _) = tch::no_grad(|| self.losses(&groups, false, &mut rng))?;
+        Ok(Some((m2t.double_value(&[]), t2t.double_value(&[]))))
+    }
+
+    /// Exact-match accuracy of greedy decodes of the first `n` held-out prompts of a fine-tuning run (the
+    /// answer as written against the decoded text up to EOS), under the model's usual preset (`llada2.2` on a
+    /// model with edit tokens, `Q` otherwise) with the run's block length; `None` without held-out data.
+    pub fn held_out_accuracy(&self, n: usize) -> Result<Option<(f64, usize)>> {
+        let Some(d) = self.data.as_ref().filter(|d| !d.held_out.is_empty()) else { return Ok(None) };
+        let examples: Vec<&data::Example> = d.held_out.iter().take(n).collect();
+        let longest = examples.iter().map(|e| e.response.len() as i64).max().unwrap_or(1);
+        let mut settings = crate::decode::DecodeSettings::official(longest);
+        settings.block_length = self.cfg.block;
+        let c = self.model.config();
+        settings.apply_preset(if c.delete_token_id.is_some() && c.split_token_id.is_some() { "llada2.2" } else { "Q" })?;
+        settings.temperature = 0.0;
+        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| e.prompt.clone()).collect();
+        let rows = crate::eval::decode_batched(&self.model, &self.tokenizer, &prompts, &settings, crate::eval::DEFAULT_BATCH, None)?;
+        let right = rows.iter().zip(&examples).filter(|(r, e)| crate::tasks::response_text(&self.tokenizer, &r.output) == e.answer).count();
+        Ok(Some((right as f64 / examples.len() as f64, examples.len())))
     }
 
     /// Multi-turn Forward on one group: for a `mtf_prob` share of the rows, a no-grad draft forward, and masked
@@ -359,9 +511,24 @@ impl Trainer {
 
     /// Writes the model (tokenizer.json, model.safetensors in the official per-expert layout, then config.json)
     /// to `dir`, each file atomically.
+    ///
+    /// A LoRA run writes the merged weights (a checkpoint that loads like any other) and the adapters alone
+    /// in `lora/` ([`ADAPTER_DIR`]: `adapter.safetensors`, and `adapter.json` with the rank, alpha and base).
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        checkpoint::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json.as_bytes())?;
+        for (name, bytes) in &self.files {
+            checkpoint::write_atomic(&dir.join(name), bytes)?;
+        }
+        if let (Some(ad), Some(d)) = (self.model.lora(), &self.cfg.data) {
+            let sub = dir.join(ADAPTER_DIR);
+            std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+            let path = sub.join("adapter.safetensors");
+            let tmp = sub.join(format!(".adapter.safetensors.tmp{}", std::process::id()));
+            Tensor::write_safetensors(&ad.variables(), &tmp).map_err(|e| Error::io(&tmp, std::io::Error::other(e.to_string())))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            let meta = serde_json::json!({ "rank": ad.rank, "alpha": ad.alpha, "base": d.base, "trainable": d.trainable });
+            checkpoint::write_atomic(&sub.join("adapter.json"), serde_json::to_string_pretty(&meta).expect("json").as_bytes())?;
+        }
         crate::presets::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })
     }
 
@@ -475,10 +642,18 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Trains `cfg` into `out` (resuming from `out/train` when a checkpoint is there and `fresh` is false),
 /// calling `progress` after every step; `progress` returning false stops the run at once, as an interruption
 /// would (work since the last checkpoint is not saved). Returns the per-step metrics of this invocation.
-pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, mut progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
+pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
+    let trainer = prepare(cfg, out, fresh)?;
+    run_trainer(trainer, out, progress)
+}
+
+/// The trainer [`run`] would train: resumed from `out/train` unless `fresh` (or nothing is there), else new.
+/// Refuses an `out` that is not a training folder, and a checkpoint whose configuration differs from `cfg`.
+pub fn prepare(cfg: TrainConfig, out: &Path, fresh: bool) -> Result<Trainer> {
     check_out(out)?;
-    let mut trainer = match (fresh, Trainer::resume(out)?) {
-        (false, Some(t)) => {
+    let resumed = if fresh { None } else { Trainer::resume(out)? };
+    let trainer = match resumed {
+        Some(t) => {
             if t.cfg != cfg {
                 return Err(Error::invalid(
                     "training run",
@@ -488,7 +663,7 @@ pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, mut progress: impl FnMut(&
             }
             t
         }
-        _ => {
+        None => {
             let train = out.join("train");
             if fresh && train.exists() {
                 std::fs::remove_dir_all(&train).map_err(|e| Error::io(&train, e))?;
@@ -496,15 +671,24 @@ pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, mut progress: impl FnMut(&
             Trainer::new(cfg)?
         }
     };
+    Ok(trainer)
+}
+
+/// Trains `trainer` to its last step (see [`run`]).
+pub fn run_trainer(mut trainer: Trainer, out: &Path, mut progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
     let mut history = Vec::new();
     while !trainer.is_done() {
-        let m = trainer.train_step()?;
+        let mut m = trainer.train_step()?;
+        let at_checkpoint = trainer.step % trainer.cfg.checkpoint_every == 0 || trainer.is_done();
+        if at_checkpoint {
+            m.held_out = trainer.held_out_loss()?;
+        }
         let go_on = progress(&trainer, &m);
         history.push(m);
         if !go_on {
             return Ok(history);
         }
-        if trainer.step % trainer.cfg.checkpoint_every == 0 || trainer.is_done() {
+        if at_checkpoint {
             trainer.checkpoint(out, &history)?;
         }
     }
