@@ -1,5 +1,7 @@
-//! `dllm bench train`: training throughput of a preset (steps and canvas tokens per second) and the time split
-//! of a step (batch, forwards, backward, update), without checkpoint writes.
+//! `dllm bench train`: training throughput of a preset, or of fine-tuning a checkpoint on a JSONL file
+//! (`--data`, `--trainable`): steps and canvas tokens per second, the time split of a step (batch, forwards,
+//! backward, update) and the peak host memory of the run (model, training state, steps), without checkpoint
+//! writes.
 
 use std::time::Instant;
 
@@ -22,6 +24,15 @@ pub struct TrainBench {
     /// CPU threads for libtorch (default: all cores).
     #[arg(long)]
     threads: Option<i32>,
+    /// Fine-tuning instead (preset finetune): steps on this JSONL file, and the run's peak host memory.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// With --data: the checkpoint folder or builtin:NAME to fine-tune.
+    #[arg(long, default_value = "builtin:tiny")]
+    model: String,
+    /// With --data: all, lora:R[:ALPHA] or layers:A-B.
+    #[arg(long, default_value = "all")]
+    trainable: String,
     #[arg(long)]
     json: bool,
 }
@@ -33,10 +44,16 @@ pub fn train(a: &TrainBench) -> Result<()> {
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
-    let mut cfg = TrainConfig::preset(&a.preset)?;
+    let mut cfg = TrainConfig::preset(if a.data.is_some() { "finetune" } else { &a.preset })?;
     cfg.steps = 1_000_000;
     cfg.mtf = a.mtf && cfg.mtf;
     cfg.mtf_from = 0.0;
+    if let Some(file) = &a.data {
+        cfg.data = Some(crate::train_cmd::data_config(file, &a.model, &a.trainable, 0.1, 64, &cfg)?);
+    }
+    // The peak from here on: the model, its training state and the steps (not the binary and libtorch).
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let rss_before = crate::bench::proc_status_kib("VmRSS")? * 1024;
     let mut t = Trainer::new(cfg)?;
     for _ in 0..3 {
         t.train_step()?;
@@ -51,8 +68,13 @@ pub fn train(a: &TrainBench) -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let peak = (crate::bench::proc_status_kib("VmHWM")? * 1024).saturating_sub(rss_before);
     let out = json!({
-        "preset": a.preset,
+        "preset": t.cfg.preset,
+        "trainable": t.cfg.data.as_ref().map_or("all", |d| d.trainable.as_str()),
+        "trainable_parameters": t.trainable_parameters(),
+        "weight_mb": t.model.weight_bytes() as f64 / 1e6,
+        "peak_mb": peak as f64 / 1e6,
         "mtf": t.cfg.mtf,
         "threads": tch::get_num_threads(),
         "parameters": t.model.num_parameters(),
@@ -67,9 +89,10 @@ pub fn train(a: &TrainBench) -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "{} ({} parameters, {} threads, mtf {}): {:.2} steps/s, {:.0} canvas tokens/s; per step {:.1} ms batch, {:.1} ms forward, {:.1} ms backward, {:.1} ms update",
-            a.preset, out["parameters"], out["threads"], t.cfg.mtf, out["steps_per_second"].as_f64().unwrap_or(0.0),
-            out["tokens_per_second"].as_f64().unwrap_or(0.0), split[0] * 1e3, split[1] * 1e3, split[2] * 1e3, split[3] * 1e3
+            "{} ({} parameters, {} trained, {} threads, mtf {}): {:.2} steps/s, {:.0} canvas tokens/s; per step {:.1} ms batch, {:.1} ms forward, {:.1} ms backward, {:.1} ms update; peak {:.0} MB over {:.0} MB of weights",
+            t.cfg.preset, out["parameters"], out["trainable_parameters"], out["threads"], t.cfg.mtf, out["steps_per_second"].as_f64().unwrap_or(0.0),
+            out["tokens_per_second"].as_f64().unwrap_or(0.0), split[0] * 1e3, split[1] * 1e3, split[2] * 1e3, split[3] * 1e3,
+            peak as f64 / 1e6, t.model.weight_bytes() as f64 / 1e6
         );
     }
     Ok(())

@@ -7,6 +7,7 @@ use clap::Args;
 use dllm_engine::decode::DecodeSettings;
 use dllm_engine::eval::{evaluate, EvalOptions, EvalReport, DEFAULT_BATCH};
 use dllm_engine::tasks::{Task, BLOCK_LENGTH, GEN_LENGTH};
+use dllm_engine::train::data::{DataOptions, Example};
 
 use crate::model_cmds::ModelArgs;
 
@@ -41,6 +42,34 @@ pub struct EvalArgs {
     /// Print one JSON object (the report).
     #[arg(long)]
     pub json: bool,
+    /// Instead of the task suite: exact-answer accuracy of greedy decodes on a JSONL file of `dllm train
+    /// --data` (its held-out lines, split as training splits them with the same --held-out and --seed).
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// With --data: the held-out share (0 evaluates every line).
+    #[arg(long, default_value_t = 0.1)]
+    pub held_out: f64,
+    /// With --data: the seed of the split.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `dllm eval --data FILE`: exact answers on the file's held-out lines (or all of them with --held-out 0).
+fn eval_data(a: &EvalArgs, file: &std::path::Path) -> Result<()> {
+    let loaded = a.model.load()?;
+    let max_positions = loaded.model.config().max_position_embeddings as usize;
+    let options = DataOptions { held_out: a.held_out, max_response: GEN_LENGTH as usize * 64, max_positions, block: BLOCK_LENGTH, seed: a.seed };
+    let d = dllm_engine::train::data::load(file, &loaded.tokenizer, options)?;
+    let pool = if a.held_out > 0.0 { &d.held_out } else { &d.train };
+    let examples: Vec<&Example> = pool.iter().take(a.n).collect();
+    let acc = dllm_engine::train::data::accuracy(&loaded.model, &loaded.tokenizer, &examples, BLOCK_LENGTH)?;
+    let which = if a.held_out > 0.0 { "held-out" } else { "all" };
+    if a.json {
+        println!("{}", serde_json::json!({ "data": file, "split": which, "n": examples.len(), "accuracy": acc }));
+    } else {
+        println!("{}: {:.1}% exact answers on {} {which} examples", file.display(), 100.0 * acc, examples.len());
+    }
+    Ok(())
 }
 
 /// The settings: the task suite's lengths, the preset, eos_early_stop on, then every --set in order.
@@ -57,6 +86,9 @@ fn settings(a: &EvalArgs) -> Result<DecodeSettings> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
+    if let Some(file) = &a.data {
+        return eval_data(a, file);
+    }
     let mut tasks = Task::parse_list(&a.tasks)?;
     if a.hard && a.tasks.trim() == "all" {
         tasks.retain(|&t| t != Task::Add); // no hard level

@@ -3,7 +3,7 @@
 //! resumable checkpoints under `OUT/train`, and the model itself in `OUT` (config.json, model.safetensors,
 //! tokenizer.json; a LoRA run's adapters alone in `OUT/lora`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -95,18 +95,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         cfg.batch = b;
     }
     match &a.data {
-        Some(file) => {
-            let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("--data {}: {e}", file.display()))?;
-            if !(0.0..1.0).contains(&a.held_out) {
-                bail!("--held-out must be at least 0 and below 1, got {}", a.held_out);
-            }
-            if !(1..=1 << 20).contains(&a.max_response) {
-                bail!("--max-response must be from 1 to {}, got {}", 1 << 20, a.max_response);
-            }
-            Trainable::parse(&a.trainable)?;
-            let options = DataOptions { held_out: a.held_out, max_response: a.max_response, max_positions: 0, block: cfg.block, seed: cfg.seed };
-            cfg.data = Some(DataConfig { file: file.clone(), digest: digest(&bytes), base: a.model.clone(), trainable: a.trainable.clone(), options });
-        }
+        Some(file) => cfg.data = Some(data_config(file, &a.model, &a.trainable, a.held_out, a.max_response, &cfg)?),
         None if preset == "finetune" => bail!("--preset finetune trains on --data FILE.jsonl"),
         None => {
             if a.trainable != "all" || a.model != "builtin:tiny" {
@@ -164,6 +153,20 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         report_data(&trained, "after")?;
     }
     Ok(())
+}
+
+/// The data part of a fine-tuning run's configuration (`--data` and its options), checked.
+pub(crate) fn data_config(file: &Path, model: &str, trainable: &str, held_out: f64, max_response: usize, cfg: &TrainConfig) -> Result<DataConfig> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("--data {}: {e}", file.display()))?;
+    if !(0.0..1.0).contains(&held_out) {
+        bail!("--held-out must be at least 0 and below 1, got {held_out}");
+    }
+    if !(1..=1 << 20).contains(&max_response) {
+        bail!("--max-response must be from 1 to {}, got {max_response}", 1 << 20);
+    }
+    Trainable::parse(trainable)?;
+    let options = DataOptions { held_out, max_response, max_positions: 0, block: cfg.block, seed: cfg.seed };
+    Ok(DataConfig { file: file.to_path_buf(), digest: digest(&bytes), base: model.to_string(), trainable: trainable.to_string(), options })
 }
 
 /// For a fine-tuning run that starts or ends: the data, what trains, and the held-out loss and accuracy

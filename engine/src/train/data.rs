@@ -169,6 +169,25 @@ fn parse_line(line: &str, number: usize, tok: &Tokenizer, opts: &DataOptions) ->
     Ok(examples)
 }
 
+/// Exact-match accuracy of greedy decodes of `examples` (the answer as written against the decoded text up to
+/// EOS) under the model's usual preset (`llada2.2` on a model with edit tokens, `Q` otherwise) in blocks of
+/// `block`.
+pub fn accuracy(model: &crate::Model, tok: &Tokenizer, examples: &[&Example], block: i64) -> Result<f64> {
+    if examples.is_empty() {
+        return Err(Error::invalid("examples", "[]", "nothing to evaluate"));
+    }
+    let longest = examples.iter().map(|e| e.response.len() as i64).max().unwrap_or(1);
+    let mut settings = crate::decode::DecodeSettings::official(longest);
+    settings.block_length = block;
+    let c = model.config();
+    settings.apply_preset(if c.delete_token_id.is_some() && c.split_token_id.is_some() { "llada2.2" } else { "Q" })?;
+    settings.temperature = 0.0;
+    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| e.prompt.clone()).collect();
+    let rows = crate::eval::decode_batched(model, tok, &prompts, &settings, crate::eval::DEFAULT_BATCH, None)?;
+    let right = rows.iter().zip(examples).filter(|(r, e)| crate::tasks::response_text(tok, &r.output) == e.answer).count();
+    Ok(right as f64 / examples.len() as f64)
+}
+
 /// The clean canvas of `ex` (prompt + response padded with EOS to whole blocks) and its prompt length.
 pub fn canvas(ex: &Example, eos: i64, block: i64) -> (Vec<i64>, usize) {
     let mut ids = ex.prompt.clone();

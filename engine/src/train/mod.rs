@@ -427,16 +427,7 @@ impl Trainer {
     pub fn held_out_accuracy(&self, n: usize) -> Result<Option<(f64, usize)>> {
         let Some(d) = self.data.as_ref().filter(|d| !d.held_out.is_empty()) else { return Ok(None) };
         let examples: Vec<&data::Example> = d.held_out.iter().take(n).collect();
-        let longest = examples.iter().map(|e| e.response.len() as i64).max().unwrap_or(1);
-        let mut settings = crate::decode::DecodeSettings::official(longest);
-        settings.block_length = self.cfg.block;
-        let c = self.model.config();
-        settings.apply_preset(if c.delete_token_id.is_some() && c.split_token_id.is_some() { "llada2.2" } else { "Q" })?;
-        settings.temperature = 0.0;
-        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| e.prompt.clone()).collect();
-        let rows = crate::eval::decode_batched(&self.model, &self.tokenizer, &prompts, &settings, crate::eval::DEFAULT_BATCH, None)?;
-        let right = rows.iter().zip(&examples).filter(|(r, e)| crate::tasks::response_text(&self.tokenizer, &r.output) == e.answer).count();
-        Ok(Some((right as f64 / examples.len() as f64, examples.len())))
+        Ok(Some((data::accuracy(&self.model, &self.tokenizer, &examples, self.cfg.block)?, examples.len())))
     }
 
     /// Multi-turn Forward on one group: for a `mtf_prob` share of the rows, a no-grad draft forward, and masked
