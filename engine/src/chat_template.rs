@@ -35,6 +35,7 @@ pub struct SpecialTokens {
 }
 
 /// A compiled chat template and the file it came from (named in every error).
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     file: PathBuf,

@@ -90,6 +90,23 @@ impl Adapters {
     }
 }
 
+/// Writes `ad` alone into `dir/lora` (the folder a checkpoint keeps them in): `adapter.safetensors` (names as
+/// [`Adapters::variables`]) and `adapter.json` with the rank, alpha and the fields of `meta` (an object), each
+/// file atomically.
+pub fn write_adapters(ad: &Adapters, dir: &std::path::Path, meta: serde_json::Value) -> Result<()> {
+    let sub = dir.join("lora");
+    std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+    let path = sub.join("adapter.safetensors");
+    let tmp = sub.join(format!(".adapter.safetensors.tmp{}", std::process::id()));
+    Tensor::write_safetensors(&ad.variables(), &tmp).map_err(|e| Error::io(&tmp, std::io::Error::other(e.to_string())))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    let mut json = serde_json::json!({ "rank": ad.rank, "alpha": ad.alpha });
+    if let (Some(all), serde_json::Value::Object(extra)) = (json.as_object_mut(), meta) {
+        all.extend(extra);
+    }
+    crate::checkpoint::write_atomic(&sub.join("adapter.json"), serde_json::to_string_pretty(&json).expect("json").as_bytes())
+}
+
 /// Builds adapters of `rank` for weights of the given shapes, registering them in a fresh VarStore.
 pub(crate) struct Builder {
     vs: nn::VarStore,

@@ -42,6 +42,7 @@ impl Role {
     }
 }
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     file: PathBuf,

@@ -2,6 +2,7 @@
 //! (`commands`), typed results (`value`) rendered in one place (`render`), and the terminal front-end.
 
 mod commands;
+mod finetune;
 mod parse;
 mod persist;
 mod research;

@@ -32,11 +32,11 @@ impl RlState {
     }
 }
 
-fn msg(text: impl Into<String>) -> Value {
+pub(crate) fn msg(text: impl Into<String>) -> Value {
     Value::Message { text: text.into() }
 }
 
-fn usage(m: impl Into<String>, u: &str) -> CommandError {
+pub(crate) fn usage(m: impl Into<String>, u: &str) -> CommandError {
     CommandError::Usage { message: m.into(), usage: u.into() }
 }
 
@@ -304,6 +304,9 @@ fn apply_config(s: &mut Session, c: RlConfig) -> Result<(), CommandError> {
 }
 
 fn ensure_run(s: &mut Session) -> Result<&mut Rl, CommandError> {
+    if s.train.run.is_some() {
+        return Err(CommandError::Failed("a fine-tuning run holds the model's trainable set: `train reset` ends it (the weights stay)".into()));
+    }
     if s.rl.run.is_none() {
         let (c, flag) = (s.rl.config.clone(), s.interrupt_flag());
         let l = s.model_mut()?;
@@ -315,7 +318,7 @@ fn ensure_run(s: &mut Session) -> Result<&mut Rl, CommandError> {
 }
 
 /// After the weights changed, every branch's cached blocks are stale.
-fn clear_caches(s: &mut Session) {
+pub(crate) fn clear_caches(s: &mut Session) {
     for d in s.branches.values_mut() {
         d.clear_cache();
     }
@@ -431,11 +434,12 @@ fn rl_table(s: &Session) -> Value {
     Value::Table(Table { title: "RL settings (`rl set NAME VALUE`)".into(), columns: ["setting", "value", "meaning"].map(String::from).to_vec(), rows })
 }
 
-/// Writes the resident model (LoRA merged) and its tokenizer into `dir` as a loadable checkpoint: into a
+/// Writes the resident model (LoRA merged; the adapters alone too, in `dir/lora`) and its tokenizer into `dir`
+/// as a loadable checkpoint: into a
 /// temporary sibling folder first, then put in place atomically (`checkpoint::install_dir`), so `dir` is
 /// either the old checkpoint or the complete new one. An existing `dir` that is not a checkpoint folder (no
 /// config.json) and not empty is refused: a save never destroys what it did not write.
-fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
+pub(crate) fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         return Err(CommandError::Failed(format!("cannot save into {}: the folder {} does not exist", dir.display(), parent.display())));
@@ -455,6 +459,9 @@ fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
         dllm_engine::presets::write_checkpoint(&l.model, &tmp, opts)?;
         let tok = l.tokenizer.to_json_text()?;
         std::fs::write(tmp.join("tokenizer.json"), tok).map_err(|e| CommandError::Failed(format!("{}: {e}", tmp.display())))?;
+        if let Some(ad) = l.model.lora() {
+            dllm_engine::lora::write_adapters(ad, &tmp, serde_json::json!({ "base": l.dir }))?;
+        }
         // The checkpoint's chat template travels with the policy, so prompts render the same after a reload.
         for name in ["chat_template.jinja", "tokenizer_config.json"] {
             let from = l.dir.join(name);

@@ -130,6 +130,8 @@ pub struct Session {
     load_note: Option<String>,
     /// RL configuration, run and snapshots (`rl ...`).
     pub(crate) rl: RlState,
+    /// Fine-tuning on a JSONL file (`train ...`).
+    pub(crate) train: crate::finetune::TrainState,
     interrupt: Arc<AtomicBool>,
     /// Nesting of `execute` (a `source` script runs commands inside a command).
     depth: usize,
@@ -153,6 +155,7 @@ impl Session {
             next_break_id: 1,
             watches: Vec::new(),
             rl: RlState::default(),
+            train: Default::default(),
             interrupt: Arc::new(AtomicBool::new(false)),
             depth: 0,
         }
@@ -212,6 +215,21 @@ impl Session {
         }
     }
 
+    /// Takes the resident model out of the session (fine-tuning owns it during `train N`); the session has no
+    /// model until [`Session::put_loaded`] gives it back.
+    pub(crate) fn take_loaded(&mut self) -> Result<Loaded, CommandError> {
+        self.model()?;
+        match std::mem::replace(&mut self.model, ModelSlot::Failed("the model was lost while it trained".into())) {
+            ModelSlot::Ready(l) => Ok(*l),
+            _ => unreachable!("model() succeeded"),
+        }
+    }
+
+    /// Gives back the model [`Session::take_loaded`] took.
+    pub(crate) fn put_loaded(&mut self, l: Loaded) {
+        self.model = ModelSlot::Ready(Box::new(l));
+    }
+
     /// The model and the RL run together (an update reads one and changes the other).
     pub(crate) fn model_and_rl(&mut self) -> Result<(&Loaded, &mut dllm_engine::rl::Rl), CommandError> {
         self.model()?;
@@ -228,6 +246,7 @@ impl Session {
         self.model = ModelSlot::Ready(Box::new(loaded));
         self.source = source;
         self.rl.reset();
+        self.train.run = None;
         self.branches.clear();
         self.prompt = None;
         self.current = "main".into();

@@ -743,3 +743,64 @@ fn a_run_interrupted_at_any_moment_goes_on_to_the_same_decode() {
     }
     assert!(stopped >= 1, "at least one run was stopped part-way");
 }
+
+#[test]
+fn train_fine_tunes_the_resident_model_between_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rot.jsonl");
+    let words = ["abcd", "bcde", "cdef", "defg", "efgh", "fghi", "ghij", "hijk", "ijkl", "jklm"];
+    let lines: String = (0..60)
+        .map(|i| {
+            let w = format!("{}{}", words[i % 10], &words[i / 10][..1]);
+            format!("{{\"prompt\": \"rot {w}\", \"response\": \"{}{}\"}}\n", &w[1..], &w[..1])
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let d = data.to_str().unwrap();
+    let mut s = session();
+    ok(&mut s, "chat rot abcde");
+    ok(&mut s, "run");
+    let before = state(&mut s);
+    // Bad input changes nothing.
+    for (line, says) in [
+        ("train 5", "no data"),
+        ("train data /nonexistent.jsonl", "nonexistent"),
+        ("train set lr 0", "(0, 1]"),
+        ("train set lr NaN", "(0, 1]"),
+        ("train set trainable lora:0", "rank"),
+        ("train set colour blue", "unknown setting"),
+        ("train 0", "from 1 to 1000000"),
+        ("train 99999999999", "from 1 to 1000000"),
+        ("train frobnicate", "unknown train subcommand"),
+    ] {
+        let e = err(&mut s, line);
+        assert!(e.contains(says), "{line}: {e}");
+    }
+    assert_eq!(before, state(&mut s));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"rot ab\", \"response\": \"ba\"}\n{\"prompt\": 5}\n").unwrap();
+    let e = err(&mut s, &format!("train data {}", bad.display()));
+    assert!(e.contains("line 2"), "{e}");
+
+    let v = ok(&mut s, &format!("train data {d}"));
+    assert!(text(&v).contains("54 examples for training, 6 held out"), "{}", text(&v));
+    ok(&mut s, "train set trainable lora:4");
+    ok(&mut s, "train set lr 0.003");
+    let v = ok(&mut s, "train 6");
+    assert!(text(&v).contains("6 fine-tuning steps") && text(&v).contains("held-out loss"), "{}", text(&v));
+    let shown = text(&ok(&mut s, "train show"));
+    assert!(shown.contains("step 6") && shown.contains("lora:4"), "{shown}");
+    let v = ok(&mut s, "train eval 6");
+    assert_eq!(v[0]["rows"][0][3], 6, "{}", text(&v));
+    // RL and fine-tuning do not share the trainable set.
+    assert!(err(&mut s, "rl update 1").contains("train reset"));
+    // The branch decodes with the new weights after a weight change.
+    ok(&mut s, "redecode after");
+    ok(&mut s, "diff main after");
+    let out = dir.path().join("tuned");
+    ok(&mut s, &format!("train save {}", out.display()));
+    assert!(out.join("config.json").is_file() && out.join("lora/adapter.safetensors").is_file());
+    ok(&mut s, "train reset");
+    assert!(text(&ok(&mut s, "train show")).contains("not started"));
+    ok(&mut s, &format!("load {}", out.display()));
+}

@@ -202,7 +202,46 @@ pub struct Trainer {
     trainable: Trainable,
 }
 
-/// Adapters of a LoRA run, beside the merged weights: `lora/adapter.safetensors` and `lora/adapter.json`.
+/// A [`Trainer`] without its model: what a session keeps between `train` commands while the model stays
+/// resident (and decodes) in between ([`Trainer::into_parts`], [`Trainer::from_parts`]).
+pub struct TrainerState {
+    cfg: TrainConfig,
+    tokenizer: Tokenizer,
+    files: Vec<(String, Vec<u8>)>,
+    opt: AdamW,
+    step: i64,
+    corrupt: Vec<i64>,
+    edits: Option<(i64, i64)>,
+    data: Option<data::Dataset>,
+    trainable: Trainable,
+}
+
+impl TrainerState {
+    pub fn cfg(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn step(&self) -> i64 {
+        self.step
+    }
+
+    pub fn data(&self) -> Option<&data::Dataset> {
+        self.data.as_ref()
+    }
+
+    pub fn trainable_parameters(&self) -> i64 {
+        self.opt.num_parameters()
+    }
+
+    /// The learning rate, weight decay and batch of the next steps (the optimiser's moments stay).
+    pub fn set_rates(&mut self, lr: f64, weight_decay: f64, batch: usize) {
+        (self.cfg.lr, self.cfg.weight_decay, self.cfg.batch) = (lr, weight_decay, batch);
+        self.opt.weight_decay = weight_decay;
+    }
+}
+
+/// Adapters of a LoRA run, beside the merged weights: `lora/adapter.safetensors` and `lora/adapter.json`
+/// ([`crate::lora::write_adapters`]).
 pub const ADAPTER_DIR: &str = "lora";
 
 impl Trainer {
@@ -237,37 +276,54 @@ impl Trainer {
     /// A fine-tuning run on `loaded` (its tokenizer and chat template): reads the data, selects and unfreezes
     /// the trainable parameters (attaching LoRA adapters for `lora:R`).
     fn fine_tune(cfg: TrainConfig, loaded: crate::Loaded, step: i64) -> Result<Trainer> {
-        let d = cfg.data.clone().ok_or_else(|| Error::invalid("training run", &cfg.preset, "has no data"))?;
-        let trainable = Trainable::parse(&d.trainable)?;
-        let mut options = d.options;
-        if options.max_positions == 0 {
-            options.max_positions = loaded.model.config().max_position_embeddings as usize;
-        }
-        let dataset = data::load(&d.file, &loaded.tokenizer, options)?;
-        if dataset.digest != d.digest {
-            return Err(Error::invalid(
-                "--data",
-                d.file.display().to_string(),
-                "the file changed since the run started (its digest differs): use --fresh to start over on it",
-            ));
-        }
-        let mut files = vec![("tokenizer.json".to_string(), loaded.tokenizer.to_json_text()?.into_bytes())];
-        for name in ["chat_template.jinja", "tokenizer_config.json"] {
-            let path = loaded.dir.join(name);
-            if path.is_file() {
-                files.push((name.to_string(), std::fs::read(&path).map_err(|e| Error::io(&path, e))?));
+        let crate::Loaded { model, tokenizer, dir, .. } = loaded;
+        Trainer::fine_tune_on(cfg, model, tokenizer, &dir, step).map_err(|(e, _)| e)
+    }
+
+    /// [`Trainer::fine_tune`] that gives `model` back, unchanged, when it fails (a session keeps its model).
+    #[allow(clippy::result_large_err)]
+    fn fine_tune_on(cfg: TrainConfig, mut model: Model, tokenizer: Tokenizer, dir: &Path, step: i64) -> std::result::Result<Trainer, (Error, Model)> {
+        let prepared = (|| -> Result<_> {
+            let d = cfg.data.clone().ok_or_else(|| Error::invalid("training run", &cfg.preset, "has no data"))?;
+            let trainable = Trainable::parse(&d.trainable)?;
+            let mut options = d.options;
+            if options.max_positions == 0 {
+                options.max_positions = model.config().max_position_embeddings as usize;
             }
-        }
-        let mut model = loaded.model;
-        let params = crate::rl::select(&mut model, &trainable)?;
+            let dataset = data::load(&d.file, &tokenizer, options)?;
+            if dataset.digest != d.digest {
+                return Err(Error::invalid(
+                    "--data",
+                    d.file.display().to_string(),
+                    "the file changed since the run started (its digest differs): use --fresh to start over on it",
+                ));
+            }
+            let mut files = vec![("tokenizer.json".to_string(), tokenizer.to_json_text()?.into_bytes())];
+            for name in ["chat_template.jinja", "tokenizer_config.json"] {
+                let path = dir.join(name);
+                if path.is_file() {
+                    files.push((name.to_string(), std::fs::read(&path).map_err(|e| Error::io(&path, e))?));
+                }
+            }
+            Ok((trainable, dataset, files))
+        })();
+        let (trainable, dataset, files) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Err((e, model)),
+        };
+        // The one step that changes the model: attaching adapters (it fails before attaching, or not at all).
+        let params = match crate::rl::select(&mut model, &trainable) {
+            Ok(p) => p,
+            Err(e) => return Err((e, model)),
+        };
         crate::rl::freeze_except(&model, &params);
         let opt = AdamW::over(params, (0.9, 0.95), cfg.weight_decay);
         let mut corrupt: Vec<i64> = dataset.train.iter().flat_map(|e| e.response.iter().copied()).collect();
-        corrupt.push(loaded.tokenizer.eos_id);
+        corrupt.push(tokenizer.eos_id);
         corrupt.sort_unstable();
         corrupt.dedup();
         let edits = model.config().delete_token_id.zip(model.config().split_token_id);
-        Ok(Trainer { cfg, model, tokenizer: loaded.tokenizer, files, opt, step, corrupt, edits, data: Some(dataset), trainable })
+        Ok(Trainer { cfg, model, tokenizer, files, opt, step, corrupt, edits, data: Some(dataset), trainable })
     }
 
     /// The latest complete checkpoint under `out/train`, if any.
@@ -301,6 +357,27 @@ impl Trainer {
         let tensors = Tensor::read_safetensors(&path).map_err(|e| Error::CorruptFile { file: path.clone(), message: e.to_string() })?;
         t.opt.load_state(tensors.into_iter().collect(), step)?;
         Ok(Some(t))
+    }
+
+    /// A fine-tuning run on a resident model (`cfg.data` names the file; the base is `model` as it is), with
+    /// the tokenizer and chat template of the checkpoint folder `dir` it came from.
+    /// On failure the model comes back unchanged with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn fine_tune_resident(cfg: TrainConfig, model: Model, tokenizer: Tokenizer, dir: &Path) -> std::result::Result<Trainer, (Error, Model)> {
+        Trainer::fine_tune_on(cfg, model, tokenizer, dir, 0)
+    }
+
+    /// The model and the rest, to keep apart between steps.
+    pub fn into_parts(self) -> (Model, TrainerState) {
+        let Trainer { cfg, model, tokenizer, files, opt, step, corrupt, edits, data, trainable } = self;
+        (model, TrainerState { cfg, tokenizer, files, opt, step, corrupt, edits, data, trainable })
+    }
+
+    /// A trainer again from [`Trainer::into_parts`] (the same model, or one whose trainable tensors are those
+    /// the optimiser holds).
+    pub fn from_parts(state: TrainerState, model: Model) -> Trainer {
+        let TrainerState { cfg, tokenizer, files, opt, step, corrupt, edits, data, trainable } = state;
+        Trainer { cfg, model, tokenizer, files, opt, step, corrupt, edits, data, trainable }
     }
 
     /// Number of parameters the run trains.
@@ -511,14 +588,7 @@ impl Trainer {
             checkpoint::write_atomic(&dir.join(name), bytes)?;
         }
         if let (Some(ad), Some(d)) = (self.model.lora(), &self.cfg.data) {
-            let sub = dir.join(ADAPTER_DIR);
-            std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-            let path = sub.join("adapter.safetensors");
-            let tmp = sub.join(format!(".adapter.safetensors.tmp{}", std::process::id()));
-            Tensor::write_safetensors(&ad.variables(), &tmp).map_err(|e| Error::io(&tmp, std::io::Error::other(e.to_string())))?;
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-            let meta = serde_json::json!({ "rank": ad.rank, "alpha": ad.alpha, "base": d.base, "trainable": d.trainable });
-            checkpoint::write_atomic(&sub.join("adapter.json"), serde_json::to_string_pretty(&meta).expect("json").as_bytes())?;
+            crate::lora::write_adapters(ad, dir, serde_json::json!({ "base": d.base, "trainable": d.trainable }))?;
         }
         crate::presets::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })
     }
