@@ -3,7 +3,8 @@
 # run with many more lines, once per seed, one seed per core, in the release profile. Any abort, internal error
 # or failing line that changed the session fails its seed; the log names the line (replay it with that seed).
 #
-# Usage: scripts/fuzz.sh [LINES_PER_SEED] [FIRST_SEED] [SEEDS]
+# Usage: [DLLM_FUZZ_HEAVY=0] scripts/fuzz.sh [LINES_PER_SEED] [FIRST_SEED] [SEEDS]
+#   DLLM_FUZZ_HEAVY=0 leaves out the seconds-long lines (rl update, rl eval) for many more lines per minute.
 #   defaults: 200000 lines per seed, seeds 1..4 (docs/reliability.md has the measured speed)
 # Logs: target/fuzz/seed-S.log; the summary is printed at the end.
 set -euo pipefail

@@ -664,6 +664,11 @@ impl Model {
         self.lora.take()
     }
 
+    /// Puts `adapters` back (ones [`Model::detach_lora`] gave), returning those attached now.
+    pub fn set_lora(&mut self, adapters: Option<Adapters>) -> Option<Adapters> {
+        std::mem::replace(&mut self.lora, adapters)
+    }
+
     /// Folds the adapters into the weights (`W += s B A`, in the weights' dtype) and drops them; the outputs
     /// are those of the adapted model. Returns false when no adapters were attached.
     pub fn merge_lora(&mut self) -> bool {

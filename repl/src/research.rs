@@ -324,8 +324,54 @@ pub(crate) fn clear_caches(s: &mut Session) {
     }
 }
 
+/// How to take back the start of a run by a command that then failed: the adapters the model had before the
+/// run replaced them (`Some`), or `None` when it kept them or had none to replace.
+struct RunStart(Option<dllm_engine::lora::Adapters>);
+
+/// Starts a run if there is none (see [`ensure_run`]); `Some` when this call started it.
+fn start_run(s: &mut Session) -> Result<Option<RunStart>, CommandError> {
+    if s.rl.run.is_some() {
+        return ensure_run(s).map(|_| None);
+    }
+    let wanted = s.rl.config.trainable.clone();
+    let l = s.model_mut()?;
+    // A LoRA run of another rank replaces the adapters attached now: keep those aside to put back on failure.
+    let replaced = match (&wanted, l.model.lora()) {
+        (dllm_engine::rl::Trainable::Lora { rank, alpha }, Some(ad)) if (ad.rank, ad.alpha) != (*rank, *alpha) => l.model.detach_lora(),
+        _ => None,
+    };
+    match ensure_run(s) {
+        Ok(_) => Ok(Some(RunStart(replaced))),
+        Err(e) => {
+            if let (Some(ad), Ok(l)) = (replaced, s.model_mut()) {
+                l.model.set_lora(Some(ad));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Takes back a run `start_run` started: no run, every parameter trainable, the adapters as they were.
+fn undo_start(s: &mut Session, start: RunStart) {
+    s.rl.run = None;
+    if let Ok(l) = s.model_mut() {
+        if let Some(ad) = start.0 {
+            l.model.set_lora(Some(ad));
+        }
+        Rl::release(&l.model);
+    }
+}
+
 fn update(s: &mut Session, n: usize, a: &Args) -> CmdResult {
-    ensure_run(s)?;
+    let started = start_run(s)?;
+    let result = run_updates(s, n, a);
+    if let (Err(_), Some(start)) = (&result, started) {
+        undo_start(s, start); // the first update failed: as if the command had not run
+    }
+    result
+}
+
+fn run_updates(s: &mut Session, n: usize, a: &Args) -> CmdResult {
     let flag = s.interrupt_flag();
     let mut done: Vec<UpdateMetrics> = Vec::new();
     let mut stop = None;

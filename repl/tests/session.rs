@@ -415,6 +415,19 @@ fn rl_updates_snapshot_restore_redecode_and_save() {
         assert!(e.contains(says), "{line}: {e}");
     }
     assert_eq!(before, state(&mut s));
+    // A first update that fails takes back the run it started, and the adapters it replaced (fuzz seed 9).
+    ok(&mut s, "rl set trainable lora:3");
+    ok(&mut s, "rl snapshot");
+    ok(&mut s, "rl reset");
+    ok(&mut s, "rl set trainable lora:2");
+    ok(&mut s, "rl prompt hello there");
+    let shown = text(&ok(&mut s, "rl show"));
+    assert!(shown.contains("rank 3") && shown.contains("not started"), "{shown}");
+    let e = err(&mut s, "rl update 1");
+    assert!(e.contains("has no reference answer"), "{e}");
+    assert_eq!(shown, text(&ok(&mut s, "rl show")), "the failed update left a run or other adapters");
+    ok(&mut s, "rl prompts clear");
+    ok(&mut s, "rl set trainable all");
 
     // A save never destroys what it did not write: a folder that is not a checkpoint is refused and kept.
     let thesis = dir.path().join("thesis");
