@@ -59,7 +59,7 @@ pub fn load(file: &Path, tok: &Tokenizer, opts: DataOptions) -> Result<Dataset> 
         return Err(Error::invalid("held-out share", opts.held_out, "must be at least 0 and below 1"));
     }
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| Error::Data { file: file.to_path_buf(), errors: vec![format!("not UTF-8 text ({e})")] })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| Error::invalid("training data", file.display(), format!("not UTF-8 text ({e})")))?;
     let (mut lines, mut errors) = (Vec::new(), Vec::new());
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         match parse_line(line, i + 1, tok, &opts) {
@@ -71,7 +71,7 @@ pub fn load(file: &Path, tok: &Tokenizer, opts: DataOptions) -> Result<Dataset> 
         return Err(Error::Data { file: file.to_path_buf(), errors });
     }
     if lines.is_empty() {
-        return Err(Error::Data { file: file.to_path_buf(), errors: vec!["no examples (one JSON object per line)".into()] });
+        return Err(Error::invalid("training data", file.display(), "no examples: expected one JSON object per line"));
     }
     // A seeded shuffle of the lines; the first `held` of them are held out.
     let mut order: Vec<usize> = (0..lines.len()).collect();
