@@ -24,6 +24,7 @@ mod model;
 mod moe;
 pub mod presets;
 pub mod tasks;
+pub mod trainable;
 pub mod train;
 mod tokenizer;
 mod weights;

@@ -131,7 +131,7 @@ fn load_data(s: &Session, file: &std::path::Path) -> Result<data::Dataset, Comma
 fn end_run(s: &mut Session) -> Result<(), CommandError> {
     if s.train.run.take().is_some() {
         let l = s.ready()?;
-        dllm_engine::rl::Rl::release(&l.model);
+        dllm_engine::trainable::release(&l.model);
     }
     s.train.history.clear();
     Ok(())

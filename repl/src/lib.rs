@@ -3,9 +3,11 @@
 
 mod commands;
 mod finetune;
+mod likelihood_cmd;
 mod parse;
 mod persist;
 mod research;
+mod rl_cmd;
 pub mod complete;
 pub mod script;
 pub mod render;

@@ -16,7 +16,7 @@ use dllm_engine::{DType, Loaded};
 
 use crate::commands::{self, Command};
 use crate::parse;
-use crate::research::RlState;
+use crate::rl_cmd::RlState;
 use crate::value::{Canvas, CanvasCell, CellKind, Removed, RemovedWhy, Value};
 
 /// Why a command failed. The session is unchanged.

@@ -312,11 +312,11 @@ impl Trainer {
             Err(e) => return Err((e, model)),
         };
         // The one step that changes the model: attaching adapters (it fails before attaching, or not at all).
-        let params = match crate::rl::select(&mut model, &trainable) {
+        let params = match crate::trainable::select(&mut model, &trainable) {
             Ok(p) => p,
             Err(e) => return Err((e, model)),
         };
-        crate::rl::freeze_except(&model, &params);
+        crate::trainable::freeze_except(&model, &params);
         let opt = AdamW::over(params, (0.9, 0.95), cfg.weight_decay);
         let mut corrupt: Vec<i64> = dataset.train.iter().flat_map(|e| e.response.iter().copied()).collect();
         corrupt.push(tokenizer.eos_id);
