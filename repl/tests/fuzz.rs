@@ -149,6 +149,9 @@ fn mutated_command_lines_never_abort_and_failures_change_nothing() {
         let seed = seeds[rng.below(seeds.len())];
         // Half the lines run as written, so the session keeps moving through decodes, branches and RL state.
         let line = if rng.below(2) == 0 { seed.to_string() } else { mutate(seed, &mut rng) };
+        if n > 0 && n % 25_000 == 0 {
+            eprintln!("fuzz: {n} lines clean so far ({failed} failed as they should, {interrupted} interrupted)");
+        }
         let before = state(&mut s);
         let (flag, (done, wait)) = (s.interrupt_flag(), mpsc::channel::<()>());
         let watchdog = std::thread::spawn(move || {
