@@ -375,3 +375,15 @@ fn train_data_errors_name_the_line_and_write_nothing() {
     let e = fails(&["train", "--data", d, "--out", o, "--held-out", "1.5"]);
     assert!(e.contains("--held-out"), "{e}");
 }
+
+#[test]
+fn output_only_subcommands_end_quietly_when_their_reader_goes_away() {
+    // `dllm info | true`: the reader is gone before dllm's first write (it takes a tenth of a second to start),
+    // which then meets a closed pipe; dllm must end quietly, like any Unix filter, not panic about it.
+    let cmd = format!("'{}' info --device cpu | true", env!("CARGO_BIN_EXE_dllm"));
+    for _ in 0..3 {
+        let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+}

@@ -850,7 +850,7 @@ fn source(s: &mut Session, a: &Args) -> CmdResult {
     let path = a.get(0).ok_or_else(|| usage("source", "missing FILE"))?;
     let text = std::fs::read_to_string(path).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
     let mut out = Vec::new();
-    for item in crate::script::script_items(&text) {
+    for (i, item) in crate::script::script_items(&text).into_iter().enumerate() {
         let (line, n) = (item.command.as_str(), item.line.unwrap_or(0));
         if s.interrupt_flag().load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommandError::Interrupted);
@@ -861,6 +861,11 @@ fn source(s: &mut Session, a: &Args) -> CmdResult {
         }
         match s.execute(line) {
             Ok(v) => out.extend(v),
+            // The first line is not a command: most likely not a script at all, so its text is not repeated
+            // (it could be anything, a key or a password).
+            Err(CommandError::Unknown { .. }) if i == 0 => {
+                return Err(CommandError::Failed(format!("{path}:{n}: not a dllm command; is {path} a script of dllm commands? Nothing ran")))
+            }
             Err(e) => return Err(CommandError::Failed(format!("{path}:{n}: `{line}`: {e}"))),
         }
     }

@@ -248,7 +248,13 @@ fn save_open_export_source_and_sweep() {
     std::fs::write(p("self.dllm"), format!("script {}\n", p("self.dllm"))).unwrap();
     assert!(err(&mut r, &format!("source {}", p("self.dllm"))).contains("cannot `source` other scripts"), "the alias cannot recurse");
     std::fs::write(p("bad.dllm"), "step\nnonsense\n").unwrap();
-    assert!(err(&mut r, &format!("source {}", p("bad.dllm"))).contains("bad.dllm:2"));
+    let e = err(&mut r, &format!("source {}", p("bad.dllm")));
+    assert!(e.contains("bad.dllm:2: `nonsense`"), "a script's failing line is quoted: {e}");
+    // A file that is not a script: its first line is not repeated in the error (it may be a secret).
+    std::fs::write(p("key.txt"), "hunter2 is my password
+").unwrap();
+    let e = err(&mut r, &format!("source {}", p("key.txt")));
+    assert!(e.contains("key.txt:1: not a dllm command") && !e.contains("hunter2"), "{e}");
     // Sweep.
     let v = ok(&mut r, "sweep threshold 0.1 0.9");
     assert_eq!(v[0]["rows"].as_array().unwrap().len(), 2);
@@ -407,6 +413,8 @@ fn rl_updates_snapshot_restore_redecode_and_save() {
         ("rl set batch 100000", "at most 4096 rollouts"),
         ("rl set gen_length 9223372036854775807", "from 1 to 1048576"),
         ("rl set trainable lora:100000000", "from 1 to 4096"),
+        ("rl set estimator stratified:1000000000", "from 1 to 4096"),
+        ("rl set group 100000000", "at most 4096 rollouts"),
         ("rl eval 100000000", "from 1 to 1000"),
         ("set gen_length 9223372036854775807", "from 1 to 1048576"),
         ("set block_length 9223372036854775807", "from 1 to 1048576"),
