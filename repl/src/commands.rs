@@ -440,25 +440,6 @@ fn cont(s: &mut Session, a: &Args) -> CmdResult {
     Ok(out)
 }
 
-pub fn describe_event(e: &Event) -> String {
-    match e {
-        Event::Edit => "edit".into(),
-        Event::Fallback => "fallback".into(),
-        Event::BlockEnd => "block-end".into(),
-        Event::Eos => "eos".into(),
-        Event::Token { id } => format!("token {id}"),
-        Event::Text { text } => format!("text {text:?}"),
-        Event::Oscillation { k } => format!("oscillation {k}"),
-        Event::LowConfidence { below } => format!("low-confidence {below}"),
-        Event::Step { n } => format!("step {n}"),
-        Event::Revised => "revised".into(),
-        Event::Delete => "delete".into(),
-        Event::Insert => "insert".into(),
-        Event::Truncate => "truncate".into(),
-        Event::Antiloop => "antiloop".into(),
-    }
-}
-
 /// The event names `break` takes, for its error message and for completion in both front-ends.
 pub const BREAK_EVENTS: &[&str] = &[
     "edit", "fallback", "block-end", "eos", "token", "text", "oscillation", "low-confidence", "step", "revised", "delete", "insert", "truncate", "antiloop",
@@ -511,13 +492,13 @@ fn brk(s: &mut Session, a: &Args) -> CmdResult {
     }
     let id = s.next_break_id;
     s.next_break_id += 1;
-    let text = format!("breakpoint {id}: {}", describe_event(&event));
+    let text = format!("breakpoint {id}: {}", event);
     s.breakpoints.push(Breakpoint { id, event });
     Ok(vec![msg(text)])
 }
 
 fn breaks(s: &mut Session, _: &Args) -> CmdResult {
-    let rows = s.breakpoints.iter().map(|b| vec![b.id.into(), describe_event(&b.event).into()]).collect();
+    let rows = s.breakpoints.iter().map(|b| vec![b.id.into(), b.event.to_string().into()]).collect();
     Ok(vec![Value::Table(Table { title: "Breakpoints".into(), columns: vec!["id".into(), "event".into()], rows })])
 }
 

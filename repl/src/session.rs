@@ -394,7 +394,7 @@ impl Session {
                 self.breakpoints
                     .iter()
                     .filter(|b| b.event.fires(&r, d, Some(&l.tokenizer)))
-                    .map(|b| format!("breakpoint {} ({})", b.id, crate::commands::describe_event(&b.event)))
+                    .map(|b| format!("breakpoint {} ({})", b.id, b.event))
                     .collect()
             } else {
                 Vec::new()

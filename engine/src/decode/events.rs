@@ -38,6 +38,28 @@ pub enum Event {
     Antiloop,
 }
 
+/// As `break` takes it: `edit`, `token 5`, `low-confidence 0.3`, `text "ab"`.
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Edit => f.write_str("edit"),
+            Event::Fallback => f.write_str("fallback"),
+            Event::BlockEnd => f.write_str("block-end"),
+            Event::Eos => f.write_str("eos"),
+            Event::Token { id } => write!(f, "token {id}"),
+            Event::Text { text } => write!(f, "text {text:?}"),
+            Event::Oscillation { k } => write!(f, "oscillation {k}"),
+            Event::LowConfidence { below } => write!(f, "low-confidence {below}"),
+            Event::Step { n } => write!(f, "step {n}"),
+            Event::Revised => f.write_str("revised"),
+            Event::Delete => f.write_str("delete"),
+            Event::Insert => f.write_str("insert"),
+            Event::Truncate => f.write_str("truncate"),
+            Event::Antiloop => f.write_str("antiloop"),
+        }
+    }
+}
+
 impl Event {
     /// Whether the event happened in the step `r` that `d` just ran. `Text` needs the tokenizer.
     pub fn fires(&self, r: &StepReport, d: &Decoder, tok: Option<&Tokenizer>) -> bool {
