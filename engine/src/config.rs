@@ -292,12 +292,40 @@ impl Config {
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
             ("max_position_embeddings", self.max_position_embeddings),
         ] {
             if v <= 0 {
                 return bad(field, format!("must be positive, found {v}"));
             }
+        }
+        // Sizes no checkpoint has, before anything multiplies them (products of such fields overflow).
+        const MOST: i64 = 1 << 31;
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("num_experts", self.num_experts),
+            ("num_shared_experts", self.num_shared_experts),
+            ("num_experts_per_tok", self.num_experts_per_tok),
+            ("moe_intermediate_size", self.moe_intermediate_size),
+            ("first_k_dense_replace", self.first_k_dense_replace),
+            ("n_group", self.n_group),
+            ("topk_group", self.topk_group),
+        ] {
+            if v > MOST {
+                return bad(field, format!("{v} is larger than any model's (at most {MOST})"));
+            }
+        }
+        let params = self.approx_parameters();
+        if params > 1e13 {
+            return bad("num_hidden_layers", format!("these sizes make a model of about {params:.1e} parameters, more than any checkpoint: a field is wrong"));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return bad(
@@ -419,6 +447,16 @@ impl Config {
     }
 
     /// Number of parameters a model of this config has (expert biases excluded), computed from the shapes.
+    /// [`Config::num_parameters`] in floating point, which cannot overflow (for checking sizes).
+    pub fn approx_parameters(&self) -> f64 {
+        let f = |x: i64| x.max(0) as f64;
+        let (h, d) = (f(self.hidden_size), f(self.head_dim));
+        let attn = (2.0 * f(self.num_attention_heads) + 2.0 * f(self.num_key_value_heads)) * d * h;
+        let moe = f(self.num_experts) * h + (f(self.num_experts) + f(self.num_shared_experts)) * 3.0 * h * f(self.moe_intermediate_size);
+        let dense = 3.0 * h * f(self.intermediate_size);
+        f(self.num_hidden_layers) * (attn + moe.max(dense)) + 2.0 * f(self.vocab_size) * h
+    }
+
     pub fn num_parameters(&self) -> i64 {
         let (h, d) = (self.hidden_size, self.head_dim);
         let attn = (self.num_attention_heads + 2 * self.num_key_value_heads) * d * h

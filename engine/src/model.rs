@@ -369,6 +369,14 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Builds the model, asking `source` for every tensor by its official name and shape.
     pub fn build(config: &Config, source: &mut dyn WeightSource, device: Device, dtype: DType) -> Result<Model> {
+        // The weights alone, from the shapes, before any of them is allocated.
+        let needed = config.approx_parameters() * dtype.kind().elt_size_in_bytes() as f64;
+        crate::memory::check(
+            format!("a model of {:.2e} parameters in {dtype}", config.approx_parameters()),
+            needed as u64,
+            crate::memory::Budget::of(device, 0)?,
+            "check config.json's sizes, or load it in a smaller dtype or on another device",
+        )?;
         let vs = nn::VarStore::new(device);
         let c = config;
         let mut w = Weights { source, vs: &vs };

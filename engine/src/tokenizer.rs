@@ -75,7 +75,15 @@ impl Tokenizer {
     /// Parses tokenizer.json text; `path` names it in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path, config: &Config) -> Result<Tokenizer> {
         let bad = |message: String| Error::Tokenizer { file: path.to_path_buf(), message };
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| bad(format!("cannot load: {e}")))?;
+        // JSON first: the tokenizers crate panics on some malformed files (a file cut inside its decoder), so
+        // text that is not JSON is an error here, and a panic inside the crate becomes one too.
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|p| {
+                let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                bad(format!("cannot load (the tokenizers library failed on it: {why})"))
+            })?
+            .map_err(|e| bad(format!("cannot load: {e}")))?;
         let lookup = |name: &str| inner.token_to_id(name).map(i64::from);
         let mask_id = config
             .mask_token_id

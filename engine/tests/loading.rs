@@ -746,3 +746,96 @@ fn numbers_that_would_make_nan_logits_are_config_errors() {
         assert!(e.contains(field), "{field} = {value}: {e}");
     }
 }
+
+// ------------------------------------------------------------------------------------------------ fuzz
+
+/// Seeded random damage to a checkpoint folder (`DLLM_CKPT_FUZZ=N` runs N damaged copies instead of 80): bytes
+/// flipped in the header or the data of a weights file, a file cut at a random offset, a config value swapped
+/// for an extreme, a tokenizer cut short. Loading must return, never panic or abort: an error (naming what was
+/// wrong) or, where the damage changed only weights' values, a model.
+#[test]
+fn randomly_damaged_checkpoints_load_or_fail_cleanly() {
+    let copies: usize = std::env::var("DLLM_CKPT_FUZZ").ok().and_then(|n| n.parse().ok()).unwrap_or(80);
+    let mut state = 0x5DEE_CE66_D1CEu64;
+    let mut below = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    let sources = [saved(f32_opts()), saved(sharded()), saved(fused())];
+    let extremes = ["-1", "0", "1e300", "-1e9", "NaN", "9223372036854775807", "\"x\"", "null", "[]", "{}", "true", "0.5"];
+    let (mut loaded, mut refused) = (0, 0);
+    for n in 0..copies {
+        let src = &sources[below(sources.len())];
+        let dir = tempfile::tempdir().unwrap();
+        for (path, bytes) in snapshot(src.path()) {
+            std::fs::write(dir.path().join(path.file_name().unwrap()), bytes).unwrap();
+        }
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let file = &files[below(files.len())];
+        let mut bytes = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let what = match below(3) {
+            0 if name == CONFIG => {
+                let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+                let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+                let key = &keys[below(keys.len())];
+                let x = extremes[below(extremes.len())];
+                v[key] = serde_json::from_str(x).unwrap_or(Value::String(x.into()));
+                bytes = serde_json::to_vec(&v).unwrap();
+                format!("{name}: {key} = {x}")
+            }
+            1 => {
+                let at = below(bytes.len());
+                bytes.truncate(at);
+                format!("{name} cut at {at}")
+            }
+            _ => {
+                // Mostly the header (the first few hundred bytes of a safetensors file), sometimes anywhere.
+                let span = if below(2) == 0 { bytes.len().min(512) } else { bytes.len() };
+                let flips = 1 + below(8);
+                for _ in 0..flips {
+                    let i = below(span);
+                    bytes[i] ^= 1 << below(8);
+                }
+                format!("{name}: {flips} bits flipped")
+            }
+        };
+        std::fs::write(file, &bytes).unwrap();
+        let result = std::panic::catch_unwind(|| load_dir(dir.path()).map(|_| ()));
+        match result {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                assert!(!e.trim().is_empty(), "copy {n} ({what}): an empty error");
+                refused += 1;
+            }
+            Err(_) => panic!("copy {n} ({what}): loading panicked"),
+        }
+    }
+    eprintln!("checkpoint fuzz: {copies} damaged copies, {refused} refused with an error, {loaded} loaded");
+    assert!(refused > copies / 4, "most damage should be caught ({refused} of {copies})");
+}
+
+#[test]
+fn what_the_checkpoint_fuzz_found_is_an_error() {
+    // A tokenizer.json cut inside its decoder made the tokenizers crate panic.
+    let (_d, e) = damaged(f32_opts(), |dir| {
+        let t = std::fs::read(dir.join("tokenizer.json")).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), &t[..t.len() * 3 / 4]).unwrap();
+    });
+    assert!(e.to_string().contains("tokenizer.json") && e.to_string().contains("not valid JSON"), "{e}");
+    // Sizes whose products overflow, a count that divides, and a model far larger than memory (refused with
+    // its estimate before anything is allocated, where libtorch once tried 137 GB).
+    for (field, v, says) in [
+        ("num_hidden_layers", json!(i64::MAX), "field `num_hidden_layers`: 9223372036854775807 is larger than any model"),
+        ("num_key_value_heads", json!(-2), "field `num_key_value_heads`: must be positive"),
+        ("num_experts", json!(1i64 << 30), "parameters in f32 needs about 20.2 TB of memory"),
+    ] {
+        let (_d, e) = damaged(f32_opts(), |dir| edit_config(dir, |c| {
+            c.insert(field.into(), v.clone());
+        }));
+        assert!(e.to_string().contains(says), "{field}: {e}");
+    }
+}
