@@ -28,6 +28,8 @@ ls -l .libtorch
 echo "== device: $device (fails here if it is not available)"
 "$BIN" info --device "$device" --json | tee "$OUT/info.json"
 grep -q "\"device\":\"${device}" "$OUT/info.json"
+# The budget memory refusals compare with (cudaMemGetInfo through the CUDA runtime libtorch loaded; null if not found).
+python3 -c 'import json, sys; print("memory budget:", json.load(open(sys.argv[1])).get("memory_budget"))' "$OUT/info.json"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.csv"
 
 echo "== same logits on $device as on cpu (random micro checkpoint, f32)"

@@ -76,7 +76,13 @@ pub fn summary(l: &Loaded) -> serde_json::Value {
         "mask_id": l.tokenizer.mask_id,
         "eos_id": l.tokenizer.eos_id,
         "cuda": dllm_engine::cuda_status(),
+        "memory_budget": memory_budget(m).map(|b| json!({ "bytes": b.bytes, "source": b.source })),
     })
+}
+
+/// What a request may still allocate on the model's device (the figure memory refusals compare with).
+fn memory_budget(m: &dllm_engine::Model) -> Option<dllm_engine::memory::Budget> {
+    dllm_engine::memory::Budget::of(m.device(), m.weight_bytes() as u64).ok().flatten()
 }
 
 /// How the MoE layers route: LLaDA2.2 block routing or the 2.1 group-limited top-k.
@@ -128,6 +134,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     }
     println!("parameters {} ({:.1} MiB of weights)", m.num_parameters(), m.weight_bytes() as f64 / (1 << 20) as f64);
     println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
+    if let Some(b) = memory_budget(m) {
+        println!("memory     {} {} (larger requests are refused with an estimate)", dllm_engine::memory::human(b.bytes), b.source);
+    }
     let edits = match (c.delete_token_id, c.split_token_id) {
         (Some(d), Some(s)) => format!(" delete {d} split {s}"),
         _ => String::new(),

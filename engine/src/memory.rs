@@ -30,7 +30,9 @@ impl Budget {
     pub fn of(device: Device, weights: u64) -> Result<Option<Budget>> {
         let found = match device {
             Device::Cpu => cpu_budget(),
-            Device::Cuda(i) => cuda_total(i).map(|t| Budget { bytes: t.saturating_sub(weights), source: "free on the GPU after the weights" }),
+            // A total below the weights is no figure at all (another runtime answered): no check rather than
+            // refusing everything.
+            Device::Cuda(i) => cuda_total(i).filter(|&t| t > weights).map(|t| Budget { bytes: t - weights, source: "free on the GPU after the weights" }),
             _ => None,
         };
         let Some(limit) = limit_from_env()? else { return Ok(found) };
