@@ -106,13 +106,17 @@ pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Cand
         ("rl", 0) => names(p.word, RL_SUBCOMMANDS.iter().copied(), true),
         ("rl", 1) if p.done[0] == "set" => names(p.word, RL_SETTINGS.iter().map(|s| s.0), true),
         ("rl", 1) if p.done[0] == "restore" => Vec::new(),
+        ("train", 0) => names(p.word, crate::finetune::SUBCOMMANDS.iter().copied(), true),
+        ("train", 1) if p.done[0] == "set" => names(p.word, crate::finetune::SETTINGS.iter().map(|s| s.0), true),
         ("likelihood", _) => names(p.word, ESTIMATORS.iter().copied(), true),
         ("help", 0) => names(p.word, command_words(), false),
         ("switch", 0) | ("diff", 0 | 1) | ("fork", 0) => names(p.word, branches.iter().map(String::as_str), true),
         ("load", _) => names(p.word, LOAD_WORDS.iter().copied(), false),
         _ => Vec::new(),
     };
-    let path_arg = FILE_COMMANDS.contains(&c.name) || (c.name == "rl" && p.done.first() == Some(&"save") && i == 1);
+    let path_arg = FILE_COMMANDS.contains(&c.name)
+        || (c.name == "rl" && p.done.first() == Some(&"save") && i == 1)
+        || (c.name == "train" && matches!(p.done.first(), Some(&"data" | &"save")) && i == 1);
     if path_arg && !p.word.contains('=') {
         out.extend(paths(p.word));
     }
@@ -179,6 +183,8 @@ mod tests {
         assert!(complete_all("step 3").1.is_empty());
         assert_eq!(complete_all("rl upd").1, vec!["update "]);
         assert_eq!(complete_all("rl set eps_h").1, vec!["eps_high "]);
+        assert_eq!(complete_all("train d").1, vec!["data "]);
+        assert_eq!(complete_all("train set tr").1, vec!["trainable "]);
         assert!(complete_all("likelihood mid").1.contains(&"midpoint:4 ".to_string()));
         assert!(complete_all("frobnicate x").1.is_empty());
     }
@@ -203,6 +209,9 @@ mod tests {
         assert_eq!(v, vec![format!("\"{d}/my dir/")]);
         let (_, v) = complete_all(&format!("rl save {d}/my"));
         assert_eq!(v, vec![format!("\"{d}/my dir/")], "rl save takes a folder");
+        let (_, v) = complete_all(&format!("train data {d}/tra"));
+        assert_eq!(v, vec![format!("{d}/trace-a.json")], "train data takes a file");
+        assert!(complete_all(&format!("train set {d}/tra")).1.is_empty(), "a setting name is not a path");
         assert!(complete_all("load bui").1.contains(&"builtin:tiny-2.2".to_string()));
     }
 

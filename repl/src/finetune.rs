@@ -19,6 +19,8 @@ use crate::session::{CmdResult, CommandError, Session};
 use crate::value::{Table, Value};
 
 pub(crate) const TRAIN_USAGE: &str = "train [show|data FILE|set NAME VALUE|N|eval [N]|save DIR|reset]";
+/// The words after `train` (besides a step count), for completion.
+pub(crate) const SUBCOMMANDS: &[&str] = &["show", "data", "set", "eval", "save", "reset"];
 
 /// The most steps one `train N` runs.
 const MAX_STEPS: usize = 1_000_000;
@@ -58,7 +60,7 @@ impl Settings {
 }
 
 /// The settings `train set` changes: (name, meaning).
-const SETTINGS: &[(&str, &str)] = &[
+pub(crate) const SETTINGS: &[(&str, &str)] = &[
     ("trainable", "all | lora:R[:ALPHA] | layers:A-B (a change starts a new run)"),
     ("lr", "AdamW learning rate, in (0, 1]"),
     ("batch", "examples per step, 1 to 4096"),
