@@ -387,3 +387,24 @@ fn output_only_subcommands_end_quietly_when_their_reader_goes_away() {
         assert!(stderr.is_empty(), "{stderr}");
     }
 }
+
+#[test]
+fn training_all_of_a_model_that_leaves_no_room_is_refused_and_lora_fits() {
+    // A random `mid` (107 M parameters, 428 MB in f32) under a 1 GB limit: training all of it needs three more
+    // copies (gradients, two AdamW moments), refused with the estimate; LoRA adapters fit.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("mid");
+    ok(&["init-model", "--preset", "mid", "--out", m.to_str().unwrap()]);
+    let run = |line: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dllm"))
+            .args(["--device", "cpu", "--model", m.to_str().unwrap(), "-c", line])
+            .env("DLLM_MEMORY_LIMIT", "1GB")
+            .output()
+            .unwrap()
+    };
+    let out = run("rl set trainable all; rl snapshot");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("training 106948096 parameters") && err.contains("needs about 1.3 GB"), "{err}");
+    let out = run("rl set trainable lora:2; rl snapshot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

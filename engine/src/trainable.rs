@@ -120,6 +120,18 @@ pub fn freeze_except(model: &Model, params: &[(String, Tensor)]) {
     }
 }
 
+/// Refuses training `params` when their gradients and two AdamW moments (three more copies, f32 or the
+/// parameters' dtype) cannot fit beside the model ([`crate::memory`]), before any of them is allocated.
+pub fn check_training_memory(model: &Model, params: &[(String, Tensor)]) -> Result<()> {
+    let bytes: u64 = params.iter().map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum();
+    let n: usize = params.iter().map(|(_, t)| t.numel()).sum();
+    model.check_memory(
+        || format!("training {n} parameters (their gradients and two AdamW moments)"),
+        bytes.saturating_mul(3),
+        "train fewer parameters (lora:R, layers:A-B or lm-head)",
+    )
+}
+
 /// Unfreezes every parameter of `model` (the end of a run on it); the expert bias stays a buffer.
 pub fn release(model: &Model) {
     for (name, t) in model.var_store().variables() {

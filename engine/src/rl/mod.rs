@@ -159,6 +159,7 @@ impl Rl {
             crate::edit_likelihood::edit_ids(model)?;
         }
         let params = select(model, &config.trainable)?;
+        crate::trainable::check_training_memory(model, &params)?;
         freeze_except(model, &params);
         let opt = AdamW::over(shallow(&params), (0.9, 0.999), config.weight_decay);
         let reference = (config.kl > 0.0).then(|| Snapshot::take(&params));

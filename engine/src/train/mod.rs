@@ -316,6 +316,9 @@ impl Trainer {
             Ok(p) => p,
             Err(e) => return Err((e, model)),
         };
+        if let Err(e) = crate::trainable::check_training_memory(&model, &params) {
+            return Err((e, model));
+        }
         crate::trainable::freeze_except(&model, &params);
         let opt = AdamW::over(params, (0.9, 0.95), cfg.weight_decay);
         let mut corrupt: Vec<i64> = dataset.train.iter().flat_map(|e| e.response.iter().copied()).collect();
