@@ -815,6 +815,18 @@ fn train_fine_tunes_the_resident_model_between_decodes() {
     assert_eq!(v[0]["rows"][0][3], 6, "{}", text(&v));
     // RL and fine-tuning do not share the trainable set.
     assert!(err(&mut s, "rl update 1").contains("train reset"));
+    // An interrupt stops `train N` between steps; the model is back and keeps the steps it finished.
+    let flag = s.interrupt_flag();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let v = ok(&mut s, "train 100000");
+    stopper.join().unwrap();
+    let said = text(&v);
+    let done: i64 = said.split("interrupted after ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{said}"));
+    assert!(done < 100000, "{said}");
+    assert!(text(&ok(&mut s, "train show")).contains(&format!("step {}", 6 + done)));
     // The branch decodes with the new weights after a weight change.
     ok(&mut s, "redecode after");
     ok(&mut s, "diff main after");
