@@ -287,38 +287,29 @@ impl Config {
         if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
             return bad("partial_rotary_factor", format!("must be in (0, 1], found {}", self.partial_rotary_factor));
         }
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
+        // Every size: positive where the model needs one, and none larger than any checkpoint's, checked before
+        // anything multiplies them (products of such fields overflow).
+        const MOST: i64 = 1 << 31;
+        for (field, v, positive) in [
+            ("vocab_size", self.vocab_size, true),
+            ("hidden_size", self.hidden_size, true),
+            ("intermediate_size", self.intermediate_size, false),
+            ("num_hidden_layers", self.num_hidden_layers, true),
+            ("num_attention_heads", self.num_attention_heads, true),
+            ("num_key_value_heads", self.num_key_value_heads, true),
+            ("head_dim", self.head_dim, true),
+            ("max_position_embeddings", self.max_position_embeddings, true),
+            ("num_experts", self.num_experts, false),
+            ("num_shared_experts", self.num_shared_experts, false),
+            ("num_experts_per_tok", self.num_experts_per_tok, false),
+            ("moe_intermediate_size", self.moe_intermediate_size, false),
+            ("first_k_dense_replace", self.first_k_dense_replace, false),
+            ("n_group", self.n_group, false),
+            ("topk_group", self.topk_group, false),
         ] {
-            if v <= 0 {
+            if positive && v <= 0 {
                 return bad(field, format!("must be positive, found {v}"));
             }
-        }
-        // Sizes no checkpoint has, before anything multiplies them (products of such fields overflow).
-        const MOST: i64 = 1 << 31;
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("num_experts", self.num_experts),
-            ("num_shared_experts", self.num_shared_experts),
-            ("num_experts_per_tok", self.num_experts_per_tok),
-            ("moe_intermediate_size", self.moe_intermediate_size),
-            ("first_k_dense_replace", self.first_k_dense_replace),
-            ("n_group", self.n_group),
-            ("topk_group", self.topk_group),
-        ] {
             if v > MOST {
                 return bad(field, format!("{v} is larger than any model's (at most {MOST})"));
             }
