@@ -82,7 +82,7 @@ pub fn summary(l: &Loaded) -> serde_json::Value {
 
 /// What a request may still allocate on the model's device (the figure memory refusals compare with).
 fn memory_budget(m: &dllm_engine::Model) -> Option<dllm_engine::memory::Budget> {
-    dllm_engine::memory::Budget::of(m.device(), m.weight_bytes() as u64).ok().flatten()
+    dllm_engine::memory::Budget::of(m.device(), || m.weight_bytes() as u64).ok().flatten()
 }
 
 /// How the MoE layers route: LLaDA2.2 block routing or the 2.1 group-limited top-k.

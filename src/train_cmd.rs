@@ -112,7 +112,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if let Some(dir) = train::latest_checkpoint(&a.out)?.filter(|_| !a.fresh) {
         eprintln!("resuming from {}", dir.display());
     }
-    let trainer = train::prepare(cfg.clone(), &a.out, a.fresh)?;
+    let mut trainer = train::prepare(cfg.clone(), &a.out, a.fresh)?;
     let before = report_data(&trainer, "before")?;
     let bar = if a.json { ProgressBar::hidden() } else { ProgressBar::new(cfg.steps as u64) };
     bar.set_style(
@@ -120,7 +120,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     );
     let started = Instant::now();
     let (mut tokens, mut smooth) = (0i64, None::<(f64, f64)>);
-    let history = train::run_trainer(trainer, &a.out, |_, m| {
+    let history = train::run_trainer(&mut trainer, &a.out, |_, m| {
         tokens += m.tokens;
         let (sm, st) = smooth.map_or((m.m2t_loss, m.t2t_loss), |(sm, st)| (0.95 * sm + 0.05 * m.m2t_loss, 0.95 * st + 0.05 * m.t2t_loss));
         smooth = Some((sm, st));
@@ -149,8 +149,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         a.out.display()
     );
     if before.is_some() {
-        let trained = train::Trainer::resume(&a.out)?.ok_or_else(|| anyhow::anyhow!("{}: no checkpoint after training", a.out.display()))?;
-        report_data(&trained, "after")?;
+        report_data(&trainer, "after")?;
     }
     Ok(())
 }

@@ -25,9 +25,12 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The budget of `device` for a model whose weights take `weights` bytes, capped by `DLLM_MEMORY_LIMIT`
-    /// when it is set; `None` when there is no figure.
-    pub fn of(device: Device, weights: u64) -> Result<Option<Budget>> {
+    /// The budget of `device` for a model whose weights take `weights()` bytes (asked only where it counts: on
+    /// a GPU and under `DLLM_MEMORY_LIMIT`), capped by `DLLM_MEMORY_LIMIT` when it is set; `None` when there
+    /// is no figure.
+    pub fn of(device: Device, weights: impl FnOnce() -> u64) -> Result<Option<Budget>> {
+        let limit = limit_from_env()?;
+        let weights = if device.is_cuda() || limit.is_some() { weights() } else { 0 };
         let found = match device {
             Device::Cpu => cpu_budget(),
             // A total below the weights is no figure at all (another runtime answered): no check rather than
@@ -35,7 +38,7 @@ impl Budget {
             Device::Cuda(i) => cuda_total(i).filter(|&t| t > weights).map(|t| Budget { bytes: t - weights, source: "free on the GPU after the weights" }),
             _ => None,
         };
-        let Some(limit) = limit_from_env()? else { return Ok(found) };
+        let Some(limit) = limit else { return Ok(found) };
         let capped = Budget { bytes: limit.saturating_sub(weights), source: "left under DLLM_MEMORY_LIMIT after the weights" };
         Ok(Some(found.filter(|f| f.bytes < capped.bytes).unwrap_or(capped)))
     }

@@ -49,6 +49,9 @@ impl BlockMask {
     }
 }
 
+/// Memory requests this small pass [`Model::check_memory`] without reading the device's figures.
+const ALWAYS_FITS: u64 = 64 << 20;
+
 /// Keys and values of finished blocks, per layer `[batch, kv_heads, len, head_dim]` after QK-norm and RoPE.
 #[derive(Debug, Default)]
 pub struct KvCache {
@@ -374,7 +377,7 @@ impl Model {
         crate::memory::check(
             format!("a model of {:.2e} parameters in {dtype}", config.approx_parameters()),
             needed as u64,
-            crate::memory::Budget::of(device, 0)?,
+            crate::memory::Budget::of(device, || 0)?,
             "check config.json's sizes, or load it in a smaller dtype or on another device",
         )?;
         let vs = nn::VarStore::new(device);
@@ -435,18 +438,20 @@ impl Model {
     /// Refuses work estimated at `needed` bytes that the device cannot hold ([`crate::memory`]). Small
     /// requests pass without reading the device's figures, so the check costs nothing in ordinary use.
     pub fn check_memory(&self, what: impl FnOnce() -> String, needed: u64, hint: &str) -> Result<()> {
-        const ALWAYS_FITS: u64 = 64 << 20;
         if needed <= ALWAYS_FITS {
             return Ok(());
         }
-        let budget = crate::memory::Budget::of(self.device(), self.weight_bytes() as u64)?;
+        let budget = crate::memory::Budget::of(self.device(), || self.weight_bytes() as u64)?;
         crate::memory::check(what(), needed, budget, hint)
     }
 
     /// [`Model::check_memory`] for one forward of `rows` x `queries` positions against `keys` positions.
-    fn check_forward_memory(&self, rows: i64, queries: i64, keys: i64, grad: bool) -> Result<()> {
+    /// `grad` (whether gradients are recorded) is asked only when the forward could be large with them.
+    fn check_forward_memory(&self, rows: i64, queries: i64, keys: i64, grad: impl FnOnce() -> bool) -> Result<()> {
         let elem = self.dtype.kind().elt_size_in_bytes() as i64;
-        let needed = crate::memory::forward_bytes(&self.config, rows, queries, keys, elem, grad);
+        let bytes = |grad| crate::memory::forward_bytes(&self.config, rows, queries, keys, elem, grad);
+        let grad = bytes(true) > ALWAYS_FITS && grad();
+        let needed = bytes(grad);
         self.check_memory(
             || format!("a forward of {rows} x {queries} positions{}", if grad { " with gradients" } else { "" }),
             needed,
@@ -468,7 +473,7 @@ impl Model {
         let (b, l) = (size[0], size[1]);
         let start = cache.len();
         self.check_forward(b, l, start, commit, mask, cache)?;
-        self.check_forward_memory(b, l, start + l, false)?;
+        self.check_forward_memory(b, l, start + l, || false)?;
         let ids = ids.to_device(self.device()).to_kind(Kind::Int64);
         if l > 0 {
             let (min, max) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
@@ -504,7 +509,7 @@ impl Model {
         if positions.min().int64_value(&[]) < 0 || max_pos >= self.config.max_position_embeddings {
             return Err(Error::invalid("positions", max_pos, format!("must be in 0..{}", self.config.max_position_embeddings)));
         }
-        self.check_forward_memory(size[0], t, t, crate::memory::grad_enabled())?;
+        self.check_forward_memory(size[0], t, t, crate::memory::grad_enabled)?;
         let dev = self.device();
         let kind = self.dtype.kind();
         let c = &self.config;

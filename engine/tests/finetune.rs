@@ -49,11 +49,11 @@ fn full_fine_tuning_lowers_the_held_out_loss() {
     let dir = tempfile::tempdir().unwrap();
     let file = rot_file(dir.path(), 150);
     let out = dir.path().join("out");
-    let t = train::prepare(config(&file, "all", 24), &out, false).unwrap();
+    let mut t = train::prepare(config(&file, "all", 24), &out, false).unwrap();
     let d = t.data.as_ref().unwrap();
     assert_eq!((d.train.len(), d.held_out.len()), (120, 30));
     let (m0, t0) = t.held_out_loss().unwrap().unwrap();
-    let h = train::run_trainer(t, &out, |_, _| true).unwrap();
+    let h = train::run_trainer(&mut t, &out, |_, _| true).unwrap();
     let held: Vec<(f64, f64)> = h.iter().filter_map(|m| m.held_out).collect();
     assert_eq!(held.len(), 6, "one held-out loss per checkpoint");
     let (m1, t1) = *held.last().unwrap();

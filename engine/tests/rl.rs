@@ -107,7 +107,7 @@ fn only_the_trainable_subset_changes() {
             }
             assert_eq!(name.starts_with(changed) && *b != a || !name.starts_with(changed) && *b == a, true, "{subset}: {name}");
         }
-        Rl::release(&l.model);
+        dllm_engine::trainable::release(&l.model);
     }
 }
 

@@ -132,7 +132,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             s.rl.run = None;
             let l = s.model_mut()?;
             l.model.merge_lora();
-            Rl::release(&l.model);
+            dllm_engine::trainable::release(&l.model);
             s.rl.config.trainable = dllm_engine::rl::Trainable::All;
             s.rl.snapshots.clear();
             // The outputs are the same up to rounding; recompute the cached blocks with the merged weights anyway.
@@ -142,7 +142,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
         "reset" => {
             let had = s.rl.run.take().is_some();
             let l = s.model_mut()?;
-            Rl::release(&l.model);
+            dllm_engine::trainable::release(&l.model);
             s.rl.snapshots.clear();
             Ok(vec![msg(if had { "RL run dropped (weights stay as they are; snapshots dropped)" } else { "no RL run" })])
         }
@@ -158,7 +158,7 @@ fn apply_config(s: &mut Session, c: RlConfig) -> Result<(), CommandError> {
         if run.config().trainable != c.trainable {
             s.rl.run = None;
             let l = s.model_mut()?;
-            Rl::release(&l.model);
+            dllm_engine::trainable::release(&l.model);
         } else {
             run.set_config(c.clone())?;
         }
@@ -215,7 +215,7 @@ fn undo_start(s: &mut Session, start: RunStart) {
         if let Some(ad) = start.0 {
             l.model.set_lora(Some(ad));
         }
-        Rl::release(&l.model);
+        dllm_engine::trainable::release(&l.model);
     }
 }
 

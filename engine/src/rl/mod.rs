@@ -20,7 +20,7 @@
 //! drafts the `edit` estimator models) on a model whose config has DELETE / SPLIT ids, and `Q` otherwise.
 //!
 //! Only the trainable subset ([`Trainable`]) gets gradients; the rest of the model is frozen while an [`Rl`]
-//! exists ([`Rl::release`] unfreezes). theta_old is the policy at the start of the update; its values come from
+//! exists ([`crate::trainable::release`] unfreezes). theta_old is the policy at the start of the update; its values come from
 //! an explicit pass under the same noise, so in the first epoch `rho` is exactly 1 (a test). Before the first
 //! gradient step the update takes a [`Snapshot`] of the trainable parameters and the optimizer's moments: a
 //! non-finite loss or gradient norm restores both and the update is rejected with an error.
@@ -203,11 +203,6 @@ impl Rl {
         snap.load_into(&self.params)?;
         self.opt = AdamW::over(shallow(&self.params), (0.9, 0.999), self.config.weight_decay);
         Ok(())
-    }
-
-    /// Unfreezes every parameter of `model` (the end of RL on it).
-    pub fn release(model: &Model) {
-        crate::trainable::release(model);
     }
 
     /// Decodes the rollouts of update `u` and scores them; nothing changes.

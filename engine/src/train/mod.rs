@@ -707,8 +707,8 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// calling `progress` after every step; `progress` returning false stops the run at once, as an interruption
 /// would (work since the last checkpoint is not saved). Returns the per-step metrics of this invocation.
 pub fn run(cfg: TrainConfig, out: &Path, fresh: bool, progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
-    let trainer = prepare(cfg, out, fresh)?;
-    run_trainer(trainer, out, progress)
+    let mut trainer = prepare(cfg, out, fresh)?;
+    run_trainer(&mut trainer, out, progress)
 }
 
 /// The trainer [`run`] would train: resumed from `out/train` unless `fresh` (or nothing is there), else new.
@@ -738,8 +738,8 @@ pub fn prepare(cfg: TrainConfig, out: &Path, fresh: bool) -> Result<Trainer> {
     Ok(trainer)
 }
 
-/// Trains `trainer` to its last step (see [`run`]).
-pub fn run_trainer(mut trainer: Trainer, out: &Path, mut progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
+/// Trains `trainer` to its last step (see [`run`]); it is left at the step it reached, as saved.
+pub fn run_trainer(trainer: &mut Trainer, out: &Path, mut progress: impl FnMut(&Trainer, &StepMetrics) -> bool) -> Result<Vec<StepMetrics>> {
     let mut history = Vec::new();
     while !trainer.is_done() {
         let mut m = trainer.train_step()?;
@@ -747,7 +747,7 @@ pub fn run_trainer(mut trainer: Trainer, out: &Path, mut progress: impl FnMut(&T
         if at_checkpoint {
             m.held_out = trainer.held_out_loss()?;
         }
-        let go_on = progress(&trainer, &m);
+        let go_on = progress(trainer, &m);
         history.push(m);
         if !go_on {
             return Ok(history);
