@@ -26,6 +26,8 @@ pub enum BenchCommand {
     Likelihood(crate::bench_likelihood::LikelihoodBench),
     /// An EBPO update's time by phase (embedded model) and its memory by trainable set (random model).
     Rl(crate::bench_rl::RlBench),
+    /// Quantized experts (int8, fp8) against the full model: resident memory, fidelity and forward time.
+    Quantize(crate::quant_cmd::QuantizeBench),
 }
 
 #[derive(Args)]
@@ -100,6 +102,9 @@ pub struct LoadBench {
     device: String,
     #[arg(long)]
     dtype: Option<String>,
+    /// Hold the routed experts quantized: int8 or fp8.
+    #[arg(long)]
+    quantize: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -113,6 +118,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => crate::bench_train::train(&a),
         BenchCommand::Likelihood(a) => crate::bench_likelihood::likelihood(&a),
         BenchCommand::Rl(a) => crate::bench_rl::rl(&a),
+        BenchCommand::Quantize(a) => crate::quant_cmd::bench(&a),
     }
 }
 
@@ -267,7 +273,8 @@ fn load(a: &LoadBench) -> Result<()> {
     // Reset the peak-RSS counter so VmHWM below measures the load alone.
     std::fs::write("/proc/self/clear_refs", "5")?;
     let rss_before = proc_status_kib("VmRSS")? * 1024;
-    let loaded = dllm_engine::load(&a.model, device, dtype)?;
+    let quantize = a.quantize.as_deref().map(dllm_engine::Quantization::parse_option).transpose()?.flatten();
+    let loaded = dllm_engine::load_with(&a.model, device, dtype, quantize)?;
     let peak = proc_status_kib("VmHWM")? * 1024;
     let rss_after = proc_status_kib("VmRSS")? * 1024;
     let ckpt = loaded.checkpoint_bytes as u64;
@@ -276,6 +283,7 @@ fn load(a: &LoadBench) -> Result<()> {
         "model": a.model.display().to_string(),
         "device": format!("{device:?}").to_lowercase(),
         "dtype": loaded.model.dtype().to_string(),
+        "quantize": loaded.model.quantization().map(|q| q.to_string()),
         "checkpoint_bytes": ckpt,
         "weight_bytes": loaded.model.weight_bytes(),
         "load_seconds": loaded.load_time.as_secs_f64(),
@@ -393,7 +401,7 @@ fn session(a: &SessionBench) -> Result<()> {
     use dllm_engine::decode::Decoder;
     use dllm_repl::{ModelSource, Session};
     let t0 = Instant::now();
-    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None });
     let session_new_ms = t0.elapsed().as_secs_f64() * 1e3;
     let gen = (a.steps as i64 + 8) * 8;
     let setup = [format!("set gen_length {gen}"), "set block_length 8".into(), "set threshold 1.0".into(), "prompt-ids 10,11,12".into()];

@@ -12,6 +12,7 @@ mod bench_train;
 mod decode_cmd;
 mod eval_cmd;
 mod model_cmds;
+mod quant_cmd;
 mod train_cmd;
 
 use std::io::IsTerminal;
@@ -50,6 +51,9 @@ struct SessionArgs {
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
     #[arg(long)]
     dtype: Option<String>,
+    /// Hold the routed experts quantized: int8 or fp8 (default: as the checkpoint stores them).
+    #[arg(long)]
+    quantize: Option<String>,
     /// Print one JSON object per command: {"command", "ok", "result"} or {"command", "ok": false, "error"}.
     #[arg(long)]
     json: bool,
@@ -65,13 +69,14 @@ impl SessionArgs {
             model: self.model.or_else(|| outer.model.clone()),
             device: self.device.or_else(|| outer.device.clone()),
             dtype: self.dtype.or_else(|| outer.dtype.clone()),
+            quantize: self.quantize.or_else(|| outer.quantize.clone()),
             json: self.json || outer.json,
             keep_going: self.keep_going || outer.keep_going,
         }
     }
 
     fn source(&self) -> ModelSource {
-        ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone() }
+        ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone(), quantize: self.quantize.clone() }
     }
 
     fn options(&self, vi: bool) -> terminal::Options {

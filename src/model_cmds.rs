@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dllm_engine::{checkpoint::SaveOptions, presets, BlockMask, DType, KvCache, Loaded, MaskKind};
+use dllm_engine::quant::Fidelity;
+use dllm_engine::{checkpoint::SaveOptions, presets, BlockMask, DType, KvCache, Loaded, MaskKind, Quantization};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -21,11 +22,15 @@ pub struct ModelArgs {
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Hold the routed experts quantized: int8 (a scale per output channel) or fp8 (e4m3, a scale per
+    /// 128 x 128 block); default: as the checkpoint stores them.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 impl Default for ModelArgs {
     fn default() -> Self {
-        ModelArgs { model: None, device: "auto".into(), dtype: None }
+        ModelArgs { model: None, device: "auto".into(), dtype: None, quantize: None }
     }
 }
 
@@ -37,10 +42,9 @@ impl ModelArgs {
             d => dllm_engine::parse_device(d)?,
         };
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose()?;
-        Ok(match &self.model {
-            Some(dir) => dllm_engine::load(dir, device, dtype).with_context(|| format!("loading {}", dir.display()))?,
-            None => dllm_engine::load_builtin(device, dtype)?,
-        })
+        let quantize = self.quantize.as_deref().map(Quantization::parse_option).transpose()?.flatten();
+        let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(dllm_engine::BUILTIN));
+        dllm_engine::load_with(&dir, device, dtype, quantize).with_context(|| format!("loading {}", dir.display()))
     }
 }
 
@@ -64,6 +68,8 @@ pub fn summary(l: &Loaded) -> serde_json::Value {
         "device": format!("{:?}", m.device()).to_lowercase(),
         "dtype": m.dtype().to_string(),
         "weight_bytes": m.weight_bytes(),
+        "weight_bytes_by_part": m.weight_bytes_by_part().into_iter().map(|(p, b)| (p.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
+        "quantization": m.quantization().map(|q| q.to_string()),
         "load_seconds": l.load_time.as_secs_f64(),
         "layers": c.num_hidden_layers,
         "hidden_size": c.hidden_size,
@@ -106,8 +112,13 @@ fn routing_text(c: &dllm_engine::Config) -> String {
 
 pub fn info(a: &InfoArgs) -> Result<()> {
     let l = a.model.load()?;
-    let s = summary(&l);
+    let mut s = summary(&l);
+    // Asking about quantization also shows what the released shapes need with each option.
+    let projection = a.model.quantize.is_some().then(crate::quant_cmd::projection).transpose()?;
     if a.json {
+        if let Some(p) = &projection {
+            s["projection"] = json!(p);
+        }
         println!("{s}");
         return Ok(());
     }
@@ -133,6 +144,11 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         println!("routing    {}", routing_text(c));
     }
     println!("parameters {} ({:.1} MiB of weights)", m.num_parameters(), m.weight_bytes() as f64 / (1 << 20) as f64);
+    let parts: Vec<String> = m.weight_bytes_by_part().into_iter().filter(|p| p.1 > 0).map(|(p, b)| format!("{p} {:.2}", b as f64 / (1 << 20) as f64)).collect();
+    println!("weights    MiB: {}", parts.join(", "));
+    if let Some(q) = m.quantization() {
+        println!("quantized  {}", dllm_engine::quant::QUANTIZATIONS.iter().find(|x| x.0 == q.to_string()).map_or("", |x| x.1));
+    }
     println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
     if let Some(b) = memory_budget(m) {
         println!("memory     {} {} (larger requests are refused with an estimate)", dllm_engine::memory::human(b.bytes), b.source);
@@ -142,6 +158,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         _ => String::new(),
     };
     println!("tokens     mask {} eos {} pad {}{edits}", l.tokenizer.mask_id, l.tokenizer.eos_id, l.tokenizer.pad_id);
+    if let Some(p) = projection {
+        crate::quant_cmd::print_projection(&p);
+    }
     Ok(())
 }
 
@@ -202,7 +221,11 @@ pub struct ForwardArgs {
     /// block-causal (default) or hf-additive (the HF remote code's generate).
     #[arg(long, default_value = "block-causal")]
     pub attention: String,
-    /// Print one JSON object: {"positions": [{"pos": 0, "top": [[id, p], ...]}, ...]}.
+    /// With --quantize: also run the model unquantized on the same ids and print how far the quantized
+    /// distributions are from it (largest |dp|, top-1 agreement, KL).
+    #[arg(long)]
+    pub compare: bool,
+    /// Print one JSON object: {"positions": [{"pos": 0, "top": [[id, p], ...]}, ...]} (and "fidelity").
     #[arg(long)]
     pub json: bool,
 }
@@ -212,7 +235,20 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     if margs.dtype.is_none() {
         margs.dtype = Some("f32".into()); // the comparison format is defined on an f32 run
     }
-    let l = margs.load()?;
+    let quantize = margs.quantize.as_deref().map(Quantization::parse_option).transpose()?.flatten();
+    if a.compare && quantize.is_none() {
+        bail!("--compare compares a quantized model with the full one: add --quantize int8 or --quantize fp8");
+    }
+    // Compared: the full model is loaded, and the quantized one is its copy with quantized experts.
+    let (l, full) = match (a.compare, quantize) {
+        (true, Some(q)) => {
+            let full = ModelArgs { quantize: None, ..margs.clone() }.load()?;
+            let quantized = full.model.quantized(q)?;
+            let l = Loaded { model: quantized, tokenizer: full.tokenizer.clone(), dir: full.dir.clone(), checkpoint_bytes: full.checkpoint_bytes, load_time: full.load_time };
+            (l, Some(full))
+        }
+        _ => (margs.load()?, None),
+    };
     let kind = match a.attention.as_str() {
         "block-causal" => MaskKind::BlockCausal,
         "hf-additive" => MaskKind::HfAdditive,
@@ -223,7 +259,12 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         bail!("--top-k {} must be in 1..={vocab}", a.top_k);
     }
     let ids = Tensor::from_slice(&a.ids).view([1, -1]);
-    let logits = l.model.forward(&ids, &mut KvCache::new(), 0, BlockMask { block_length: a.block_length, kind, bidirectional_from: None })?;
+    let mask = BlockMask { block_length: a.block_length, kind, bidirectional_from: None };
+    let logits = l.model.forward(&ids, &mut KvCache::new(), 0, mask)?;
+    let fidelity = match &full {
+        Some(f) => Some(Fidelity::of(&f.model.forward(&ids, &mut KvCache::new(), 0, mask)?, &logits)),
+        None => None,
+    };
     let probs = logits.softmax(-1, Kind::Float).get(0);
     let (p, idx) = probs.topk(a.top_k, -1, true, true);
     let mut positions = Vec::new();
@@ -234,12 +275,26 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     }
     if a.json {
         let out: Vec<_> = positions.iter().map(|(pos, top)| json!({"pos": pos, "top": top.iter().map(|(i, p)| json!([i, p])).collect::<Vec<_>>()})).collect();
-        println!("{}", json!({ "positions": out }));
+        let mut v = json!({ "positions": out });
+        if let Some(f) = fidelity {
+            v["fidelity"] = json!(f);
+        }
+        println!("{v}");
     } else {
         for (pos, top) in positions {
             let cells: Vec<String> =
                 top.iter().map(|(i, p)| format!("{:>8} {:<12} {:.4}", i, format!("{:?}", l.tokenizer.token_text(*i)), p)).collect();
             println!("{pos:>5}  {}", cells.join("  "));
+        }
+        if let (Some(f), Some(q)) = (fidelity, quantize) {
+            println!(
+                "{q} against the full model over {} positions: largest |dp| {:.2e}, top-1 agreement {:.1}%, KL mean {:.2e} max {:.2e} nats",
+                f.positions,
+                f.max_abs_dp,
+                100.0 * f.top1_agreement,
+                f.kl_mean,
+                f.kl_max
+            );
         }
     }
     Ok(())

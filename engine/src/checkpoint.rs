@@ -8,6 +8,11 @@
 //! checkpoints) or fused (`experts.gate_proj` as `[E, I, H]`, dFactory training checkpoints).
 //!
 //! Writing: [`save`] writes the per-expert (or fused) layout, atomically (temp file + rename), optionally sharded.
+//!
+//! Quantized routed experts ([`crate::quant`]) are stored as values and scales: per expert
+//! `experts.{e}.{proj}.weight` (I8 / F8_E4M3) with `experts.{e}.{proj}.weight_scale` (F32), fused
+//! `experts.{proj}` with `experts.{proj}_scale`; config.json's `quantization_config` names the format. A
+//! full-precision checkpoint loaded with a quantization is quantized one expert at a time while it is read.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::device::DType;
 use crate::error::{Error, Result};
+use crate::quant::{QTensor, Quantization};
 use crate::weights::{Role, WeightSource};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -189,22 +195,53 @@ impl Checkpoint {
     /// way. The source is a view of the mapped bytes, so no host temporary is allocated (temporaries
     /// fragment the heap: per-expert loading kept 1.8x the checkpoint resident before this).
     fn load_into(&mut self, name: &str, dst: &Tensor) -> Result<()> {
+        self.load_slice_into(name, None, dst)
+    }
+
+    /// [`Checkpoint::load_into`], or with `Some(i)` entry `i` of the tensor's leading dimension (one expert of
+    /// a fused tensor). Quantized values (I8, F8_E4M3) are copied only into a tensor of their own type, and a
+    /// quantized destination takes only those: a float weight is never silently rounded to int8, or the reverse.
+    fn load_slice_into(&mut self, name: &str, index: Option<i64>, dst: &Tensor) -> Result<()> {
         let shape = dst.size();
         let Some(e) = self.entries.get(name) else {
             return Err(Error::MissingTensor { file: self.origin.clone(), tensor: name.into(), shape: Some(shape) });
         };
         let file = &self.shards[e.shard].path;
-        if e.shape != shape {
-            return Err(Error::ShapeMismatch { file: file.clone(), tensor: name.into(), expected: shape, found: e.shape.clone() });
-        }
+        let (start, end) = match index {
+            None if e.shape == shape => (e.start, e.end),
+            Some(i) if e.shape.len() == shape.len() + 1 && e.shape[1..] == shape[..] && (0..e.shape[0]).contains(&i) => {
+                let per = (e.end - e.start) / e.shape[0] as usize;
+                (e.start + i as usize * per, e.start + (i as usize + 1) * per)
+            }
+            _ => {
+                let expected = match index {
+                    Some(_) => [&[e.shape.first().copied().unwrap_or(0)][..], &shape].concat(),
+                    None => shape,
+                };
+                return Err(Error::ShapeMismatch { file: file.clone(), tensor: name.into(), expected, found: e.shape.clone() });
+            }
+        };
         let disk_kind = match e.dtype {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
+            Dtype::I8 => Kind::Int8,
+            Dtype::F8_E4M3 => Kind::Float8e4m3fn,
             other => return Err(Error::UnsupportedDtype { file: file.clone(), tensor: name.into(), dtype: format!("{other:?}") }),
         };
+        let quantized = |k: Kind| matches!(k, Kind::Int8 | Kind::Float8e4m3fn);
+        if (quantized(disk_kind) || quantized(dst.kind())) && disk_kind != dst.kind() {
+            return Err(Error::Index {
+                file: file.clone(),
+                message: format!(
+                    "tensor `{name}` is {:?} where the model holds {:?}: does config.json's quantization_config match the weights?",
+                    e.dtype,
+                    dst.kind()
+                ),
+            });
+        }
         let data = &self.shards[e.shard].data;
-        let bytes = &data.bytes()[e.start..e.end];
+        let bytes = &data.bytes()[start..end];
         let mut strides = vec![1i64; shape.len()];
         for i in (0..shape.len().saturating_sub(1)).rev() {
             strides[i] = strides[i + 1] * shape[i + 1];
@@ -219,7 +256,7 @@ impl Checkpoint {
         // SAFETY: the mapping is private and read-only, and nothing borrows these pages any more: DONTNEED
         // only drops them from this process (a later read would fault them back in from the file).
         if let Data::Mapped(mmap) = data {
-            let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
+            let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
         }
         self.used.insert(name.to_string());
         Ok(())
@@ -233,24 +270,9 @@ impl WeightSource for Checkpoint {
     }
 
     fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor> {
-        let fused = format!("{prefix}.{proj}");
         let kind = self.dtype.kind();
-        let first = format!("{prefix}.0.{proj}.weight");
-        if self.entries.contains_key(&fused) {
-            if self.entries.contains_key(&first) {
-                return Err(Error::Index {
-                    file: self.file_of(&first),
-                    message: format!("both the fused `{fused}` and the per-expert `{first}` are present; keep one layout"),
-                });
-            }
-            return self.load(&fused, &shape, kind);
-        }
-        if !self.entries.contains_key(&first) {
-            return Err(Error::MissingTensor {
-                file: self.origin.clone(),
-                tensor: format!("{first} (per expert, shape {:?}) or the fused `{fused}` (shape {shape:?})", &shape[1..]),
-                shape: None,
-            });
+        if self.fused_layout(prefix, proj, shape)? {
+            return self.load(&format!("{prefix}.{proj}"), &shape, kind);
         }
         let out = Tensor::f_empty(shape, (kind, self.device))?;
         for e in 0..shape[0] {
@@ -259,12 +281,74 @@ impl WeightSource for Checkpoint {
         Ok(out)
     }
 
+    /// Stored quantized (values and `weight_scale`s, [`crate::quant`]): read as they are. Stored in full:
+    /// read and quantized one expert at a time, so the peak holds one expert in full beside the quantized
+    /// tensors.
+    fn experts_quantized(&mut self, prefix: &str, proj: &str, shape: [i64; 3], format: Quantization) -> Result<QTensor> {
+        let fused = self.fused_layout(prefix, proj, shape)?;
+        let [n, rows, cols] = shape;
+        let [sr, sc] = format.scale_shape(rows, cols);
+        let data = Tensor::f_empty(shape, (format.kind(), self.device))?;
+        let scale = Tensor::f_empty([n, sr, sc], (Kind::Float, self.device))?;
+        let (values, scales) = (format!("{prefix}.{proj}"), format!("{prefix}.{proj}_scale"));
+        let stored = if fused { self.entries.contains_key(&scales) } else { self.entries.contains_key(&format!("{prefix}.0.{proj}.weight_scale")) };
+        match (stored, fused) {
+            (true, true) => {
+                self.load_into(&values, &data)?;
+                self.load_into(&scales, &scale)?;
+            }
+            (true, false) => {
+                for e in 0..n {
+                    self.load_into(&format!("{prefix}.{e}.{proj}.weight"), &data.get(e))?;
+                    self.load_into(&format!("{prefix}.{e}.{proj}.weight_scale"), &scale.get(e))?;
+                }
+            }
+            (false, _) => {
+                let full = Tensor::f_empty([rows, cols], (Kind::Float, self.device))?;
+                for e in 0..n {
+                    match fused {
+                        true => self.load_slice_into(&values, Some(e), &full)?,
+                        false => self.load_into(&format!("{prefix}.{e}.{proj}.weight"), &full)?,
+                    }
+                    let q = QTensor::quantize(&full, format);
+                    tch::no_grad(|| {
+                        data.get(e).copy_(&q.data);
+                        scale.get(e).copy_(&q.scale);
+                    });
+                }
+            }
+        }
+        QTensor::from_parts(format, data, scale, &values)
+    }
+
     fn finish(&mut self) -> Result<()> {
         let mut extra: Vec<&String> = self.entries.keys().filter(|n| !self.used.contains(*n)).collect();
         extra.sort();
         match extra.first() {
             Some(name) => Err(Error::ExtraTensor { file: self.file_of(name), tensor: (*name).clone() }),
             None => Ok(()),
+        }
+    }
+}
+
+impl Checkpoint {
+    /// Whether the routed experts' `proj` is stored fused (`{prefix}.{proj}`) rather than per expert
+    /// (`{prefix}.{e}.{proj}.weight`); an error when neither or both are there.
+    fn fused_layout(&self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<bool> {
+        let fused = format!("{prefix}.{proj}");
+        let first = format!("{prefix}.0.{proj}.weight");
+        match (self.entries.contains_key(&fused), self.entries.contains_key(&first)) {
+            (true, true) => Err(Error::Index {
+                file: self.file_of(&first),
+                message: format!("both the fused `{fused}` and the per-expert `{first}` are present; keep one layout"),
+            }),
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            (false, false) => Err(Error::MissingTensor {
+                file: self.origin.clone(),
+                tensor: format!("{first} (per expert, shape {:?}) or the fused `{fused}` (shape {shape:?})", &shape[1..]),
+                shape: None,
+            }),
         }
     }
 }
@@ -328,13 +412,22 @@ pub fn save(tensors: &[(String, Tensor)], dir: &Path, opts: SaveOptions) -> Resu
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut out: Vec<(String, Tensor)> = Vec::new();
     for (name, t) in tensors {
-        let is_experts = [".experts.gate_proj", ".experts.up_proj", ".experts.down_proj"].iter().any(|s| name.ends_with(s));
-        let t = if name.ends_with("expert_bias") { t.to_kind(Kind::Float) } else { t.to_kind(opts.dtype.kind()) };
+        // Quantized experts arrive as values (`...experts.gate_proj`, int8 / fp8) and `..._scale` (f32).
+        let (base, leaf) = match name.strip_suffix("_scale") {
+            Some(b) => (b, "weight_scale"),
+            None => (name.as_str(), "weight"),
+        };
+        let is_experts = [".experts.gate_proj", ".experts.up_proj", ".experts.down_proj"].iter().any(|s| base.ends_with(s));
+        let t = match t.kind() {
+            Kind::Int8 | Kind::Float8e4m3fn => t.shallow_clone(),
+            _ if name.ends_with("expert_bias") || leaf == "weight_scale" => t.to_kind(Kind::Float),
+            _ => t.to_kind(opts.dtype.kind()),
+        };
         let t = t.to_device(Device::Cpu).contiguous();
         if is_experts && !opts.fused_experts {
-            let (prefix, proj) = name.rsplit_once('.').expect("dotted name");
+            let (prefix, proj) = base.rsplit_once('.').expect("dotted name");
             for e in 0..t.size()[0] {
-                out.push((format!("{prefix}.{e}.{proj}.weight"), t.get(e).contiguous()));
+                out.push((format!("{prefix}.{e}.{proj}.{leaf}"), t.get(e).contiguous()));
             }
         } else {
             out.push((name.clone(), t));
@@ -389,6 +482,8 @@ fn write_file(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
             Kind::Float => Dtype::F32,
             Kind::Half => Dtype::F16,
             Kind::BFloat16 => Dtype::BF16,
+            Kind::Int8 => Dtype::I8,
+            Kind::Float8e4m3fn => Dtype::F8_E4M3,
             k => return Err(Error::invalid("tensor dtype", format!("{k:?}"), format!("cannot save `{name}`"))),
         };
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();

@@ -12,7 +12,28 @@ use crate::config::Config;
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::quant::Quantization;
 use crate::tokenizer::Tokenizer;
+
+/// `config` with its routed experts to be quantized as `asked`: a checkpoint stored quantized loads only in
+/// its own format.
+fn quantized(mut config: Config, asked: Option<Quantization>, file: &Path) -> Result<Config> {
+    match (config.quantization, asked) {
+        (Some(stored), Some(asked)) if stored != asked => Err(Error::invalid(
+            "quantize",
+            asked,
+            format!("{} stores its routed experts in {stored}: load it with quantize={stored} or without quantize", file.display()),
+        )),
+        (_, Some(asked)) if !config.has_moe() => {
+            Err(Error::invalid("quantize", asked, format!("{} has no routed experts to quantize (a dense model)", file.display())))
+        }
+        (None, Some(asked)) => {
+            config.quantization = Some(asked);
+            Ok(config)
+        }
+        _ => Ok(config),
+    }
+}
 
 /// A model resident on its device, its tokenizer, and where they came from.
 #[derive(Debug)]
@@ -28,15 +49,21 @@ pub struct Loaded {
 /// Loads `dir` onto `device` in `dtype` (default: bf16 on CUDA, f32 on CPU); a `builtin:NAME` path loads
 /// that embedded model.
 pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> {
+    load_with(dir, device, dtype, None)
+}
+
+/// [`load`] with the routed experts quantized as `quantize` ([`crate::quant`]); `None` keeps them as the
+/// checkpoint stores them (quantized only if dllm saved it quantized).
+pub fn load_with(dir: &Path, device: Device, dtype: Option<DType>, quantize: Option<Quantization>) -> Result<Loaded> {
     if is_builtin(dir) {
-        return load_embedded(&dir.to_string_lossy(), device, dtype);
+        return load_embedded_with(&dir.to_string_lossy(), device, dtype, quantize);
     }
     let start = Instant::now();
     if !dir.is_dir() {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a checkpoint folder")));
     }
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
-    let config = Config::from_file(&dir.join("config.json"))?;
+    let config = quantized(Config::from_file(&dir.join("config.json"))?, quantize, &dir.join("config.json"))?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), &config)?;
     // Before the weights: a broken template fails the load at once, not after minutes of reading tensors.
     let template = ChatTemplate::from_dir(dir, tokenizer.special_tokens())?;
@@ -104,6 +131,10 @@ pub fn load_builtin(device: Device, dtype: Option<DType>) -> Result<Loaded> {
 /// (`make model` rebuilds engine/assets/). They have no template file: they chat in the built-in Ling format
 /// they were trained on.
 pub fn load_embedded(name: &str, device: Device, dtype: Option<DType>) -> Result<Loaded> {
+    load_embedded_with(name, device, dtype, None)
+}
+
+fn load_embedded_with(name: &str, device: Device, dtype: Option<DType>, quantize: Option<Quantization>) -> Result<Loaded> {
     let start = Instant::now();
     let e = embedded(name).ok_or_else(|| {
         let names: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
@@ -111,7 +142,7 @@ pub fn load_embedded(name: &str, device: Device, dtype: Option<DType>) -> Result
     })?;
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
     let path = Path::new(name);
-    let config = Config::from_json(e.config).map_err(|err| err.in_file(path))?;
+    let config = quantized(Config::from_json(e.config).map_err(|err| err.in_file(path))?, quantize, path)?;
     let tokenizer = Tokenizer::from_bytes(e.tokenizer, path, &config)?;
     let mut ckpt = Checkpoint::from_static(path, e.weights, device, dtype)?;
     let checkpoint_bytes = ckpt.data_bytes();

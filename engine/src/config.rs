@@ -17,8 +17,8 @@
 //! Audit, field by field: a field that changes the computation and that the engine does not implement is an
 //! error naming the field, never silently ignored.
 //! - Errors: `model_type` other than llada2_moe, `hidden_act` other than silu, a non-null `rope_scaling`,
-//!   `rope_parameters.rope_type` other than "default", `quantization_config` (FP8/int weights), `expert_capacity`
-//!   without `block_size` or the reverse.
+//!   `rope_parameters.rope_type` other than "default", a `quantization_config` other than dllm's own
+//!   ([`crate::quant`]: int8 / fp8 routed experts), `expert_capacity` without `block_size` or the reverse.
 //! - Accepted and not branched on, because the official code never reads them (llada2.md section 1):
 //!   `score_function`, `router_dtype`, `moe_router_enable_expert_bias`, `norm_topk_prob`, `rotary_dim`,
 //!   `sliding_window`, `use_sliding_window` (even when true: the HF model applies no window), `max_window_layers`,
@@ -32,6 +32,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::quant::Quantization;
 
 /// config.json as written by Hugging Face, every field optional. Unknown fields are ignored.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -76,7 +77,8 @@ pub struct RawConfig {
     /// Storage dtype (transformers 5 name; older files write `torch_dtype`).
     pub dtype: Option<String>,
     pub torch_dtype: Option<String>,
-    /// Quantised checkpoints (FP8, ...) are not supported; kept only to refuse them by name.
+    /// Routed experts quantized by dllm (`{"quant_method": "dllm", "format": "int8"|"fp8", ...}`); other
+    /// quantizers' layouts are refused by name.
     pub quantization_config: Option<serde_json::Value>,
 }
 
@@ -134,6 +136,10 @@ pub struct Config {
     pub expert_capacity: Option<i64>,
     /// LLaDA2.2 routing group length; `Some` exactly when `expert_capacity` is.
     pub block_size: Option<i64>,
+    /// How the routed experts are held ([`crate::quant`]): from config.json's `quantization_config` (a
+    /// checkpoint dllm quantized) or asked at load time. `None`: in the run dtype.
+    #[serde(skip)]
+    pub quantization: Option<Quantization>,
 }
 
 impl Config {
@@ -178,11 +184,10 @@ impl Config {
                 return Err(bad("rope_scaling", format!("only null (plain RoPE) is supported, found {s}")));
             }
         }
-        if let Some(q) = &raw.quantization_config {
-            if !q.is_null() {
-                return Err(bad("quantization_config", "quantised checkpoints are not supported (dequantise to bf16 first)".into()));
-            }
-        }
+        let quantization = match &raw.quantization_config {
+            Some(q) if !q.is_null() => Some(Quantization::from_json(q).map_err(|m| bad("quantization_config", m))?),
+            _ => None,
+        };
         let rope = raw.rope_parameters.clone().unwrap_or_default();
         if let Some(t) = &rope.rope_type {
             if t != "default" {
@@ -271,6 +276,7 @@ impl Config {
             split_token_id,
             expert_capacity: raw.expert_capacity,
             block_size: raw.block_size,
+            quantization,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -482,6 +488,9 @@ impl Config {
                 "rope_parameters".into(),
                 serde_json::json!({"rope_type": "default", "rope_theta": self.rope_theta, "partial_rotary_factor": self.partial_rotary_factor}),
             );
+        }
+        if let Some(q) = self.quantization {
+            obj.insert("quantization_config".into(), q.to_json());
         }
         obj.retain(|_, v| !v.is_null());
         v

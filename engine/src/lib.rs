@@ -20,6 +20,7 @@ mod device;
 mod error;
 pub mod lora;
 pub mod memory;
+pub mod quant;
 mod model;
 mod moe;
 pub mod presets;
@@ -30,7 +31,8 @@ mod tokenizer;
 mod weights;
 
 pub use chat_template::{ChatTemplate, SpecialTokens};
-pub use checkpoint_dir::{is_builtin, load, load_builtin, load_embedded, Loaded, BUILTIN, BUILTINS};
+pub use checkpoint_dir::{is_builtin, load, load_builtin, load_embedded, load_with, Loaded, BUILTIN, BUILTINS};
+pub use quant::Quantization;
 pub use config::{Config, RawConfig, RopeParameters};
 pub use device::{cuda_device_count, cuda_status, load_cuda_backend, parse_device, DType};
 pub use error::{Error, Result};

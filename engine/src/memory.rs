@@ -111,6 +111,30 @@ pub fn forward_bytes(c: &Config, rows: i64, queries: i64, keys: i64, elem: i64, 
     (logits + (attention + ffn) * u(elem) * layers) as u64
 }
 
+/// The weights of a model of `c` with elements of `elem` bytes, from the shapes; routed experts quantized as
+/// `c.quantization` says (one byte each, plus their scales).
+pub fn weight_bytes(c: &Config, elem: i64) -> u64 {
+    // In f64 from the clamped sizes, like forward_bytes: a config's extreme sizes must not overflow here.
+    let u = |x: i64| x.max(0) as f64;
+    let layers = u(c.num_hidden_layers);
+    let moe_layers = if c.has_moe() { (layers - u(c.first_k_dense_replace)).max(0.0) } else { 0.0 };
+    let (h, d, e, i) = (u(c.hidden_size), u(c.head_dim), u(c.num_experts), u(c.moe_intermediate_size));
+    let attention = (2.0 * u(c.num_attention_heads) + 2.0 * u(c.num_key_value_heads)) * d * h + 2.0 * h;
+    let dense = (layers - moe_layers) * 3.0 * h * u(c.intermediate_size);
+    let router_shared = moe_layers * (e * h + u(c.num_shared_experts) * 3.0 * h * i);
+    let embeddings = u(c.vocab_size) * h * if c.tie_word_embeddings { 1.0 } else { 2.0 };
+    let rest = layers * attention + dense + router_shared + embeddings + h;
+    let experts = match c.quantization {
+        // gate and up are [I, H], down is [H, I]: the same count of values, scales shaped by their rows.
+        Some(q) if i * h > 0.0 => {
+            let per = |rows, cols| q.bytes(1, rows, cols) as f64;
+            moe_layers * e * (2.0 * per(c.moe_intermediate_size, c.hidden_size) + per(c.hidden_size, c.moe_intermediate_size))
+        }
+        _ => moe_layers * e * 3.0 * h * i * elem as f64,
+    };
+    (rest * elem as f64 + experts) as u64
+}
+
 /// A KV cache of `rows` sequences of `len` positions.
 pub fn cache_bytes(c: &Config, rows: i64, len: i64, elem: i64) -> u64 {
     [rows, len, c.num_key_value_heads, c.head_dim, 2, elem, c.num_hidden_layers].iter().map(|&x| x.max(0) as f64).product::<f64>() as u64

@@ -20,6 +20,7 @@ use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::lora::{Adapters, FfnLora, LayerLora};
 use crate::moe::{Moe, RoutingGroups};
+use crate::quant::{ExpertWeights, QTensor, Quantization};
 use crate::weights::{Role, WeightSource};
 
 /// How queries see keys. The mask is cut into blocks of `block_length` from position 0.
@@ -328,6 +329,7 @@ impl Layer {
 pub(crate) struct Weights<'a> {
     pub(crate) source: &'a mut dyn WeightSource,
     pub(crate) vs: &'a nn::VarStore,
+    pub(crate) quantize: Option<Quantization>,
 }
 
 impl Weights<'_> {
@@ -336,9 +338,14 @@ impl Weights<'_> {
         Ok(self.register(name, t, role))
     }
 
-    pub(crate) fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor> {
+    /// Routed experts, quantized when the config asks; quantized experts are not VarStore variables (nothing
+    /// trains them).
+    pub(crate) fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<ExpertWeights> {
+        if let Some(q) = self.quantize {
+            return Ok(ExpertWeights::Quantized(self.source.experts_quantized(prefix, proj, shape, q)?));
+        }
         let t = self.source.experts(prefix, proj, shape)?;
-        Ok(self.register(&format!("{prefix}.{proj}"), t, Role::Matrix))
+        Ok(ExpertWeights::Full(self.register(&format!("{prefix}.{proj}"), t, Role::Matrix)))
     }
 
     fn register(&self, name: &str, t: Tensor, role: Role) -> Tensor {
@@ -373,16 +380,17 @@ impl Model {
     /// Builds the model, asking `source` for every tensor by its official name and shape.
     pub fn build(config: &Config, source: &mut dyn WeightSource, device: Device, dtype: DType) -> Result<Model> {
         // The weights alone, from the shapes, before any of them is allocated.
-        let needed = config.approx_parameters() * dtype.kind().elt_size_in_bytes() as f64;
+        let needed = crate::memory::weight_bytes(config, dtype.size_bytes() as i64);
+        let quant = config.quantization.map(|q| format!(" with {q} routed experts")).unwrap_or_default();
         crate::memory::check(
-            format!("a model of {:.2e} parameters in {dtype}", config.approx_parameters()),
-            needed as u64,
+            format!("a model of {:.2e} parameters in {dtype}{quant}", config.approx_parameters()),
+            needed,
             crate::memory::Budget::of(device, || 0)?,
             "check config.json's sizes, or load it in a smaller dtype or on another device",
         )?;
         let vs = nn::VarStore::new(device);
         let c = config;
-        let mut w = Weights { source, vs: &vs };
+        let mut w = Weights { source, vs: &vs, quantize: c.quantization };
         let embed = w.get("model.word_embeddings.weight", &[c.vocab_size, c.hidden_size], Role::Matrix)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
         for i in 0..c.num_hidden_layers {
@@ -425,14 +433,66 @@ impl Model {
         &self.vs
     }
 
-    /// Number of parameters (expert bias buffers excluded).
+    /// Number of parameters (expert bias buffers excluded; quantized experts included).
     pub fn num_parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        let quantized = self.moes().flat_map(|(_, m)| m.expert_weights()).filter(|w| matches!(w, ExpertWeights::Quantized(_)));
+        let quantized: i64 = quantized.map(|w| w.size().iter().product::<i64>()).sum();
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum::<i64>() + quantized
     }
 
-    /// Bytes of all weights and buffers.
+    /// How the routed experts are held: `None` in the run dtype, else quantized ([`crate::quant`]).
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.config.quantization
+    }
+
+    /// Bytes of all weights and buffers (quantized experts with their scales).
     pub fn weight_bytes(&self) -> usize {
-        self.vs.variables().values().map(tensor_bytes).sum()
+        self.weight_bytes_by_part().iter().map(|p| p.1).sum()
+    }
+
+    /// Bytes of the weights by part, in a fixed order: routed experts, attention, dense and shared MLPs,
+    /// embeddings and LM head, router, norms.
+    pub fn weight_bytes_by_part(&self) -> Vec<(&'static str, usize)> {
+        const PARTS: [&str; 6] = ["routed experts", "attention", "dense and shared MLPs", "embeddings and LM head", "router", "norms"];
+        let mut bytes = [0usize; 6];
+        for (name, t) in self.vs.variables() {
+            let part = if name.contains(".mlp.experts.") {
+                0
+            } else if name.contains("layernorm") || name == "model.norm.weight" {
+                5
+            } else if name.contains(".attention.") {
+                1
+            } else if name.contains(".mlp.gate.") {
+                4
+            } else if name.contains(".mlp.") {
+                2
+            } else {
+                3
+            };
+            bytes[part] += tensor_bytes(&t);
+        }
+        bytes[0] += self.moes().flat_map(|(_, m)| m.expert_weights()).filter(|w| matches!(w, ExpertWeights::Quantized(_))).map(|w| w.bytes()).sum::<usize>();
+        PARTS.into_iter().zip(bytes).collect()
+    }
+
+    /// A copy of this model with its routed experts quantized as `format`, for comparing the two: every other
+    /// weight is shared with this model (the copy adds only the quantized experts), adapters are merged into
+    /// the copy. An error on a model that is quantized already.
+    pub fn quantized(&self, format: Quantization) -> Result<Model> {
+        if let Some(q) = self.quantization() {
+            return Err(Error::invalid("quantize", format, format!("the model's routed experts are already in {q}")));
+        }
+        if !self.config.has_moe() {
+            return Err(Error::invalid("quantize", format, "the model has no routed experts to quantize (a dense model)"));
+        }
+        let config = Config { quantization: Some(format), ..self.config.clone() };
+        let mut source = crate::weights::Shared { tensors: self.merged_variables().into_iter().collect() };
+        Model::build(&config, &mut source, self.device(), self.dtype)
+    }
+
+    /// The MoE layers with their indices.
+    fn moes(&self) -> impl Iterator<Item = (usize, &Moe)> {
+        self.layers.iter().enumerate().filter_map(|(i, l)| if let Ffn::Moe(m) = &l.ffn { Some((i, m)) } else { None })
     }
 
     /// Refuses work estimated at `needed` bytes that the device cannot hold ([`crate::memory`]). Small
@@ -625,17 +685,17 @@ impl Model {
             let at = &layer.attention;
             let qkv = b.lora(&format!("{p}.attention.query_key_value"), &at.qkv.size());
             let dense = b.lora(&format!("{p}.attention.dense"), &at.dense.size());
-            let mut mlp = |name: &str, gate: &Tensor, up: &Tensor, down: &Tensor| FfnLora {
-                gate: b.lora(&format!("{name}.gate_proj"), &gate.size()),
-                up: b.lora(&format!("{name}.up_proj"), &up.size()),
-                down: b.lora(&format!("{name}.down_proj"), &down.size()),
+            let mut mlp = |name: &str, [gate, up, down]: [Vec<i64>; 3]| FfnLora {
+                gate: b.lora(&format!("{name}.gate_proj"), &gate),
+                up: b.lora(&format!("{name}.up_proj"), &up),
+                down: b.lora(&format!("{name}.down_proj"), &down),
             };
+            let sizes = |m: &Mlp| [m.gate.size(), m.up.size(), m.down.size()];
             let (ffn, shared) = match &layer.ffn {
-                Ffn::Dense(m) => (mlp(&format!("{p}.mlp"), &m.gate, &m.up, &m.down), None),
+                Ffn::Dense(m) => (mlp(&format!("{p}.mlp"), sizes(m)), None),
                 Ffn::Moe(m) => {
-                    let (g, u, d) = m.expert_weights();
-                    let experts = mlp(&format!("{p}.mlp.experts"), g, u, d);
-                    let shared = m.shared().map(|s| mlp(&format!("{p}.mlp.shared_experts"), &s.gate, &s.up, &s.down));
+                    let experts = mlp(&format!("{p}.mlp.experts"), m.expert_weights().map(ExpertWeights::size));
+                    let shared = m.shared().map(|s| mlp(&format!("{p}.mlp.shared_experts"), sizes(s)));
                     (experts, shared)
                 }
             };
@@ -648,23 +708,20 @@ impl Model {
     /// Parameters of LoRA adapters of `rank` on this model ([`Model::attach_lora`]'s projections), from the
     /// shapes: `rank x (in + out)` per projection and per expert.
     pub fn lora_parameters(&self, rank: i64) -> i64 {
-        let one = |w: &Tensor| {
-            let s = w.size();
+        let one = |s: Vec<i64>| {
             let (out, inp) = (s[s.len() - 2], s[s.len() - 1]);
             let lead: i64 = s[..s.len() - 2].iter().product();
             lead.saturating_mul(rank).saturating_mul(out + inp)
         };
         let mut n = 0i64;
         for layer in &self.layers {
-            let mut ws = vec![&layer.attention.qkv, &layer.attention.dense];
+            let mut ws = vec![layer.attention.qkv.size(), layer.attention.dense.size()];
+            let sizes = |m: &Mlp| [m.gate.size(), m.up.size(), m.down.size()];
             match &layer.ffn {
-                Ffn::Dense(m) => ws.extend([&m.gate, &m.up, &m.down]),
+                Ffn::Dense(m) => ws.extend(sizes(m)),
                 Ffn::Moe(m) => {
-                    let (g, u, d) = m.expert_weights();
-                    ws.extend([g, u, d]);
-                    if let Some(sh) = m.shared() {
-                        ws.extend([&sh.gate, &sh.up, &sh.down]);
-                    }
+                    ws.extend(m.expert_weights().map(ExpertWeights::size));
+                    ws.extend(m.shared().map(sizes).into_iter().flatten());
                 }
             }
             n = ws.into_iter().map(one).fold(n, i64::saturating_add);
@@ -682,34 +739,67 @@ impl Model {
         std::mem::replace(&mut self.lora, adapters)
     }
 
-    /// Folds the adapters into the weights (`W += s B A`, in the weights' dtype) and drops them; the outputs
-    /// are those of the adapted model. Returns false when no adapters were attached.
+    /// Folds the adapters into the weights (`W += s B A`, in the weights' dtype; quantized experts are
+    /// dequantized, summed and quantized again) and drops them; the outputs are those of the adapted model up
+    /// to that rounding. Returns false when no adapters were attached.
     pub fn merge_lora(&mut self) -> bool {
         let Some(ad) = self.lora.take() else { return false };
         let vars = self.vs.variables();
         tch::no_grad(|| {
             for (name, delta) in lora_deltas(&ad) {
-                let mut w = vars[&name].shallow_clone();
-                let _ = w.g_add_(&delta.to_kind(w.kind()));
+                match vars.get(&name) {
+                    Some(w) => {
+                        let _ = w.shallow_clone().g_add_(&delta.to_kind(w.kind()));
+                    }
+                    None => {
+                        let q = self.quantized_experts_mut(&name).expect("adapters only on the model's weights");
+                        *q = QTensor::quantize(&(q.dequantize(Kind::Float) + delta), q.format);
+                    }
+                }
             }
         });
         true
     }
 
+    /// The quantized routed experts named `model.layers.{i}.mlp.experts.{proj}`.
+    fn quantized_experts_mut(&mut self, name: &str) -> Option<&mut QTensor> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (i, proj) = rest.split_once(".mlp.experts.")?;
+        match &mut self.layers.get_mut(i.parse::<usize>().ok()?)?.ffn {
+            Ffn::Moe(m) => match m.expert_weights_mut(proj)? {
+                ExpertWeights::Quantized(q) => Some(q),
+                ExpertWeights::Full(_) => None,
+            },
+            Ffn::Dense(_) => None,
+        }
+    }
+
     /// The weights by name as the model computes with them: with adapters attached, copies of the adapted
-    /// weights hold `W + s B A`; otherwise the VarStore's own tensors (shallow).
+    /// weights hold `W + s B A`; otherwise the VarStore's own tensors (shallow). Quantized experts come as
+    /// their values (`...mlp.experts.{proj}`, int8 or fp8) and scales (`...mlp.experts.{proj}_scale`), quantized
+    /// again after adding an adapter.
     pub fn merged_variables(&self) -> Vec<(String, Tensor)> {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        if let Some(ad) = &self.lora {
-            let deltas: std::collections::HashMap<String, Tensor> = lora_deltas(ad).into_iter().collect();
-            tch::no_grad(|| {
-                for (name, t) in vars.iter_mut() {
-                    if let Some(d) = deltas.get(name.as_str()) {
-                        *t = &*t + d.to_kind(t.kind());
-                    }
+        let deltas: std::collections::HashMap<String, Tensor> = self.lora.as_ref().map(lora_deltas).unwrap_or_default().into_iter().collect();
+        tch::no_grad(|| {
+            for (name, t) in vars.iter_mut() {
+                if let Some(d) = deltas.get(name.as_str()) {
+                    *t = &*t + d.to_kind(t.kind());
                 }
-            });
-        }
+            }
+            for (i, m) in self.moes() {
+                for (proj, w) in ["gate_proj", "up_proj", "down_proj"].into_iter().zip(m.expert_weights()) {
+                    let ExpertWeights::Quantized(q) = w else { continue };
+                    let name = format!("model.layers.{i}.mlp.experts.{proj}");
+                    let q = match deltas.get(&name) {
+                        Some(d) => QTensor::quantize(&(q.dequantize(Kind::Float) + d), q.format),
+                        None => q.shallow_clone(),
+                    };
+                    vars.push((format!("{name}_scale"), q.scale));
+                    vars.push((name, q.data));
+                }
+            }
+        });
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars
     }

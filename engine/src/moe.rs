@@ -16,7 +16,7 @@
 //! stable descending sort, so ties go to the lower expert id (as minnow does; `topk`'s tie order is unspecified).
 //!
 //! Dispatch groups tokens by expert: one gather, one SwiGLU and one scatter-add per active expert, never a
-//! per-token loop.
+//! per-token loop. Quantized experts ([`crate::quant`]) are dequantized one at a time, just before their SwiGLU.
 
 use tch::{Kind, Tensor};
 
@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{FfnLora, LayerLora};
 use crate::model::{swiglu, Mlp, Weights};
+use crate::quant::ExpertWeights;
 use crate::weights::Role;
 
 #[derive(Debug)]
@@ -31,10 +32,10 @@ pub(crate) struct Moe {
     gate: Tensor,
     /// fp32 buffer `[E]`, not trained by gradient (updated by load balancing).
     expert_bias: Tensor,
-    /// Fused routed experts: gate/up `[E, I, H]`, down `[E, H, I]`.
-    gate_proj: Tensor,
-    up_proj: Tensor,
-    down_proj: Tensor,
+    /// Fused routed experts: gate/up `[E, I, H]`, down `[E, H, I]`, full or quantized.
+    gate_proj: ExpertWeights,
+    up_proj: ExpertWeights,
+    down_proj: ExpertWeights,
     shared: Option<Mlp>,
     router: Router,
     /// When Some, every forward appends its chosen experts `[B, L, top_k]` (diagnostics: [`crate::Model::experts_per_group`]).
@@ -178,8 +179,18 @@ impl Moe {
     }
 
     /// The fused routed experts' gate, up and down weights.
-    pub(crate) fn expert_weights(&self) -> (&Tensor, &Tensor, &Tensor) {
-        (&self.gate_proj, &self.up_proj, &self.down_proj)
+    pub(crate) fn expert_weights(&self) -> [&ExpertWeights; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+
+    /// The routed experts' projection `gate_proj`, `up_proj` or `down_proj`, to change in place.
+    pub(crate) fn expert_weights_mut(&mut self, proj: &str) -> Option<&mut ExpertWeights> {
+        match proj {
+            "gate_proj" => Some(&mut self.gate_proj),
+            "up_proj" => Some(&mut self.up_proj),
+            "down_proj" => Some(&mut self.down_proj),
+            _ => None,
+        }
     }
 
     pub(crate) fn shared(&self) -> Option<&Mlp> {
@@ -260,7 +271,8 @@ impl Moe {
             let xe = x.index_select(0, &tok);
             let e = e as i64;
             let ad = lora.map(|(l, s)| (l.expert(e), s));
-            let ye = swiglu(&xe, &self.gate_proj.get(e), &self.up_proj.get(e), &self.down_proj.get(e), ad.as_ref().map(|(l, s)| (l, *s)));
+            let (kind, ad) = (xe.kind(), ad.as_ref().map(|(l, s)| (l, *s)));
+            let ye = swiglu(&xe, &self.gate_proj.expert(e, kind), &self.up_proj.expert(e, kind), &self.down_proj.expert(e, kind), ad);
             out = out.index_add(0, &tok, &(ye.to_kind(Kind::Float) * weights.narrow(0, start, n).unsqueeze(1)));
             start += n;
         }

@@ -76,6 +76,17 @@ pub fn select(model: &mut Model, t: &Trainable) -> Result<Vec<(String, Tensor)>>
     let mut vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().filter(|(n, _)| !n.ends_with("expert_bias")).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let layers = model.config().num_hidden_layers;
+    if let Some(q) = model.quantization() {
+        // Quantized experts are not parameters: `all` or a range over MoE layers would silently leave them out.
+        let moe = |from: i64, to: i64| (from..to.min(layers)).any(|i| model.config().is_moe_layer(i));
+        if matches!(t, Trainable::All) || matches!(t, Trainable::Layers { from, to } if moe(*from, *to)) {
+            return Err(Error::invalid(
+                "trainable",
+                t.describe(),
+                format!("the routed experts are held in {q} and cannot be trained; train lora:R (adapters over them) or lm-head, or load the model without quantize"),
+            ));
+        }
+    }
     let chosen: Vec<(String, Tensor)> = match t {
         Trainable::All => vars,
         Trainable::LmHead => {

@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::device::DType;
 use crate::error::Result;
+use crate::quant::{QTensor, Quantization};
 
 /// What a tensor is, which fixes its random initialisation and its dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +41,45 @@ pub trait WeightSource {
     /// `[E, rows, cols]` tensor, from either the fused or the per-expert layout.
     fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor>;
 
+    /// [`WeightSource::experts`] quantized as `format`. This default quantizes the full tensor, so its peak
+    /// holds one projection in full; a checkpoint reads and quantizes one expert at a time instead, or reads
+    /// weights it stores already quantized.
+    fn experts_quantized(&mut self, prefix: &str, proj: &str, shape: [i64; 3], format: Quantization) -> Result<QTensor> {
+        Ok(QTensor::quantize(&self.experts(prefix, proj, shape)?, format))
+    }
+
     /// Called once the model has taken every tensor it needs: a source with tensors left over fails here.
     fn finish(&mut self) -> Result<()>;
+}
+
+/// Tensors held by name (another model's weights): each is handed out as it is, sharing its storage, after a
+/// shape check.
+pub struct Shared {
+    pub tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl Shared {
+    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.tensors.remove(name).ok_or_else(|| crate::Error::invalid("weights", name, "no such tensor in the source model"))?;
+        if t.size() != shape {
+            return Err(crate::Error::invalid("weights", name, format!("shape {:?}, expected {shape:?}", t.size())));
+        }
+        Ok(t)
+    }
+}
+
+impl WeightSource for Shared {
+    fn tensor(&mut self, name: &str, shape: &[i64], _role: Role) -> Result<Tensor> {
+        self.take(name, shape)
+    }
+
+    fn experts(&mut self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<Tensor> {
+        self.take(&format!("{prefix}.{proj}"), &shape)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// libtorch's default generator is process-global. Whoever seeds it and then draws holds this lock for the

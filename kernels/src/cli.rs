@@ -38,11 +38,14 @@ pub struct ModelArgs {
     /// f32, bf16 or f16.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Routed experts quantized on load: int8 or fp8.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 impl ModelArgs {
     pub fn source(&self) -> dllm_repl::ModelSource {
-        dllm_repl::ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone() }
+        dllm_repl::ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone(), quantize: self.quantize.clone() }
     }
 
     /// The same options as arguments for kernel.json (the folder made absolute).
@@ -57,6 +60,9 @@ impl ModelArgs {
         }
         if let Some(t) = &self.dtype {
             a.extend(["--dtype".to_string(), t.clone()]);
+        }
+        if let Some(q) = &self.quantize {
+            a.extend(["--quantize".to_string(), q.clone()]);
         }
         Ok(a)
     }

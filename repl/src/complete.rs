@@ -15,7 +15,7 @@ const ESTIMATORS: &[&str] = &["stratified:4", "stratified:4:anti", "midpoint:4",
 /// Commands whose arguments are file paths.
 const FILE_COMMANDS: &[&str] = &["load", "save", "open", "source", "export"];
 /// `load`'s words besides paths.
-const LOAD_WORDS: &[&str] = &["builtin", "builtin:tiny", "builtin:tiny-2.2", "device=auto", "device=cpu", "device=cuda", "dtype=f32", "dtype=bf16", "dtype=f16"];
+const LOAD_WORDS: &[&str] = &["builtin", "builtin:tiny", "builtin:tiny-2.2", "device=auto", "device=cpu", "device=cuda", "dtype=f32", "dtype=bf16", "dtype=f16", "quantize=int8", "quantize=fp8", "quantize=none"];
 /// Paths offered at most (a huge folder must not flood the menu).
 const MAX_PATHS: usize = 500;
 
@@ -112,6 +112,8 @@ pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Cand
         ("help", 0) => names(p.word, command_words(), false),
         ("switch", 0) | ("diff", 0 | 1) | ("fork", 0) => names(p.word, branches.iter().map(String::as_str), true),
         ("load", _) => names(p.word, LOAD_WORDS.iter().copied(), false),
+        ("fidelity", 0) => names(p.word, ["int8", "fp8"], false),
+        ("redecode", 1) => names(p.word, ["quantize=int8", "quantize=fp8"], false),
         _ => Vec::new(),
     };
     let path_arg = FILE_COMMANDS.contains(&c.name)
@@ -187,6 +189,9 @@ mod tests {
         assert_eq!(complete_all("train set tr").1, vec!["trainable "]);
         assert!(complete_all("likelihood mid").1.contains(&"midpoint:4 ".to_string()));
         assert!(complete_all("frobnicate x").1.is_empty());
+        assert_eq!(complete_all("fidelity f").1, vec!["fp8"]);
+        assert_eq!(complete_all("redecode q8 quantize=i").1, vec!["quantize=int8"]);
+        assert_eq!(complete_all("load builtin quantize=f").1, vec!["quantize=fp8"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (`commands`), typed results (`value`) rendered in one place (`render`), and the terminal front-end.
 
 mod commands;
+mod fidelity;
 mod finetune;
 mod likelihood_cmd;
 mod parse;

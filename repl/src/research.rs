@@ -73,7 +73,15 @@ pub(crate) fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
 
 /// `redecode NAME`: a fresh decode of the current branch's prompt on a new branch, run to the end.
 pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
-    let name = a.get(0).ok_or_else(|| usage("missing NAME", "redecode NAME"))?.to_string();
+    const USAGE: &str = "redecode NAME [quantize=int8|fp8]";
+    let name = a.get(0).ok_or_else(|| usage("missing NAME", USAGE))?.to_string();
+    let mut quantize = None;
+    for w in &a.words[1..] {
+        match w.strip_prefix("quantize=") {
+            Some(q) => quantize = dllm_engine::Quantization::parse_option(q).map_err(|e| usage(e.to_string(), USAGE))?,
+            None => return Err(usage(format!("unexpected `{w}`"), USAGE)),
+        }
+    }
     if s.branches.contains_key(&name) {
         return Err(CommandError::Failed(format!("branch `{name}` exists; pick another name")));
     }
@@ -82,15 +90,22 @@ pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
     let from = s.current.clone();
     let flag = s.interrupt_flag();
     let l = s.ready()?;
-    let mut d = Decoder::new(&prompt, settings, l.tokenizer.mask_id, l.tokenizer.eos_id, &l.model)?;
-    while d.step(&l.model)?.is_some() {
+    let copy = quantize.map(|q| l.model.quantized(q)).transpose()?;
+    let model = copy.as_ref().unwrap_or(&l.model);
+    let mut d = Decoder::new(&prompt, settings, l.tokenizer.mask_id, l.tokenizer.eos_id, model)?;
+    while d.step(model)?.is_some() {
         if flag.load(Ordering::SeqCst) {
             return Err(CommandError::Interrupted);
         }
     }
     let out = l.tokenizer.decode(&d.output());
     let st = d.stats();
+    // Cached blocks of a quantized copy would mix into later steps under the resident model.
+    if copy.is_some() {
+        d.clear_cache();
+    }
     s.branches.insert(name.clone(), d);
     s.current = name.clone();
-    Ok(vec![msg(format!("decoded `{from}`'s prompt afresh on `{name}` (now current): {out:?}, {} forwards, TPF {:.2}; `diff {from} {name}` compares", st.forwards, st.tpf))])
+    let with = quantize.map(|q| format!(" with {q} routed experts (stepping it further uses the resident model)")).unwrap_or_default();
+    Ok(vec![msg(format!("decoded `{from}`'s prompt afresh on `{name}` (now current){with}: {out:?}, {} forwards, TPF {:.2}; `diff {from} {name}` compares", st.forwards, st.tpf))])
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use dllm_engine::decode::{DecodeSettings, Decoder, Event, LevStep, StepReport, WriteKind};
-use dllm_engine::{DType, Loaded};
+use dllm_engine::{DType, Loaded, Quantization};
 
 use crate::commands::{self, Command};
 use crate::parse;
@@ -55,11 +55,13 @@ pub struct ModelSource {
     pub dir: Option<PathBuf>,
     pub device: String,
     pub dtype: Option<String>,
+    /// Routed experts quantized on load: `int8`, `fp8` or `none` ([`dllm_engine::quant`]).
+    pub quantize: Option<String>,
 }
 
 impl Default for ModelSource {
     fn default() -> Self {
-        ModelSource { dir: None, device: "auto".into(), dtype: None }
+        ModelSource { dir: None, device: "auto".into(), dtype: None, quantize: None }
     }
 }
 
@@ -71,11 +73,9 @@ impl ModelSource {
             d => dllm_engine::parse_device(d).map_err(|e| e.to_string())?,
         };
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose().map_err(|e| e.to_string())?;
-        let loaded = match &self.dir {
-            Some(dir) => dllm_engine::load(dir, device, dtype),
-            None => dllm_engine::load_builtin(device, dtype),
-        }
-        .map_err(|e| e.to_string())?;
+        let quantize = self.quantize.as_deref().map(Quantization::parse_option).transpose().map_err(|e| e.to_string())?.flatten();
+        let dir = self.dir.clone().unwrap_or_else(|| PathBuf::from(dllm_engine::BUILTIN));
+        let loaded = dllm_engine::load_with(&dir, device, dtype, quantize).map_err(|e| e.to_string())?;
         small_model_threads(&loaded);
         Ok(loaded)
     }

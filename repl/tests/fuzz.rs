@@ -136,7 +136,7 @@ fn mutated_command_lines_never_abort_and_failures_change_nothing() {
     if std::env::var_os("DLLM_MEMORY_LIMIT").is_none() {
         std::env::set_var("DLLM_MEMORY_LIMIT", "2GB"); // before the session's loading thread starts
     }
-    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None });
     for setup in ["set gen_length 16", "set block_length 4", "chat sort 3142", "step"] {
         s.execute(setup).unwrap();
     }

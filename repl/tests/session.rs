@@ -5,7 +5,7 @@ use dllm_repl::{CommandError, ModelSource, Session};
 use serde_json::Value as Json;
 
 fn session() -> Session {
-    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None });
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None });
     s.execute("set gen_length 16").unwrap();
     s.execute("set block_length 4").unwrap();
     s
@@ -641,7 +641,7 @@ fn a_chosen_preset_survives_loading_a_llada22_model() {
     let st = &ok(&mut s, "stats")[0]["data"];
     assert!(st.get("deletions").is_none(), "Levenshtein counters stay out of a substitution decode: {st}");
     // A session started on the checkpoint (background load) says what it applied with its first command.
-    let mut s = Session::new(ModelSource { dir: Some(dir.path().into()), device: "cpu".into(), dtype: None });
+    let mut s = Session::new(ModelSource { dir: Some(dir.path().into()), device: "cpu".into(), dtype: None, quantize: None });
     ok(&mut s, "set gen_length 8");
     let v = ok(&mut s, "prompt-ids 10,11,12");
     assert!(v[0]["text"].as_str().unwrap().contains("preset llada2.2 applied"), "{v:?}");
@@ -836,4 +836,37 @@ fn train_fine_tunes_the_resident_model_between_decodes() {
     ok(&mut s, "train reset");
     assert!(text(&ok(&mut s, "train show")).contains("not started"));
     ok(&mut s, &format!("load {}", out.display()));
+}
+
+#[test]
+fn quantized_experts_fidelity_redecode_and_load() {
+    let mut s = session();
+    ok(&mut s, "chat sort dcba");
+    ok(&mut s, "step 2");
+    let v = ok(&mut s, "fidelity fp8");
+    let rows = v[0]["rows"].as_array().unwrap();
+    assert!(v[0]["title"].as_str().unwrap().starts_with("fp8 experts against the resident model on `main`"), "{v:?}");
+    let len = s.execute("canvas").map(|v| serde_json::to_value(&v[0]).unwrap()["cells"].as_array().unwrap().len()).unwrap();
+    assert_eq!(rows[0][1], len as i64, "every canvas position is compared");
+    let kl = rows[3][1].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 0.01, "fp8 changes the distributions a little: KL {kl}");
+    // Bad formats change nothing.
+    let before = state(&mut s);
+    assert!(err(&mut s, "fidelity int4").contains("expected int8 or fp8"));
+    assert!(err(&mut s, "fidelity").contains("usage: fidelity int8|fp8"));
+    assert!(err(&mut s, "redecode q4 quantize=int4").contains("expected none, int8 or fp8"));
+    assert_eq!(state(&mut s), before);
+    // A decode on int8 experts, side by side with the full model's.
+    assert!(text(&ok(&mut s, "redecode q8 quantize=int8")).contains("with int8 routed experts"));
+    ok(&mut s, "switch main");
+    ok(&mut s, "run");
+    let d = text(&ok(&mut s, "diff main q8"));
+    assert!(d.contains("q8"), "{d}");
+    // Loading with quantized experts: info says so; a quantized model has no quantized copy to compare.
+    let v = text(&ok(&mut s, "load builtin quantize=fp8"));
+    assert!(v.contains("fp8 (quantized)") && v.contains("routed experts"), "{v}");
+    ok(&mut s, "chat sort ba");
+    assert!(err(&mut s, "fidelity int8").contains("already in fp8"));
+    assert!(err(&mut s, "load builtin quantize=int4").contains("expected none, int8 or fp8"));
+    assert!(text(&ok(&mut s, "info")).contains("fp8 (quantized)"), "a failed load keeps the resident model");
 }
