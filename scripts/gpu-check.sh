@@ -89,7 +89,28 @@ if [ -n "${smi:-}" ]; then
   kill "$smi" 2>/dev/null || true
   echo "peak GPU memory used (nvidia-smi): $(sort -n "$OUT/gpu-mem.csv" | tail -1) MiB"
 fi
+echo "== quantized experts on $device: int8 / fp8 logits as on cpu (micro), then agreement with the full model"
+for q in int8 fp8; do
+  "$BIN" forward --model "$ck" --ids $ids --block-length 4 --top-k 5 --device cpu --quantize $q --json >"$OUT/forward-$q-cpu.json"
+  "$BIN" forward --model "$ck" --ids $ids --block-length 4 --top-k 5 --device "$device" --quantize $q --compare --json >"$OUT/forward-$q-dev.json"
+  python3 - "$OUT/forward-$q-cpu.json" "$OUT/forward-$q-dev.json" "$q" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+worst = max(abs(s[1] - t[1]) for x, y in zip(a["positions"], b["positions"]) for s, t in zip(x["top"], y["top"]))
+print(f"{sys.argv[3]}: max |p_cpu - p_dev| = {worst:.2e}; against the full model on the device: {b['fidelity']}")
+assert worst < 1e-3
+PY
+done
+echo "== $preset ($dtype) with int8 and fp8 experts: block forward latency and memory (compare the bf16 line above)"
+for q in int8 fp8; do
+  "$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+    --iters "$iters" --quantize $q --json | tee "$OUT/bench-forward-$q.json"
+done
 echo "== EBPO: update time by phase on the embedded model; memory of an update (all vs LoRA) on a random model"
 if [ -n "${DRY_RUN:-}" ]; then rl_updates=1; rl_preset=micro; else rl_updates=3; rl_preset=mid; fi
 "$BIN" bench rl --device "$device" --updates "$rl_updates" --memory "$rl_preset" --json | tee "$OUT/bench-rl.json"
+if [ -n "${DRY_RUN:-}" ]; then flash=mid; else flash=llada2-flash; fi
+echo "== $flash in fp8 on $device: does it load and run (about 99 GiB of weights on an H200)?"
+"$BIN" bench forward --preset "$flash" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+  --iters 3 --quantize fp8 --json | tee "$OUT/bench-forward-flash-fp8.json"
 echo "== gpu-check passed; outputs in $OUT"

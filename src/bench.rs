@@ -90,6 +90,9 @@ pub struct ForwardBench {
     /// Block routing's group length (default: the preset's, else 32).
     #[arg(long)]
     routing_block: Option<i64>,
+    /// Hold the routed experts quantized: int8 or fp8.
+    #[arg(long)]
+    quantize: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -139,7 +142,8 @@ fn forward(a: &ForwardBench) -> Result<()> {
     }
     let device = dllm_engine::parse_device(&a.device)?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?.unwrap_or_else(|| DType::default_for(device));
-    let base = presets::preset(&a.preset)?;
+    let mut base = presets::preset(&a.preset)?;
+    base.quantization = a.quantize.as_deref().map(dllm_engine::Quantization::parse_option).transpose()?.flatten();
     let out = match a.routing.as_str() {
         "preset" => forward_one(a, &base, device, dtype)?,
         "group" => forward_one(a, &routed(a, &base, false)?, device, dtype)?,
@@ -250,6 +254,7 @@ fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, d
         "routing": routing,
         "device": format!("{device:?}").to_lowercase(),
         "dtype": dtype.to_string(),
+        "quantize": config.quantization.map(|q| q.to_string()),
         "threads": tch::get_num_threads(),
         "parameters": model.num_parameters(),
         "weight_bytes": model.weight_bytes(),

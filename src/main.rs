@@ -98,6 +98,8 @@ enum Command {
     Info(model_cmds::InfoArgs),
     /// Write a random checkpoint in the official LLaDA2 layout (config.json, safetensors, tokenizer.json).
     InitModel(model_cmds::InitArgs),
+    /// Write a checkpoint's routed experts quantized (int8 or fp8) as a new checkpoint, read back as it is.
+    Quantize(quant_cmd::QuantizeArgs),
     /// Run one forward pass and print the top-k tokens and probabilities at every position.
     Forward(model_cmds::ForwardArgs),
     /// Decode a prompt to the end; --trace writes every step's Gamma and Delta as JSON.
@@ -135,7 +137,7 @@ fn main() -> ExitCode {
         eprintln!("error: -c runs REPL commands; it does not go with a subcommand");
         return ExitCode::from(2);
     }
-    if matches!(cli.command, Some(Command::Info(_) | Command::InitModel(_) | Command::Forward(_) | Command::Decode(_) | Command::Eval(_) | Command::Bench(_) | Command::Train(_))) {
+    if matches!(cli.command, Some(Command::Info(_) | Command::InitModel(_) | Command::Quantize(_) | Command::Forward(_) | Command::Decode(_) | Command::Eval(_) | Command::Bench(_) | Command::Train(_))) {
         // Output-only subcommands end quietly when their reader goes away (`dllm info | head -2`), like any
         // Unix filter, instead of panicking on the failed write. Not for the REPL and the kernel: they keep
         // running past closed pipes (a reward command that exits early must not take the session with it).
@@ -153,6 +155,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Info(a)) => model_cmds::info(&a),
         Some(Command::InitModel(a)) => model_cmds::init_model(&a),
+        Some(Command::Quantize(a)) => quant_cmd::quantize(&a),
         Some(Command::Forward(a)) => model_cmds::forward(&a),
         Some(Command::Decode(a)) => decode_cmd::decode(&a),
         Some(Command::Eval(a)) => eval_cmd::eval(&a),

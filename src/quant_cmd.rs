@@ -1,5 +1,5 @@
-//! Quantized experts from the command line: what the released shapes need in memory with each option
-//! (`dllm info --quantize`), and `dllm bench quantize` (memory, fidelity and forward time of int8 / fp8
+//! Quantized experts from the command line: `dllm quantize` (a quantized checkpoint, written once), what the
+//! released shapes need in memory with each option (`dllm info --quantize`), and `dllm bench quantize` (memory, fidelity and forward time of int8 / fp8
 //! against the unquantized model, in one run).
 
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ pub struct QuantizeBench {
     #[arg(long, default_value_t = 512)]
     length: i64,
     /// Timed forwards of the rows x length input per model (after one warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 7)]
     iters: usize,
     #[arg(long)]
     json: bool,
@@ -118,6 +118,12 @@ fn load_memory(dir: &std::path::Path, device: &str, dtype: &str, quantize: Optio
     let out = cmd.output().context("running dllm bench load")?;
     anyhow::ensure!(out.status.success(), "dllm bench load failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Resident memory a `bench load` report's load added.
+fn grown(load: &serde_json::Value) -> f64 {
+    let get = |k: &str| load[k].as_f64().unwrap_or(f64::NAN);
+    get("rss_after_bytes") - get("rss_before_bytes")
 }
 
 pub fn bench(a: &QuantizeBench) -> Result<()> {
@@ -159,7 +165,8 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
             "experts_bytes": experts,
             "experts_over_full": experts / experts_full,
             "weight_bytes": experts + (full.model.weight_bytes() as f64 - experts_full),
-            "rss_over_full": load["rss_after_bytes"].as_f64().unwrap_or(f64::NAN) / results[0]["load"]["rss_after_bytes"].as_f64().unwrap_or(f64::NAN),
+            // What loading added to the process (after - before), the quantized load over the full one.
+            "resident_over_full": grown(&load) / grown(&results[0]["load"]),
             "load": load,
             "fidelity": f,
         }));
@@ -178,5 +185,62 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
     } else {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The checkpoint folder to quantize (bf16 or f32, the official layout), or builtin:NAME.
+    #[arg(long)]
+    model: PathBuf,
+    /// int8 (a scale per output channel) or fp8 (e4m3, a scale per 128 x 128 block).
+    #[arg(long = "to")]
+    format: String,
+    /// The new checkpoint folder (must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// dtype of everything that is not a routed expert (router, attention, norms, embeddings, head).
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Shards of at most this many MiB (with model.safetensors.index.json); 0 writes one file.
+    #[arg(long, default_value_t = 4096)]
+    shard_mib: u64,
+}
+
+/// `dllm quantize`: reads a checkpoint one expert at a time into its quantized form (on the CPU) and writes it
+/// as a quantized checkpoint, so a large model is quantized once and later loads read it as it is.
+pub fn quantize(a: &QuantizeArgs) -> Result<()> {
+    let format: Quantization = a.format.parse()?;
+    let dtype: DType = a.dtype.parse()?;
+    if a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        anyhow::bail!("--out {} exists and is not empty: nothing was written; choose a new folder", a.out.display());
+    }
+    let l = dllm_engine::load_with(&a.model, Device::Cpu, Some(dtype), Some(format)).with_context(|| format!("loading {}", a.model.display()))?;
+    let tmp = dllm_engine::checkpoint::temp_sibling(&a.out)?;
+    let write = || -> Result<()> {
+        let shard_bytes = (a.shard_mib > 0).then(|| (a.shard_mib << 20) as usize);
+        let opts = dllm_engine::checkpoint::SaveOptions { dtype, fused_experts: false, shard_bytes };
+        presets::write_checkpoint(&l.model, &tmp, opts)?;
+        std::fs::write(tmp.join("tokenizer.json"), l.tokenizer.to_json_text()?)?;
+        for name in ["chat_template.jinja", "tokenizer_config.json"] {
+            let from = l.dir.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, tmp.join(name)).with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
+        Ok(dllm_engine::checkpoint::install_dir(&tmp, &a.out)?)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let parts = l.model.weight_bytes_by_part();
+    println!(
+        "wrote {} with {format} routed experts ({:.1} MiB of {:.1} MiB of weights; the rest in {dtype}); load it as it is: dllm --model {}",
+        a.out.display(),
+        parts[0].1 as f64 / (1 << 20) as f64,
+        l.model.weight_bytes() as f64 / (1 << 20) as f64,
+        a.out.display()
+    );
     Ok(())
 }

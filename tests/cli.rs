@@ -408,3 +408,44 @@ fn training_all_of_a_model_that_leaves_no_room_is_refused_and_lora_fits() {
     let out = run("rl set trainable lora:2; rl snapshot");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn quantize_writes_a_checkpoint_that_loads_as_it_is_and_info_projects_the_released_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8");
+    let o = out.to_str().unwrap();
+    let msg = ok(&["quantize", "--model", "builtin:tiny-2.2", "--to", "int8", "--out", o, "--shard-mib", "0"]);
+    assert!(msg.contains("with int8 routed experts"), "{msg}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--model", o, "--device", "cpu", "--json"])).unwrap();
+    assert_eq!(info["quantization"], "int8");
+    assert!(info["weight_bytes_by_part"]["routed experts"].as_u64().unwrap() < 1_300_000, "{info}");
+    // Same answers as quantizing at load time (the quantized file holds the same values).
+    let ids = "10,11,12,13,1,1,1,1";
+    let a = ok(&["forward", "--model", o, "--ids", ids, "--block-length", "8", "--json"]);
+    let b = ok(&["forward", "--model", "builtin:tiny-2.2", "--quantize", "int8", "--ids", ids, "--block-length", "8", "--json"]);
+    let top = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["positions"].clone();
+    // The saved file keeps non-expert weights in bf16, so the probabilities differ slightly; the ranking not.
+    let ids_of = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|p| p["top"][0][0].clone()).collect::<Vec<_>>();
+    assert_eq!(ids_of(&top(&a)), ids_of(&top(&b)));
+    // Clear errors: an existing folder, another format than stored, an unknown format, --compare alone.
+    assert!(fails(&["quantize", "--model", "builtin:tiny", "--to", "int8", "--out", o]).contains("exists and is not empty"));
+    assert!(fails(&["info", "--model", o, "--quantize", "fp8"]).contains("stores its routed experts in int8"));
+    assert!(fails(&["quantize", "--model", "builtin:tiny", "--to", "int4", "--out", dir.path().join("x").to_str().unwrap()]).contains("expected int8 or fp8"));
+    assert!(fails(&["forward", "--ids", ids, "--compare"]).contains("add --quantize int8"));
+    // --compare: the quantized model against the full one on the same ids.
+    let c: serde_json::Value = serde_json::from_str(&ok(&["forward", "--ids", ids, "--block-length", "8", "--quantize", "fp8", "--compare", "--json"])).unwrap();
+    let f = &c["fidelity"];
+    assert_eq!(f["positions"], 8);
+    assert!(f["kl_mean"].as_f64().unwrap() > 0.0 && f["kl_mean"].as_f64().unwrap() < 0.01, "{f}");
+    // The projection: bf16 mini does not fit a 24 GB card, int8 mini does; fp8 flash fits one H200.
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--device", "cpu", "--quantize", "none", "--json"])).unwrap();
+    let rows = info["projection"].as_array().unwrap();
+    let row = |shape: &str, experts: &str| rows.iter().find(|r| r["shape"] == shape && r["experts"] == experts).unwrap().clone();
+    let card24 = "24 GB (RTX 3090/4090)";
+    assert_eq!(row("llada2.2-mini", "bf16")["fits"][card24], false);
+    assert_eq!(row("llada2.2-mini", "int8")["fits"][card24], true);
+    assert_eq!(row("llada2.2-flash", "bf16")["fits"]["141 GB (H200)"], false);
+    assert_eq!(row("llada2.2-flash", "fp8")["fits"]["141 GB (H200)"], true);
+    let mini = row("llada2-mini", "bf16")["weight_gib"].as_f64().unwrap();
+    assert!((29.0..32.0).contains(&mini), "llada2-mini in bf16: {mini} GiB");
+}

@@ -71,7 +71,19 @@ pub fn load_with(dir: &Path, device: Device, dtype: Option<DType>, quantize: Opt
     let mut ckpt = Checkpoint::open(dir, device, dtype)?;
     let checkpoint_bytes = ckpt.data_bytes();
     let model = Model::build(&config, &mut ckpt, device, dtype)?;
+    release_heap(&config);
     Ok(Loaded { model, tokenizer, dir: dir.to_path_buf(), checkpoint_bytes, load_time: start.elapsed() })
+}
+
+/// Quantizing while loading frees one expert's full-precision temporaries after another; glibc keeps such
+/// freed heap memory in the process (measured: 43 MB of 170 MB after loading a random `mid` in int8), so it is
+/// handed back to the system once the model is built.
+fn release_heap(config: &Config) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if config.quantization.is_some() {
+        // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live allocation.
+        unsafe { libc::malloc_trim(0) };
+    }
 }
 
 /// The name the built-in default model goes by.
@@ -147,5 +159,6 @@ fn load_embedded_with(name: &str, device: Device, dtype: Option<DType>, quantize
     let mut ckpt = Checkpoint::from_static(path, e.weights, device, dtype)?;
     let checkpoint_bytes = ckpt.data_bytes();
     let model = Model::build(&config, &mut ckpt, device, dtype)?;
+    release_heap(&config);
     Ok(Loaded { model, tokenizer, dir: PathBuf::from(name), checkpoint_bytes, load_time: start.elapsed() })
 }

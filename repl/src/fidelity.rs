@@ -1,5 +1,6 @@
 //! `fidelity int8|fp8`: how a quantized copy of the resident model ([`dllm_engine::quant`]) changes the next-token
-//! distributions on this branch's canvas, as numbers and as the positions whose most likely token changes.
+//! distributions on this branch's canvas (as numbers, and the positions whose most likely token changes) and
+//! what the next step would do under each: its Gamma_t and Delta_t, side by side.
 
 use dllm_engine::quant::Fidelity;
 use dllm_engine::{BlockMask, KvCache, Quantization};
@@ -19,9 +20,12 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
     if a.words.len() > 1 {
         return Err(usage(format!("unexpected `{}`", a.words[1]), USAGE));
     }
-    let (canvas, block) = {
+    let (canvas, block, mut next_full, mut next_quant) = {
         let d = s.decoder()?;
-        (d.canvas().to_vec(), d.settings.block_length)
+        let mut quant = d.fork();
+        // The cached blocks were computed by the resident model: the copy recomputes them under its own weights.
+        quant.clear_cache();
+        (d.canvas().to_vec(), d.settings.block_length, (!d.is_finished()).then(|| d.fork()), (!d.is_finished()).then_some(quant))
     };
     let branch = s.current.clone();
     let l = s.ready()?;
@@ -30,6 +34,10 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
     let mask = BlockMask::block_causal(block);
     let full = l.model.forward(&ids, &mut KvCache::new(), 0, mask)?;
     let quant = copy.forward(&ids, &mut KvCache::new(), 0, mask)?;
+    let steps = match (next_full.as_mut(), next_quant.as_mut()) {
+        (Some(a), Some(b)) => Some((a.step(&l.model)?, b.step(&copy)?)),
+        _ => None,
+    };
     drop(copy);
     let f = Fidelity::of(&full, &quant);
     let (pf, pq) = (full.get(0).softmax(-1, Kind::Float), quant.get(0).softmax(-1, Kind::Float));
@@ -51,6 +59,53 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
     if differs.len() > MAX_LISTED {
         rows.push(vec!["...".into(), format!("{} more positions differ", differs.len() - MAX_LISTED).into()]);
     }
+    match steps {
+        Some((Some(a), Some(b))) => {
+            // Writes compared as (position, token, kind): probabilities always move a little.
+            let writes = |r: &dllm_engine::decode::StepReport| -> Vec<(&'static str, i64, i64, dllm_engine::decode::WriteKind)> {
+                let g = r.gamma.iter().map(|u| ("Gamma", u.pos, u.token, u.kind));
+                g.chain(r.delta.iter().map(|e| ("Delta", e.pos, e.new, e.kind))).collect()
+            };
+            let (wa, wb) = (writes(&a), writes(&b));
+            let only = |x: &[(&str, i64, i64, dllm_engine::decode::WriteKind)], y: &[(&str, i64, i64, dllm_engine::decode::WriteKind)]| -> Vec<String> {
+                x.iter().filter(|w| !y.contains(w)).map(|&(set, pos, t, k)| format!("{set} {}", write(pos, t, k, f32::NAN, &tok).trim_end_matches(" NaN"))).collect()
+            };
+            let (oa, ob) = (only(&wa, &wb), only(&wb, &wa));
+            let verdict = if oa.is_empty() && ob.is_empty() {
+                "the same writes under both (only their probabilities move)".to_string()
+            } else {
+                let side = |v: &[String], who: &str| if v.is_empty() { None } else { Some(format!("{} only under {who}", v.join(", "))) };
+                [side(&oa, "the resident model"), side(&ob, &format.to_string())].into_iter().flatten().collect::<Vec<_>>().join("; ")
+            };
+            rows.push(vec!["next step".into(), verdict.into()]);
+            for (label, r) in [("resident".to_string(), &a), (format.to_string(), &b)] {
+                let gamma: Vec<String> = r.gamma.iter().map(|u| write(u.pos, u.token, u.kind, u.p, &tok)).collect();
+                let delta: Vec<String> = r.delta.iter().map(|e| write(e.pos, e.new, e.kind, e.p, &tok)).collect();
+                rows.push(vec![format!("  Gamma ({label})").into(), or_none(&gamma).into()]);
+                rows.push(vec![format!("  Delta ({label})").into(), or_none(&delta).into()]);
+            }
+        }
+        _ => rows.push(vec!["next step".into(), "none: the decode has finished".into()]),
+    }
     let title = format!("{format} experts against the resident model on `{branch}`'s canvas (one forward, blocks of {block})");
     Ok(vec![Value::Table(Table { title, columns: vec!["".into(), "".into()], rows })])
+}
+
+/// One write of a step: `pos:'tok' p` (DELETE and SPLIT by name).
+fn write(pos: i64, token: i64, kind: dllm_engine::decode::WriteKind, p: f32, tok: &impl Fn(i64) -> String) -> String {
+    use dllm_engine::decode::WriteKind;
+    let what = match kind {
+        WriteKind::Token => tok(token),
+        WriteKind::Delete => "DELETE".into(),
+        WriteKind::Split => "SPLIT".into(),
+    };
+    format!("{pos}:{what} {p:.3}")
+}
+
+fn or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join("  ")
+    }
 }

@@ -870,3 +870,29 @@ fn quantized_experts_fidelity_redecode_and_load() {
     assert!(err(&mut s, "load builtin quantize=int4").contains("expected none, int8 or fp8"));
     assert!(text(&ok(&mut s, "info")).contains("fp8 (quantized)"), "a failed load keeps the resident model");
 }
+
+#[test]
+fn fidelity_shows_the_next_steps_writes_under_both_models() {
+    // The notebook 08 example: on the embedded LLaDA2.2 model, the first digit of `order 9182736` has p 0.501
+    // before the first step, just above the llada2.2 preset's threshold 0.5; int8 experts put it just below.
+    let mut s = Session::new(ModelSource { dir: Some("builtin:tiny-2.2".into()), device: "cpu".into(), dtype: None, quantize: None });
+    ok(&mut s, "set gen_length 24");
+    ok(&mut s, "chat order 9182736");
+    let row = |v: &[Json], name: &str| {
+        let rows = v[0]["rows"].as_array().unwrap();
+        rows.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("no row {name}: {v:?}"))[1].as_str().unwrap().to_string()
+    };
+    let v = ok(&mut s, "fidelity int8");
+    assert_eq!(row(&v, "next step"), "Gamma 16:\"1\" only under the resident model");
+    assert!(row(&v, "  Gamma (resident)").starts_with("16:\"1\" 0.501"), "{v:?}");
+    assert!(row(&v, "  Gamma (int8)").starts_with("17:\"8\""), "{v:?}");
+    let v = ok(&mut s, "fidelity fp8");
+    assert_eq!(row(&v, "next step"), "the same writes under both (only their probabilities move)");
+    // The decodes part at step 0 and end differently.
+    ok(&mut s, "run");
+    ok(&mut s, "redecode i8 quantize=int8");
+    let d = text(&ok(&mut s, "diff main i8"));
+    assert!(d.contains("first diverging step: 0") && d.contains("9876321") && d.contains("98763321"), "{d}");
+    let v = ok(&mut s, "fidelity int8");
+    assert_eq!(row(&v, "next step"), "none: the decode has finished");
+}
