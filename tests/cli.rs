@@ -437,6 +437,9 @@ fn quantize_writes_a_checkpoint_that_loads_as_it_is_and_info_projects_the_releas
     let f = &c["fidelity"];
     assert_eq!(f["positions"], 8);
     assert!(f["kl_mean"].as_f64().unwrap() > 0.0 && f["kl_mean"].as_f64().unwrap() < 0.01, "{f}");
+    // A random model of a preset's shape, by name.
+    let r: serde_json::Value = serde_json::from_str(&ok(&["info", "--model", "random:micro:2", "--device", "cpu", "--quantize", "fp8", "--json"])).unwrap();
+    assert_eq!((r["model"].as_str(), r["quantization"].as_str(), r["layers"].as_i64()), (Some("random:micro:2"), Some("fp8"), Some(3)));
     // The projection: bf16 mini does not fit a 24 GB card, int8 mini does; fp8 flash fits one H200.
     let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--device", "cpu", "--quantize", "none", "--json"])).unwrap();
     let rows = info["projection"].as_array().unwrap();

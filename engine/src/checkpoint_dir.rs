@@ -47,7 +47,7 @@ pub struct Loaded {
 }
 
 /// Loads `dir` onto `device` in `dtype` (default: bf16 on CUDA, f32 on CPU); a `builtin:NAME` path loads
-/// that embedded model.
+/// that embedded model, `random:PRESET[:SEED]` a seeded random model of a preset's shape.
 pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> {
     load_with(dir, device, dtype, None)
 }
@@ -57,6 +57,9 @@ pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> 
 pub fn load_with(dir: &Path, device: Device, dtype: Option<DType>, quantize: Option<Quantization>) -> Result<Loaded> {
     if is_builtin(dir) {
         return load_embedded_with(&dir.to_string_lossy(), device, dtype, quantize);
+    }
+    if let Some(spec) = dir.to_str().and_then(|s| s.strip_prefix(RANDOM)) {
+        return load_random(spec, device, dtype, quantize);
     }
     let start = Instant::now();
     if !dir.is_dir() {
@@ -127,6 +130,28 @@ fn embedded(name: &str) -> Option<Embedded> {
         }),
         _ => None,
     }
+}
+
+/// The prefix of a seeded random model of a named shape: `random:mid`, `random:llada2.2-mini:7` (seed 7).
+pub const RANDOM: &str = "random:";
+
+/// `random:PRESET[:SEED]`: a model of a preset's shape ([`crate::presets`]) with seeded N(0, 0.02) weights and
+/// the preset's tokenizer, built in memory (nothing is read or written): to try shapes, memory and speed
+/// without a checkpoint. Its outputs are noise.
+fn load_random(spec: &str, device: Device, dtype: Option<DType>, quantize: Option<Quantization>) -> Result<Loaded> {
+    let start = Instant::now();
+    let (name, seed) = match spec.rsplit_once(':') {
+        Some((n, s)) => (n, s.parse::<u64>().map_err(|_| Error::invalid("random model seed", s, "expected random:PRESET or random:PRESET:SEED with a whole-number seed"))?),
+        None => (spec, 0),
+    };
+    let path = PathBuf::from(format!("{RANDOM}{spec}"));
+    let config = quantized(crate::presets::preset(name)?, quantize, &path)?;
+    let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
+    let tok = serde_json::to_vec(&crate::presets::tokenizer_spec_for(&config).to_json()).expect("json");
+    let tokenizer = Tokenizer::from_bytes(&tok, &path, &config)?;
+    let mut init = crate::weights::RandomInit::new(seed, 0.02, device, dtype);
+    let model = Model::build(&config, &mut init, device, dtype)?;
+    Ok(Loaded { model, tokenizer, dir: path, checkpoint_bytes: 0, load_time: start.elapsed() })
 }
 
 /// Whether `path` names an embedded model (`builtin:...`) rather than a folder.

@@ -31,7 +31,7 @@ mod tokenizer;
 mod weights;
 
 pub use chat_template::{ChatTemplate, SpecialTokens};
-pub use checkpoint_dir::{is_builtin, load, load_builtin, load_embedded, load_with, Loaded, BUILTIN, BUILTINS};
+pub use checkpoint_dir::{is_builtin, load, load_builtin, load_embedded, load_with, Loaded, BUILTIN, BUILTINS, RANDOM};
 pub use quant::Quantization;
 pub use config::{Config, RawConfig, RopeParameters};
 pub use device::{cuda_device_count, cuda_status, load_cuda_backend, parse_device, DType};

@@ -221,3 +221,23 @@ fn an_in_memory_quantized_copy_equals_loading_quantized_and_shares_the_rest() {
         assert!(e.contains("already in"), "{e}");
     }
 }
+
+#[test]
+fn random_models_of_a_preset_shape_load_by_name_and_quantize() {
+    let a = load_q(Path::new("random:micro:3"), None).unwrap();
+    assert_eq!(a.model.config(), &presets::preset("micro").unwrap());
+    assert_eq!(a.dir, Path::new("random:micro:3"));
+    let ids = ids(a.model.config(), 1, 8, 1);
+    // Seeded: the same name gives the same weights, another seed others.
+    assert!(logits(&a, &ids).equal(&logits(&load_q(Path::new("random:micro:3"), None).unwrap(), &ids)));
+    assert!(!logits(&a, &ids).equal(&logits(&load_q(Path::new("random:micro"), None).unwrap(), &ids)));
+    let q = load_q(Path::new("random:micro:3"), Some(Quantization::Fp8)).unwrap();
+    assert!(logits(&q, &ids).equal(&logits(&Loaded { model: a.model.quantized(Quantization::Fp8).unwrap(), ..load_q(Path::new("random:micro:3"), None).unwrap() }, &ids)));
+    let e = load_q(Path::new("random:huge"), None).unwrap_err().to_string();
+    assert!(e.contains("known presets") && e.contains("mid"), "{e}");
+    let e = load_q(Path::new("random:micro:x"), None).unwrap_err().to_string();
+    assert!(e.contains("whole-number seed"), "{e}");
+    // A shape far larger than memory is refused before anything is allocated.
+    let e = load_q(Path::new("random:llada2-flash"), None).unwrap_err().to_string();
+    assert!(e.contains("needs about") && e.contains("nothing was allocated"), "{e}");
+}

@@ -15,7 +15,7 @@ const ESTIMATORS: &[&str] = &["stratified:4", "stratified:4:anti", "midpoint:4",
 /// Commands whose arguments are file paths.
 const FILE_COMMANDS: &[&str] = &["load", "save", "open", "source", "export"];
 /// `load`'s words besides paths.
-const LOAD_WORDS: &[&str] = &["builtin", "builtin:tiny", "builtin:tiny-2.2", "device=auto", "device=cpu", "device=cuda", "dtype=f32", "dtype=bf16", "dtype=f16", "quantize=int8", "quantize=fp8", "quantize=none"];
+const LOAD_WORDS: &[&str] = &["builtin", "builtin:tiny", "builtin:tiny-2.2", "device=auto", "device=cpu", "device=cuda", "dtype=f32", "dtype=bf16", "dtype=f16", "quantize=int8", "quantize=fp8", "quantize=none", "random:tiny", "random:mid", "random:tiny-2.2"];
 /// Paths offered at most (a huge folder must not flood the menu).
 const MAX_PATHS: usize = 500;
 
