@@ -873,7 +873,7 @@ fn quantized_experts_fidelity_redecode_and_load() {
 
 #[test]
 fn fidelity_shows_the_next_steps_writes_under_both_models() {
-    // The notebook 08 example: on the embedded LLaDA2.2 model, the first digit of `order 9182736` has p 0.501
+    // The notebook 10 example: on the embedded LLaDA2.2 model, the first digit of `order 9182736` has p 0.501
     // before the first step, just above the llada2.2 preset's threshold 0.5; int8 experts put it just below.
     let mut s = Session::new(ModelSource { dir: Some("builtin:tiny-2.2".into()), device: "cpu".into(), dtype: None, quantize: None });
     ok(&mut s, "set gen_length 24");
