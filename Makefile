@@ -1,13 +1,13 @@
 # dllm: the two commands of the README do all set-up on a fresh machine.
 #   make run    sets up libtorch, builds, starts dllm on the embedded default model
-#   make test   sets up libtorch and the test Python environment, builds, runs every test
+#   make test   sets up libtorch, the test Python environment and Chromium, builds, runs every test
 #   make model  retrains the embedded models from scratch
 SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test libtorch venv build release bench gpu-check model clean
+.PHONY: run test libtorch venv browser build release bench gpu-check model clean
 
 libtorch:
 	@./scripts/setup-libtorch.sh
@@ -19,6 +19,10 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
+# Debian's chromium and chromium-driver for the JupyterLab check (kernels/tests/browser.rs).
+browser:
+	@./scripts/setup-browser.sh
+
 build: libtorch
 	$(CARGO) build --workspace --all-targets
 
@@ -28,7 +32,7 @@ release: libtorch
 run: libtorch
 	$(CARGO) run --release --quiet --
 
-test: libtorch venv
+test: libtorch venv browser
 	DLLM_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
 
 # Retrains both embedded models from scratch into target/model/tiny and target/model/tiny-2.2 (an interrupted run

@@ -1,8 +1,9 @@
 //! The interpreter over `dllm_repl::Session`: a cell is a small script of dllm commands, exactly as the
 //! terminal reads one (`script::script_items`: one command a line, `;` chains, `#` comments, `\` continues a line).
 //!
-//! - Each command's values become one MIME bundle through `dllm_repl::render` (the one place values become
-//!   text): the last command's is the cell's `execute_result`, earlier ones are `display_data`.
+//! - Each command's values become MIME bundles through `dllm_repl::render` (the one place values become
+//!   text): one per run of values, and one per chart ([`bundles`]); the last command's last bundle is the
+//!   cell's `execute_result`, the others are `display_data`.
 //! - The first failing command ends the cell with ONE error (ename from the kind of failure, evalue its
 //!   message, a traceback naming the line); outputs of earlier lines stay.
 //! - An interrupt stops a stepping command between decoder steps (the session sets its own flag); the cell
@@ -70,6 +71,44 @@ impl Drop for SessionInterpreter {
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A command's values as the outputs a notebook shows: each run of values other than charts as one bundle
+/// ([`bundle`]), and every chart as a bundle of its own: its SVG and the same chart as PNG, with text/plain and
+/// the JSON, and no HTML. An untrusted notebook (opened from a file rather than run here) strips SVG from HTML
+/// and does not render `image/svg+xml`, but shows a PNG; a trusted one prefers the SVG
+/// (`dllm_repl::render::png`, checked in a real JupyterLab by tests/kernel/browser_check.py).
+pub fn bundles(values: &[DValue]) -> Vec<MimeBundle> {
+    let mut out = Vec::new();
+    let mut run: Vec<DValue> = Vec::new();
+    for v in values {
+        if matches!(v, DValue::Chart(_)) {
+            if !run.is_empty() {
+                out.push(bundle(&std::mem::take(&mut run)));
+            }
+            out.push(chart_bundle(v));
+        } else {
+            run.push(v.clone());
+        }
+    }
+    if !run.is_empty() {
+        out.push(bundle(&run));
+    }
+    out
+}
+
+fn chart_bundle(v: &DValue) -> MimeBundle {
+    let b = render(v);
+    let mut m = MimeBundle::new();
+    m.insert("text/plain".into(), Value::String(b.plain));
+    m.insert(VALUE_MIME.into(), b.json);
+    if let Some(svg) = b.svg {
+        if let Some(png) = dllm_repl::render::png_base64(&svg) {
+            m.insert("image/png".into(), Value::String(png));
+        }
+        m.insert("image/svg+xml".into(), Value::String(svg));
+    }
+    m
 }
 
 /// Values as a MIME bundle (see the module docs for the JSON rule).
@@ -243,11 +282,15 @@ impl Interpreter for SessionInterpreter {
                 // only copy (a front-end that ignores updates, like jupyter console, still gets the result).
                 ctx.update_display(plain(String::new()), &progress_id);
             }
-            if values.is_empty() {
-            } else if i + 1 == items.len() && !interrupted {
-                out.result = Some(bundle(&values));
-            } else {
-                ctx.display(bundle(&values));
+            let mut outputs = bundles(&values);
+            let last = outputs.pop();
+            for b in outputs {
+                ctx.display(b);
+            }
+            match last {
+                Some(b) if i + 1 == items.len() && !interrupted => out.result = Some(b),
+                Some(b) => ctx.display(b),
+                None => {}
             }
             if interrupted {
                 return Err(interrupted_error(command));

@@ -7,8 +7,11 @@
 //! one of them (number formatting, visible whitespace, display width) live here.
 
 mod html;
+mod png;
 mod svg;
 mod text;
+
+pub use png::{png, png_base64};
 
 use crate::value::{Cell, Table, Value};
 
