@@ -181,9 +181,9 @@ fn ensure_run(s: &mut Session) -> Result<&mut Rl, CommandError> {
     Ok(s.rl.run.as_mut().expect("just set"))
 }
 
-/// How to take back the start of a run by a command that then failed: the adapters the model had before the
-/// run replaced them (`Some`), or `None` when it kept them or had none to replace.
-struct RunStart(Option<dllm_engine::lora::Adapters>);
+/// How to take back the start of a run by a command that then failed: `Some(adapters)` when the run attaches
+/// its own LoRA adapters (the ones to put back: those it replaced, or none), `None` when it keeps the model's.
+struct RunStart(Option<Option<dllm_engine::lora::Adapters>>);
 
 /// Starts a run if there is none (see [`ensure_run`]); `Some` when this call started it.
 fn start_run(s: &mut Session) -> Result<Option<RunStart>, CommandError> {
@@ -192,16 +192,18 @@ fn start_run(s: &mut Session) -> Result<Option<RunStart>, CommandError> {
     }
     let wanted = s.rl.config.trainable.clone();
     let l = s.model_mut()?;
-    // A LoRA run of another rank replaces the adapters attached now: keep those aside to put back on failure.
-    let replaced = match (&wanted, l.model.lora()) {
-        (dllm_engine::rl::Trainable::Lora { rank, alpha }, Some(ad)) if (ad.rank, ad.alpha) != (*rank, *alpha) => l.model.detach_lora(),
+    // A LoRA run attaches fresh adapters unless the model has them at this rank: keep what was there aside
+    // (another rank's adapters, or none) to put back on failure.
+    let restore = match (&wanted, l.model.lora()) {
+        (dllm_engine::rl::Trainable::Lora { rank, alpha }, Some(ad)) if (ad.rank, ad.alpha) != (*rank, *alpha) => Some(l.model.detach_lora()),
+        (dllm_engine::rl::Trainable::Lora { .. }, None) => Some(None),
         _ => None,
     };
     match ensure_run(s) {
-        Ok(_) => Ok(Some(RunStart(replaced))),
+        Ok(_) => Ok(Some(RunStart(restore))),
         Err(e) => {
-            if let (Some(ad), Ok(l)) = (replaced, s.model_mut()) {
-                l.model.set_lora(Some(ad));
+            if let (Some(before), Ok(l)) = (restore, s.model_mut()) {
+                l.model.set_lora(before);
             }
             Err(e)
         }
@@ -212,8 +214,8 @@ fn start_run(s: &mut Session) -> Result<Option<RunStart>, CommandError> {
 fn undo_start(s: &mut Session, start: RunStart) {
     s.rl.run = None;
     if let Ok(l) = s.model_mut() {
-        if let Some(ad) = start.0 {
-            l.model.set_lora(Some(ad));
+        if let Some(before) = start.0 {
+            l.model.set_lora(before);
         }
         dllm_engine::trainable::release(&l.model);
     }

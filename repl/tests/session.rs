@@ -896,3 +896,17 @@ fn fidelity_shows_the_next_steps_writes_under_both_models() {
     let v = ok(&mut s, "fidelity int8");
     assert_eq!(row(&v, "next step"), "none: the decode has finished");
 }
+
+#[test]
+fn a_failed_first_lora_update_leaves_no_adapters_behind() {
+    // Fuzz seed 101: on a model without adapters, a first `rl update` that fails (no reference answer) kept the
+    // LoRA adapters its run had attached.
+    let mut s = session();
+    ok(&mut s, "rl set trainable lora:4");
+    ok(&mut s, "rl prompt hello there");
+    let shown = text(&ok(&mut s, "rl show"));
+    assert!(!shown.contains("lora adapters"), "{shown}");
+    let e = err(&mut s, "rl update 1");
+    assert!(e.contains("hello there"), "{e}");
+    assert_eq!(shown, text(&ok(&mut s, "rl show")), "the failed update left adapters attached");
+}
