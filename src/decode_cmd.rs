@@ -28,9 +28,9 @@ pub struct DecodeArgs {
     pub gen_length: i64,
     #[arg(long, default_value_t = 32)]
     pub block_length: i64,
-    /// Start from a preset (Q, S, llada2.0, sglang, diffusers, llada2.2, sglang-indel); default: the official
-    /// LLaDA2.1 generate defaults. Explicit flags override the preset.
-    #[arg(long)]
+    /// Start from a decoding preset; default: the official LLaDA2.1 generate defaults. Explicit flags override
+    /// the preset.
+    #[arg(long, value_parser = preset_values(), ignore_case = true)]
     pub preset: Option<String>,
     /// tau_mask.
     #[arg(long)]
@@ -132,4 +132,10 @@ pub fn decode(a: &DecodeArgs) -> Result<()> {
         eprintln!("{} tokens in {} forwards (TPF {:.2}), {} edits{lev}", summary["tokens"], summary["forwards"], d.tpf(), edits);
     }
     Ok(())
+}
+
+/// `--preset`'s values, from the one preset table (`dllm_engine::decode::PRESETS`): names, aliases and what each is.
+pub fn preset_values() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    dllm_engine::decode::PRESETS.iter().map(|p| PossibleValue::new(p.name).aliases(p.aliases.iter().copied()).help(p.about)).collect::<Vec<_>>().into()
 }

@@ -19,9 +19,8 @@ pub struct EvalArgs {
     /// five) or `edit` (the length tasks: dedup, expand, rle).
     #[arg(long, default_value = "all")]
     pub tasks: String,
-    /// Decoding preset (Q, S, llada2.0, llada2.2, sglang, sglang-indel, diffusers); eos_early_stop stays on
-    /// unless --set turns it off.
-    #[arg(long, default_value = "Q")]
+    /// Decoding preset; eos_early_stop stays on unless --set turns it off.
+    #[arg(long, default_value = "Q", value_parser = crate::decode_cmd::preset_values(), ignore_case = true)]
     pub preset: String,
     /// Any setting, as NAME=VALUE (repeatable), e.g. --set edit_threshold=off --set threshold=0.9 --set mbe_window=1.
     #[arg(long = "set", value_name = "NAME=VALUE")]

@@ -44,7 +44,7 @@ pub static TABLE: &[Command] = &[
         "Lists each setting with its value and meaning. `set` changes one.", false, settings),
     cmd!("set", [], "set NAME VALUE", "Change a decoding setting (applies from the next step)",
         "Changes a setting for this branch (from its next step) and for later decodes. `settings` lists\nthem. `off` disables optional ones.\n\nExamples:\n  set threshold 0.8\n  set edit_threshold off\n  set temperature 0.7", false, set),
-    cmd!("preset", [], "preset NAME", "Apply a named preset (Q, S, llada2.0, sglang, diffusers, llada2.2, sglang-indel)",
+    cmd!("preset", [], "preset [NAME]", "Apply a named decoding preset (alone: list them with their settings)",
         "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources. Loading a model with DELETE / SPLIT tokens\n(LLaDA2.2) applies llada2.2 unless a preset or setting was chosen; Levenshtein presets are refused\nfor models without them.\n\nExamples:\n  preset S\n  preset", false, preset),
     cmd!("step", ["s"], "step [N]", "Run N forward passes (default 1) and show Gamma and Delta",
         "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. An interrupt (Ctrl-C in the terminal, the\nInterrupt button in Jupyter) stops it between steps.\n\nExamples:\n  step\n  step 5", true, step),
@@ -289,8 +289,10 @@ fn set(s: &mut Session, a: &Args) -> CmdResult {
 
 fn preset(s: &mut Session, a: &Args) -> CmdResult {
     let Some(name) = a.get(0) else {
-        let rows = PRESETS.iter().map(|(n, d)| vec![Cell::from(*n), Cell::from(*d)]).collect();
-        return Ok(vec![Value::Table(Table { title: "Presets".into(), columns: vec!["preset".into(), "what it is".into()], rows })]);
+        let settings = |p: &dllm_engine::decode::Preset| p.settings.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        let rows = PRESETS.iter().map(|p| vec![Cell::from(p.name), Cell::from(p.about), Cell::from(settings(p))]).collect();
+        let columns = ["preset", "what it is", "settings it writes (after resetting the rules no preset keeps)"];
+        return Ok(vec![Value::Table(Table { title: "Presets".into(), columns: columns.map(String::from).to_vec(), rows })]);
     };
     change_settings(s, |st| st.apply_preset(name))?;
     s.settings_chosen = true;

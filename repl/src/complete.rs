@@ -101,7 +101,7 @@ pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Cand
             let values = setting_values(p.done[0]);
             names(p.word, values.iter().map(String::as_str), false)
         }
-        ("preset", 0) => names(p.word, PRESETS.iter().map(|s| s.0), false),
+        ("preset", 0) => names(p.word, PRESETS.iter().map(|s| s.name), false),
         ("break", 0) => names(p.word, crate::commands::BREAK_EVENTS.iter().copied(), true),
         ("rl", 0) => names(p.word, RL_SUBCOMMANDS.iter().copied(), true),
         ("rl", 1) if p.done[0] == "set" => names(p.word, RL_SETTINGS.iter().map(|s| s.0), true),

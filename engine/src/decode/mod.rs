@@ -12,5 +12,5 @@ pub use batch::BatchDecoder;
 pub use events::Event;
 pub use sampler::Rng;
 pub use levenshtein::{apply_edits, Applied, EditTokens, LevStep, LoopMemory, Redraw};
-pub use settings::{AntiLoop, CapAction, DecodeSettings, EditOps, EditTiming, Editing, FinalForbid, FinalTrigger, PostCounter, MAX_LENGTH, PRESETS, SETTINGS};
+pub use settings::{find_preset, preset_names, Preset, PRESET_BASE, AntiLoop, CapAction, DecodeSettings, EditOps, EditTiming, Editing, FinalForbid, FinalTrigger, PostCounter, MAX_LENGTH, PRESETS, SETTINGS};
 pub use stepper::{Cursor, Decoder, DecoderState, Denoiser, Edit, Entry, EntryKind, Stats, StepReport, Unmask, WriteKind};

@@ -177,16 +177,121 @@ fn default_max_steps() -> Option<i64> {
     Some(1000)
 }
 
-/// (name, what it is).
-pub const PRESETS: &[(&str, &str)] = &[
-    ("Q", "LLaDA2.1 quality mode: threshold 0.7, edit threshold 0.5, 16 post steps"),
-    ("S", "LLaDA2.1 speed mode: threshold 0.5, edit threshold 0.0 (always edit), 16 post steps"),
-    ("llada2.0", "LLaDA2.0 generate: threshold 0.95, editing off, fallback schedule over 32 steps, stop at EOS"),
-    ("sglang", "SGLang JointThreshold defaults: threshold 0.5, edit threshold 0, 16 post steps, penalty 0"),
-    ("diffusers", "diffusers LLaDA2Pipeline: 0.7 / 0.5 / 16, edits only after the block's masks are resolved"),
-    ("llada2.2", "LLaDA2.2 generate: Levenshtein editing (DELETE / SPLIT), 0.5 / 0.0 / 16, schedule over 32 steps"),
-    ("sglang-indel", "SGLang JointThresholdInDel (revised): 0.5 / 0.0 / 16, 1 + introduced masks, cumulative post steps"),
+/// A named decoding preset: what it is, and the settings it writes, by name and value exactly as `set` takes
+/// them. Adding a preset is adding a row here; `preset`, its completion, `--preset` and the docs read this table.
+#[derive(Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    /// Other names it answers to.
+    pub aliases: &'static [&'static str],
+    pub about: &'static str,
+    /// Written after [`PRESET_BASE`].
+    pub settings: &'static [(&'static str, &'static str)],
+}
+
+/// What every preset writes first: the rules a preset never leaves as they were (the length, block, sampling
+/// and seed are kept, and so are attention and the multi-block window).
+pub const PRESET_BASE: &[(&str, &str)] = &[
+    ("num_to_transfer", "1"),
+    ("penalty_lambda", "0"),
+    ("fallback_steps", "off"),
+    ("eos_early_stop", "false"),
+    ("edit_ops", "substitute"),
+    ("schedule_steps", "off"),
+    ("post_counter", "reset"),
+    ("final_trigger", "reference"),
+    ("final_forbid", "edits"),
+    ("mask_fallback", "false"),
+    ("antiloop", "random"),
+    ("max_steps_per_block", "1000"),
+    ("cap_action", "error"),
 ];
+
+/// The decoding presets (sources in the module docs).
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "Q",
+        aliases: &[],
+        about: "LLaDA2.1 quality mode: threshold 0.7, edit threshold 0.5, 16 post steps",
+        settings: &[("threshold", "0.7"), ("edit_threshold", "0.5"), ("max_post_steps", "16"), ("edit_timing", "always")],
+    },
+    Preset {
+        name: "S",
+        aliases: &[],
+        about: "LLaDA2.1 speed mode: threshold 0.5, edit threshold 0.0 (always edit), 16 post steps",
+        settings: &[("threshold", "0.5"), ("edit_threshold", "0"), ("max_post_steps", "16"), ("edit_timing", "always")],
+    },
+    Preset {
+        name: "llada2.0",
+        aliases: &["llada2"],
+        about: "LLaDA2.0 generate: threshold 0.95, editing off, fallback schedule over 32 steps, stop at EOS",
+        settings: &[
+            ("threshold", "0.95"),
+            ("edit_threshold", "off"),
+            ("max_post_steps", "0"),
+            ("edit_timing", "always"),
+            ("fallback_steps", "32"),
+            ("eos_early_stop", "true"),
+        ],
+    },
+    Preset {
+        name: "sglang",
+        aliases: &[],
+        about: "SGLang JointThreshold defaults: threshold 0.5, edit threshold 0, 16 post steps, penalty 0",
+        settings: &[("threshold", "0.5"), ("edit_threshold", "0"), ("max_post_steps", "16"), ("edit_timing", "always")],
+    },
+    Preset {
+        name: "diffusers",
+        aliases: &[],
+        about: "diffusers LLaDA2Pipeline: 0.7 / 0.5 / 16, edits only after the block's masks are resolved",
+        settings: &[("threshold", "0.7"), ("edit_threshold", "0.5"), ("max_post_steps", "16"), ("edit_timing", "after-masks"), ("eos_early_stop", "true")],
+    },
+    Preset {
+        name: "llada2.2",
+        aliases: &[],
+        about: "LLaDA2.2 generate: Levenshtein editing (DELETE / SPLIT), 0.5 / 0.0 / 16, schedule over 32 steps",
+        settings: &[
+            ("threshold", "0.5"),
+            ("edit_threshold", "0"),
+            ("max_post_steps", "16"),
+            ("edit_timing", "always"),
+            ("edit_ops", "levenshtein"),
+            ("schedule_steps", "32"),
+            ("eos_early_stop", "true"),
+        ],
+    },
+    Preset {
+        name: "sglang-indel",
+        aliases: &[],
+        about: "SGLang JointThresholdInDel (revised): 0.5 / 0.0 / 16, 1 + introduced masks, cumulative post steps",
+        settings: &[
+            ("threshold", "0.5"),
+            ("edit_threshold", "0"),
+            ("max_post_steps", "16"),
+            ("edit_timing", "always"),
+            ("edit_ops", "levenshtein"),
+            ("post_counter", "cumulative"),
+            ("final_trigger", "sglang"),
+            ("final_forbid", "edits+mask"),
+            ("mask_fallback", "true"),
+            ("antiloop", "lowest"),
+            ("max_steps_per_block", "auto"),
+            ("cap_action", "final"),
+            ("eos_early_stop", "true"),
+        ],
+    },
+];
+
+/// The preset named `name` (or one of its aliases), case-insensitively.
+pub fn find_preset(name: &str) -> Option<&'static Preset> {
+    let n = name.to_ascii_lowercase();
+    PRESETS.iter().find(|p| p.name.to_ascii_lowercase() == n || p.aliases.contains(&n.as_str()))
+}
+
+/// The preset names, for messages and help: `Q, S, llada2.0, ...`.
+pub fn preset_names() -> String {
+    PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+}
 
 /// The largest `gen_length` and `block_length` (2^20 tokens), and the largest count of steps or tokens any
 /// integer setting accepts: far beyond any model's positions, small enough that no arithmetic on settings
@@ -255,62 +360,15 @@ impl DecodeSettings {
         }
     }
 
-    /// Applies a named preset's fields (length, block, sampling and seed are kept).
+    /// Applies a named preset ([`PRESETS`]): [`PRESET_BASE`], then its own settings (length, block, sampling and
+    /// seed are kept).
     pub fn apply_preset(&mut self, name: &str) -> Result<()> {
-        let (threshold, editing, post, timing) = match name.to_ascii_lowercase().as_str() {
-            "q" => (0.7, Editing::Threshold(0.5), 16, EditTiming::Always),
-            "s" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
-            "sglang" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
-            "diffusers" => (0.7, Editing::Threshold(0.5), 16, EditTiming::AfterMasks),
-            "llada2.0" | "llada2" => (0.95, Editing::Off, 0, EditTiming::Always),
-            "llada2.2" | "sglang-indel" => (0.5, Editing::Threshold(0.0), 16, EditTiming::Always),
-            _ => {
-                let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-                return Err(Error::invalid("preset", name, format!("known presets: {}", names.join(", "))));
-            }
-        };
-        self.threshold = threshold;
-        self.editing = editing;
-        self.max_post_steps = post;
-        self.edit_timing = timing;
-        self.num_to_transfer = 1;
-        self.penalty_lambda = 0.0;
-        self.fallback_steps = None;
-        self.eos_early_stop = false;
-        let official = DecodeSettings::official(self.gen_length);
-        self.edit_ops = EditOps::Substitute;
-        self.schedule_steps = None;
-        self.post_counter = official.post_counter;
-        self.final_trigger = official.final_trigger;
-        self.final_forbid = official.final_forbid;
-        self.mask_fallback = false;
-        self.antiloop = official.antiloop;
-        self.max_steps_per_block = official.max_steps_per_block;
-        self.cap_action = official.cap_action;
-        match name.to_ascii_lowercase().as_str() {
-            "llada2.0" | "llada2" => {
-                self.fallback_steps = Some(32);
-                self.eos_early_stop = true;
-            }
-            "diffusers" => self.eos_early_stop = true,
-            "llada2.2" => {
-                self.edit_ops = EditOps::Levenshtein;
-                self.schedule_steps = Some(32);
-                self.eos_early_stop = true;
-            }
-            "sglang-indel" => {
-                self.edit_ops = EditOps::Levenshtein;
-                self.post_counter = PostCounter::Cumulative;
-                self.final_trigger = FinalTrigger::Sglang;
-                self.final_forbid = FinalForbid::EditsAndMask;
-                self.mask_fallback = true;
-                self.antiloop = AntiLoop::Lowest;
-                self.max_steps_per_block = None;
-                self.cap_action = CapAction::Final;
-                self.eos_early_stop = true;
-            }
-            _ => {}
+        let p = find_preset(name).ok_or_else(|| Error::invalid("preset", name, format!("known presets: {}", preset_names())))?;
+        let mut next = self.clone();
+        for (setting, value) in PRESET_BASE.iter().chain(p.settings) {
+            next.assign(setting, value)?;
         }
+        *self = next;
         Ok(())
     }
 
@@ -429,6 +487,15 @@ impl DecodeSettings {
     /// Sets one field by name from text; on error nothing changes.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
         let mut next = self.clone();
+        next.assign(name, value)?;
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Writes one setting from its text, unchecked against the others ([`DecodeSettings::set`] validates).
+    fn assign(&mut self, name: &str, value: &str) -> Result<()> {
+        let next = self;
         let v = value.trim();
         let num = |what: &'static str| v.parse::<f64>().map_err(|_| Error::invalid(what, v, "expected a number"));
         let int = |what: &'static str| v.parse::<i64>().map_err(|_| Error::invalid(what, v, "expected an integer"));
@@ -484,8 +551,6 @@ impl DecodeSettings {
                 return Err(Error::invalid("setting", name, format!("known settings: {}", names.join(", "))));
             }
         }
-        next.validate()?;
-        *self = next;
         Ok(())
     }
 
@@ -559,6 +624,23 @@ fn choice<T: Copy>(setting: &'static str, v: &str, options: &[(&str, T)]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_preset_row_is_settings_that_read_back_as_written() {
+        for p in PRESETS {
+            let mut d = DecodeSettings::official(64);
+            d.apply_preset(p.name).unwrap();
+            d.validate().unwrap();
+            for (k, v) in PRESET_BASE.iter().filter(|(k, _)| !p.settings.iter().any(|(n, _)| n == k)).chain(p.settings) {
+                assert_eq!(d.get(k).as_deref(), Some(*v), "{}: {k}", p.name);
+            }
+            for alias in p.aliases.iter().chain([&p.name.to_ascii_uppercase().as_str()]) {
+                assert_eq!(find_preset(alias).map(|f| f.name), Some(p.name));
+            }
+        }
+        let e = DecodeSettings::official(8).apply_preset("fast").unwrap_err().to_string();
+        assert!(e.contains("known presets: Q, S, llada2.0"), "{e}");
+    }
 
     #[test]
     fn presets_set_what_their_sources_say() {

@@ -103,7 +103,7 @@ impl ReplHelper {
                 let (_, help) = SETTINGS.iter().find(|(n, _)| *n == p.done[0])?;
                 format!("VALUE  — {help}")
             }
-            ("preset", 0) => PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(" | "),
+            ("preset", 0) => PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(" | "),
             ("rl", 2) if p.done[0] == "set" => {
                 let (_, help) = RL_SETTINGS.iter().find(|(n, _)| *n == p.done[1])?;
                 format!("VALUE  — {help}")
