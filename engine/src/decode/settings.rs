@@ -222,6 +222,12 @@ pub const PRESETS: &[Preset] = &[
         settings: &[("threshold", "0.5"), ("edit_threshold", "0"), ("max_post_steps", "16"), ("edit_timing", "always")],
     },
     Preset {
+        name: "llada2.1",
+        aliases: &["official"],
+        about: "LLaDA2.1 generate defaults (HF signature, the settings a session starts from): 0.95 / 0.9 / 16",
+        settings: &[("threshold", "0.95"), ("edit_threshold", "0.9"), ("max_post_steps", "16"), ("edit_timing", "always")],
+    },
+    Preset {
         name: "llada2.0",
         aliases: &["llada2"],
         about: "LLaDA2.0 generate: threshold 0.95, editing off, fallback schedule over 32 steps, stop at EOS",
@@ -638,6 +644,12 @@ mod tests {
                 assert_eq!(find_preset(alias).map(|f| f.name), Some(p.name));
             }
         }
+        // `llada2.1` takes any settings back to the official generate defaults (length and block kept).
+        let mut d = DecodeSettings::official(64);
+        d.block_length = 8;
+        d.apply_preset("sglang-indel").unwrap();
+        d.apply_preset("official").unwrap();
+        assert_eq!(d, DecodeSettings { block_length: 8, ..DecodeSettings::official(64) });
         let e = DecodeSettings::official(8).apply_preset("fast").unwrap_err().to_string();
         assert!(e.contains("known presets: Q, S, ") && PRESETS.iter().all(|p| e.contains(p.name)), "{e}");
     }
