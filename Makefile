@@ -40,8 +40,8 @@ test: libtorch venv browser
 # 45 minutes on one CPU thread) and builtin:tiny-2.2 (LLaDA2.2, 57 minutes on two threads; docs/training.md). The
 # shipped weights were trained with these thread counts (other counts round differently).
 model: release
-	./target/release/dllm train --preset tiny --out target/model/tiny --threads 1
-	./target/release/dllm train --preset tiny-2.2 --out target/model/tiny-2.2 --threads 2
+	./target/release/dllm train --recipe tiny --out target/model/tiny --threads 1
+	./target/release/dllm train --recipe tiny-2.2 --out target/model/tiny-2.2 --threads 2
 	cp target/model/tiny/config.json target/model/tiny/model.safetensors target/model/tiny/tokenizer.json engine/assets/tiny/
 	cp target/model/tiny-2.2/config.json target/model/tiny-2.2/model.safetensors target/model/tiny-2.2/tokenizer.json engine/assets/tiny-2.2/
 	$(CARGO) build --release

@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 BIN=target/release/dllm
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for p in tiny mid; do "$BIN" bench forward --preset "$p" --prefix 256 --block 32 --json; done
-"$BIN" init-model --preset mid --out "$tmp/mid" >/dev/null
+for p in tiny mid; do "$BIN" bench forward --shape "$p" --prefix 256 --block 32 --json; done
+"$BIN" init-model --shape mid --out "$tmp/mid" >/dev/null
 "$BIN" bench load --model "$tmp/mid" --json
 "$BIN" bench decode --json
 "$BIN" bench session --json

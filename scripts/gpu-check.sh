@@ -34,7 +34,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 echo "== same logits on $device as on cpu (random micro checkpoint, f32)"
 ck=$(mktemp -d)
-"$BIN" init-model --preset micro --seed 7 --std 0.3 --spread --out "$ck" >/dev/null
+"$BIN" init-model --shape micro --seed 7 --std 0.3 --spread --out "$ck" >/dev/null
 ids=5,17,99,3,42,8,0,11,64,2
 "$BIN" forward --model "$ck" --ids $ids --block-length 4 --top-k 5 --device cpu --json >"$OUT/forward-cpu.json"
 "$BIN" forward --model "$ck" --ids $ids --block-length 4 --top-k 5 --device "$device" --json >"$OUT/forward-dev.json"
@@ -51,7 +51,7 @@ PY
 
 echo "== LLaDA2.2 block routing: same logits on $device as on cpu (random micro-2.2 checkpoint, f32)"
 ck22=$(mktemp -d)
-"$BIN" init-model --preset micro-2.2 --seed 7 --std 0.3 --spread --out "$ck22" >/dev/null
+"$BIN" init-model --shape micro-2.2 --seed 7 --std 0.3 --spread --out "$ck22" >/dev/null
 ids22=5,17,99,3,42,8,0,11
 "$BIN" forward --model "$ck22" --ids $ids22 --block-length 4 --top-k 5 --device cpu --json >"$OUT/forward22-cpu.json"
 "$BIN" forward --model "$ck22" --ids $ids22 --block-length 4 --top-k 5 --device "$device" --json >"$OUT/forward22-dev.json"
@@ -77,13 +77,13 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/gpu-mem.csv" &
   smi=$!
 fi
-"$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+"$BIN" bench forward --shape "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
   --iters "$iters" --json | tee "$OUT/bench-forward.json"
-"$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+"$BIN" bench forward --shape "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
   --batch 4 --iters "$iters" --json | tee "$OUT/bench-forward-batch4.json"
 if [ -n "${DRY_RUN:-}" ]; then preset22=micro-2.2; else preset22=llada2.2-mini; fi
 echo "== $preset22 ($dtype): block routing against group routing, same weights (ratio block / group)"
-"$BIN" bench forward --preset "$preset22" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+"$BIN" bench forward --shape "$preset22" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
   --iters "$iters" --routing both --json | tee "$OUT/bench-forward-routing.json"
 if [ -n "${smi:-}" ]; then
   kill "$smi" 2>/dev/null || true
@@ -103,7 +103,7 @@ PY
 done
 echo "== $preset ($dtype) with int8 and fp8 experts: block forward latency and memory (compare the bf16 line above)"
 for q in int8 fp8; do
-  "$BIN" bench forward --preset "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+  "$BIN" bench forward --shape "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
     --iters "$iters" --quantize $q --json | tee "$OUT/bench-forward-$q.json"
 done
 echo "== EBPO: update time by phase on the embedded model; memory of an update (all vs LoRA) on a random model"
@@ -111,6 +111,6 @@ if [ -n "${DRY_RUN:-}" ]; then rl_updates=1; rl_preset=micro; else rl_updates=3;
 "$BIN" bench rl --device "$device" --updates "$rl_updates" --memory "$rl_preset" --json | tee "$OUT/bench-rl.json"
 if [ -n "${DRY_RUN:-}" ]; then flash=mid; else flash=llada2-flash; fi
 echo "== $flash in fp8 on $device: does it load and run (about 99 GiB of weights on an H200)?"
-"$BIN" bench forward --preset "$flash" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+"$BIN" bench forward --shape "$flash" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
   --iters 3 --quantize fp8 --json | tee "$OUT/bench-forward-flash-fp8.json"
 echo "== gpu-check passed; outputs in $OUT"

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use dllm_engine::{presets, BlockMask, DType, KvCache};
+use dllm_engine::{shapes, BlockMask, DType, KvCache};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Latency of one block forward after a cached prefix, on a random model of a preset's shape.
+    /// Latency of one block forward after a cached prefix, on a random model of a named shape.
     Forward(ForwardBench),
     /// Load time and peak host memory of loading a checkpoint folder.
     Load(LoadBench),
@@ -20,7 +20,7 @@ pub enum BenchCommand {
     Decode(DecodeBench),
     /// The session: a `step` command's cost over the decoder step it wraps (embedded model, CPU).
     Session(SessionBench),
-    /// Training throughput of a preset and the time split of a step.
+    /// Training throughput of a recipe and the time split of a step.
     Train(crate::bench_train::TrainBench),
     /// The vectorised ELBO against the per-block loop (same noise).
     Likelihood(crate::bench_likelihood::LikelihoodBench),
@@ -42,8 +42,8 @@ pub struct SessionBench {
 #[derive(Args)]
 pub struct DecodeBench {
     /// Model shape (random weights).
-    #[arg(long, default_value = "tiny")]
-    preset: String,
+    #[arg(long, alias = "preset", default_value = "tiny")]
+    shape: String,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Blocks to generate.
@@ -64,8 +64,8 @@ pub struct DecodeBench {
 #[derive(Args)]
 pub struct ForwardBench {
     /// Model shape (see `dllm init-model --help`).
-    #[arg(long, default_value = "tiny")]
-    preset: String,
+    #[arg(long, alias = "preset", default_value = "tiny")]
+    shape: String,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long)]
@@ -80,14 +80,14 @@ pub struct ForwardBench {
     /// Timed repetitions (after 2 warm-up runs).
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// MoE routing: preset (as the preset defines it), group (LLaDA2.1 group-limited), block (LLaDA2.2 block
+    /// MoE routing: preset (as the shape defines it), group (LLaDA2.1 group-limited), block (LLaDA2.2 block
     /// routing on the same shape), or both (same weights, one process, the block/group ratio printed).
     #[arg(long, default_value = "preset")]
     routing: String,
-    /// Block routing's pool size (default: the preset's, else LLaDA2.2's share 48/256 of the experts, at least top-k).
+    /// Block routing's pool size (default: the shape's, else LLaDA2.2's share 48/256 of the experts, at least top-k).
     #[arg(long)]
     capacity: Option<i64>,
-    /// Block routing's group length (default: the preset's, else 32).
+    /// Block routing's group length (default: the shape's, else 32).
     #[arg(long)]
     routing_block: Option<i64>,
     /// Hold the routed experts quantized: int8 or fp8.
@@ -142,7 +142,7 @@ fn forward(a: &ForwardBench) -> Result<()> {
     }
     let device = dllm_engine::parse_device(&a.device)?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?.unwrap_or_else(|| DType::default_for(device));
-    let mut base = presets::preset(&a.preset)?;
+    let mut base = shapes::shape(&a.shape)?;
     base.quantization = a.quantize.as_deref().map(dllm_engine::Quantization::parse_option).transpose()?.flatten();
     let out = match a.routing.as_str() {
         "preset" => forward_one(a, &base, device, dtype)?,
@@ -163,7 +163,7 @@ fn forward(a: &ForwardBench) -> Result<()> {
             let ratio = |k: &str| b[k].as_f64().unwrap_or(f64::NAN) / g[k].as_f64().unwrap_or(f64::NAN);
             json!({
                 "bench": "forward-routing",
-                "preset": a.preset,
+                "shape": a.shape,
                 "threads": tch::get_num_threads(),
                 "block_over_group_block_forward": ratio("block_forward_ms"),
                 "block_over_group_no_cache_forward": ratio("no_cache_forward_ms"),
@@ -181,8 +181,8 @@ fn forward(a: &ForwardBench) -> Result<()> {
     Ok(())
 }
 
-/// The preset's shape with LLaDA2.2 block routing on (`block`) or off (2.1 group-limited routing, the preset's
-/// own groups; a block-routed preset falls back to no expert groups).
+/// The shape with LLaDA2.2 block routing on (`block`) or off (2.1 group-limited routing, the shape's own
+/// groups; a block-routed shape falls back to no expert groups).
 fn routed(a: &ForwardBench, base: &dllm_engine::Config, block: bool) -> Result<dllm_engine::Config> {
     let mut raw: dllm_engine::RawConfig = serde_json::from_value(base.to_hf_json())?;
     if block {
@@ -202,7 +202,7 @@ fn routed(a: &ForwardBench, base: &dllm_engine::Config, block: bool) -> Result<d
 fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, dtype: DType) -> Result<serde_json::Value> {
     let mem_before = gpu_memory_used(device);
     let t0 = Instant::now();
-    let model = presets::random_model(config, 0, device, dtype)?;
+    let model = shapes::random_model(config, 0, device, dtype)?;
     sync(device);
     let build_s = t0.elapsed().as_secs_f64();
     let mask = BlockMask::block_causal(a.block);
@@ -250,7 +250,7 @@ fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, d
     };
     Ok(json!({
         "bench": "forward",
-        "preset": a.preset,
+        "shape": a.shape,
         "routing": routing,
         "device": format!("{device:?}").to_lowercase(),
         "dtype": dtype.to_string(),
@@ -335,17 +335,17 @@ pub(crate) fn gpu_memory_used(device: Device) -> Option<u64> {
 fn decode(a: &DecodeBench) -> Result<()> {
     use dllm_engine::decode::{BatchDecoder, DecodeSettings, Decoder};
     let device = dllm_engine::parse_device(&a.device)?;
-    let mut config = presets::preset(&a.preset)?;
+    let mut config = shapes::shape(&a.shape)?;
     let mut s = DecodeSettings::official(a.blocks * a.block);
     s.block_length = a.block;
     s.apply_preset(&a.decode_preset)?;
     if s.edit_ops == dllm_engine::decode::EditOps::Levenshtein && config.delete_token_id.is_none() {
-        // A shape without edit tokens (a 2.1 preset): the last two ids play DELETE and SPLIT, so the same shape
+        // A shape without edit tokens (a 2.1 shape): the last two ids play DELETE and SPLIT, so the same shape
         // measures both decoders.
         config.delete_token_id = Some(config.vocab_size - 2);
         config.split_token_id = Some(config.vocab_size - 1);
     }
-    let model = presets::random_model(&config, 0, device, DType::default_for(device))?;
+    let model = shapes::random_model(&config, 0, device, DType::default_for(device))?;
     // A prompt of one block, then `blocks` generated blocks; mask 1 / EOS 0 as in the compact vocabulary.
     let prompt: Vec<i64> = (0..a.block).map(|i| 8 + i % (config.vocab_size - 8)).collect();
     let run = |cache: bool| -> Result<(f64, f64, f64, i64)> {
@@ -372,7 +372,7 @@ fn decode(a: &DecodeBench) -> Result<()> {
     let single_tokens = batch.rows()[0].decoded_tokens();
     let out = json!({
         "bench": "decode",
-        "preset": a.preset,
+        "shape": a.shape,
         "decode_preset": a.decode_preset,
         "device": format!("{device:?}").to_lowercase(),
         "threads": tch::get_num_threads(),

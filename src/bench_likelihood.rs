@@ -1,21 +1,21 @@
 //! `dllm bench likelihood`: the vectorised ELBO (every block term of every noise level from one composite
 //! forward, or one forward per level) against the per-block loop (one plain forward per level and block), on a
-//! random model of a preset's shape, with the same noise.
+//! random model of a named shape, with the same noise.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use dllm_engine::likelihood::{self, Estimator};
-use dllm_engine::{presets, DType};
+use dllm_engine::{shapes, DType};
 use serde_json::json;
 use tch::Device;
 
 #[derive(Args)]
 pub struct LikelihoodBench {
     /// Model shape (random weights).
-    #[arg(long, default_value = "tiny")]
-    preset: String,
+    #[arg(long, alias = "preset", default_value = "tiny")]
+    shape: String,
     /// Response blocks B.
     #[arg(long, default_value_t = 8)]
     blocks: usize,
@@ -46,8 +46,8 @@ pub fn likelihood(a: &LikelihoodBench) -> Result<()> {
     if a.blocks == 0 || a.levels == 0 || a.iters == 0 || a.block <= 0 {
         bail!("--blocks, --block, --levels and --iters must be positive");
     }
-    let config = presets::preset(&a.preset)?;
-    let model = presets::random_model(&config, 0, Device::Cpu, DType::F32)?;
+    let config = shapes::shape(&a.shape)?;
+    let model = shapes::random_model(&config, 0, Device::Cpu, DType::F32)?;
     let (mask_id, eos_id) = (1, 0);
     let vocab = config.vocab_size;
     let prompt: Vec<i64> = (0..a.block).map(|i| 8 + i % (vocab - 8)).collect();
@@ -70,7 +70,7 @@ pub fn likelihood(a: &LikelihoodBench) -> Result<()> {
         Ok(())
     })?;
     let out = json!({
-        "preset": a.preset, "blocks": a.blocks, "block": a.block, "levels": a.levels, "threads": tch::get_num_threads(),
+        "shape": a.shape, "blocks": a.blocks, "block": a.block, "levels": a.levels, "threads": tch::get_num_threads(),
         "vectorised_batched_ms": batched * 1e3, "vectorised_per_level_ms": per_level * 1e3, "loop_ms": looped * 1e3,
         "speedup_batched": looped / batched, "speedup_per_level": looped / per_level,
     });
@@ -79,7 +79,7 @@ pub fn likelihood(a: &LikelihoodBench) -> Result<()> {
     } else {
         println!(
             "{} B={} N={} ({} threads): vectorised {:.1} ms (levels batched) / {:.1} ms (one forward per level), per-block loop {:.1} ms: {:.1}x / {:.1}x",
-            a.preset, a.blocks, a.levels, out["threads"], batched * 1e3, per_level * 1e3, looped * 1e3, looped / batched, looped / per_level
+            a.shape, a.blocks, a.levels, out["threads"], batched * 1e3, per_level * 1e3, looped * 1e3, looped / batched, looped / per_level
         );
     }
     Ok(())

@@ -1,12 +1,12 @@
 //! `dllm bench rl`: the time of an EBPO update by phase (rollout, reward, likelihood, backward) on the
 //! embedded model, and the memory of an update by trainable set (all parameters vs LoRA) on a random model of a
-//! preset's shape, measured in one run so the numbers compare as ratios.
+//! named shape, measured in one run so the numbers compare as ratios.
 
 use anyhow::{bail, Result};
 use clap::Args;
 use dllm_engine::rl::{Reward, Rl, RlConfig, Trainable, UpdateMetrics};
 use dllm_engine::tasks::Task;
-use dllm_engine::{presets, DType, Tokenizer};
+use dllm_engine::{shapes, DType, Tokenizer};
 use serde_json::{json, Value};
 use tch::Device;
 
@@ -18,7 +18,7 @@ pub struct RlBench {
     /// Trainable sets to time, comma-separated (all, lm-head, layers:A-B, lora:R).
     #[arg(long, default_value = "all,lora:8")]
     trainable: String,
-    /// Also measure the peak host memory of one update per trainable set on a random model of this preset
+    /// Also measure the peak host memory of one update per trainable set on a random model of this shape
     /// (e.g. `mid`); LoRA is the point of this number.
     #[arg(long)]
     memory: Option<String>,
@@ -110,12 +110,12 @@ fn memory(preset: &str, sets: &[Trainable], device: &str) -> Result<Value> {
 /// Peak host memory (and device memory in use, on CUDA) of one update of `t` on a random model of `preset`
 /// (KL on, so every rollout is forwarded and backwarded whatever the rewards of a random model).
 fn memory_one(preset: &str, t: &Trainable, device: Device) -> Result<Value> {
-    let config = presets::preset(preset)?;
-    let spec = presets::tokenizer_spec(config.vocab_size);
+    let config = shapes::shape(preset)?;
+    let spec = shapes::tokenizer_spec(config.vocab_size);
     let json = serde_json::to_string(&spec.to_json())?;
     let tok = Tokenizer::from_bytes(json.as_bytes(), std::path::Path::new("tokenizer.json"), &config)?;
     let dtype = if device == Device::Cpu { DType::F32 } else { DType::Bf16 };
-    let mut model = presets::random_model(&config, 0, device, dtype)?;
+    let mut model = shapes::random_model(&config, 0, device, dtype)?;
     let c = RlConfig { tasks: vec![Task::Copy], batch: 2, group: 4, reward: Reward::Regex(".".into()), kl: 0.01, trainable: t.clone(), ..RlConfig::default() };
     std::fs::write("/proc/self/clear_refs", "5")?;
     let before = crate::bench::proc_status_kib("VmRSS")? * 1024;

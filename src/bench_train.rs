@@ -1,4 +1,4 @@
-//! `dllm bench train`: training throughput of a preset, or of fine-tuning a checkpoint on a JSONL file
+//! `dllm bench train`: training throughput of a recipe, or of fine-tuning a checkpoint on a JSONL file
 //! (`--data`, `--trainable`): steps and canvas tokens per second, the time split of a step (batch, forwards,
 //! backward, update) and the peak host memory of the run (model, training state, steps), without checkpoint
 //! writes.
@@ -12,9 +12,9 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct TrainBench {
-    /// Training preset (tiny, m2t, smoke).
-    #[arg(long, default_value = "tiny")]
-    preset: String,
+    /// Training recipe (tiny, m2t, smoke, ...: `dllm train --help`).
+    #[arg(long, alias = "preset", default_value = "tiny")]
+    recipe: String,
     /// Timed steps (after 3 warm-up steps).
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -24,7 +24,7 @@ pub struct TrainBench {
     /// CPU threads for libtorch (default: all cores).
     #[arg(long)]
     threads: Option<i32>,
-    /// Fine-tuning instead (preset finetune): steps on this JSONL file, and the run's peak host memory.
+    /// Fine-tuning instead (recipe finetune): steps on this JSONL file, and the run's peak host memory.
     #[arg(long)]
     data: Option<std::path::PathBuf>,
     /// With --data: the checkpoint folder or builtin:NAME to fine-tune.
@@ -44,7 +44,7 @@ pub fn train(a: &TrainBench) -> Result<()> {
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
-    let mut cfg = TrainConfig::preset(if a.data.is_some() { "finetune" } else { &a.preset })?;
+    let mut cfg = TrainConfig::recipe(if a.data.is_some() { "finetune" } else { &a.recipe })?;
     cfg.steps = 1_000_000;
     cfg.mtf = a.mtf && cfg.mtf;
     cfg.mtf_from = 0.0;
@@ -70,7 +70,7 @@ pub fn train(a: &TrainBench) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let peak = (crate::bench::proc_status_kib("VmHWM")? * 1024).saturating_sub(rss_before);
     let out = json!({
-        "preset": t.cfg.preset,
+        "recipe": t.cfg.recipe,
         "trainable": t.cfg.data.as_ref().map_or("all", |d| d.trainable.as_str()),
         "trainable_parameters": t.trainable_parameters(),
         "weight_mb": t.model.weight_bytes() as f64 / 1e6,
@@ -90,7 +90,7 @@ pub fn train(a: &TrainBench) -> Result<()> {
     } else {
         println!(
             "{} ({} parameters, {} trained, {} threads, mtf {}): {:.2} steps/s, {:.0} canvas tokens/s; per step {:.1} ms batch, {:.1} ms forward, {:.1} ms backward, {:.1} ms update; peak {:.0} MB over {:.0} MB of weights",
-            t.cfg.preset, out["parameters"], out["trainable_parameters"], out["threads"], t.cfg.mtf, out["steps_per_second"].as_f64().unwrap_or(0.0),
+            t.cfg.recipe, out["parameters"], out["trainable_parameters"], out["threads"], t.cfg.mtf, out["steps_per_second"].as_f64().unwrap_or(0.0),
             out["tokens_per_second"].as_f64().unwrap_or(0.0), split[0] * 1e3, split[1] * 1e3, split[2] * 1e3, split[3] * 1e3,
             peak as f64 / 1e6, t.model.weight_bytes() as f64 / 1e6
         );

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dllm_engine::quant::Fidelity;
-use dllm_engine::{checkpoint::SaveOptions, presets, BlockMask, DType, KvCache, Loaded, MaskKind, Quantization};
+use dllm_engine::{checkpoint::SaveOptions, shapes, BlockMask, DType, KvCache, Loaded, MaskKind, Quantization};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -168,8 +168,8 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 pub struct InitArgs {
     /// Model shape: micro, tiny, mid, llada2-mini, llada2-flash (LLaDA2.1 routing); micro-2.2, tiny-2.2,
     /// llada2.2-mini, llada2.2-flash (LLaDA2.2 block routing and edit tokens).
-    #[arg(long)]
-    pub preset: String,
+    #[arg(long, alias = "preset")]
+    pub shape: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Standard deviation of the N(0, std) weight matrices.
@@ -193,15 +193,15 @@ pub struct InitArgs {
 }
 
 pub fn init_model(a: &InitArgs) -> Result<()> {
-    let config = presets::preset(&a.preset)?;
+    let config = shapes::shape(&a.shape)?;
     let opts = SaveOptions {
         dtype: a.dtype.parse()?,
         fused_experts: a.fused_experts,
         shard_bytes: a.shard_mib.map(|m| (m * (1u64 << 20) as f64) as usize),
     };
     let init = dllm_engine::RandomInit::new(a.seed, a.std, tch::Device::Cpu, DType::F32).spread(a.spread);
-    presets::write_random_checkpoint(&config, init, &a.out, opts)?;
-    println!("wrote a random {} checkpoint (seed {}) to {}", a.preset, a.seed, a.out.display());
+    shapes::write_random_checkpoint(&config, init, &a.out, opts)?;
+    println!("wrote a random {} checkpoint (seed {}) to {}", a.shape, a.seed, a.out.display());
     Ok(())
 }
 

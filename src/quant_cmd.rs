@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use dllm_engine::quant::Fidelity;
-use dllm_engine::{memory, presets, BlockMask, Config, DType, KvCache, Model, Quantization};
+use dllm_engine::{memory, shapes, BlockMask, Config, DType, KvCache, Model, Quantization};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -31,7 +31,7 @@ pub fn projection() -> Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
     for shape in SHAPES {
         for q in [None, Some(Quantization::Int8), Some(Quantization::Fp8)] {
-            let c = Config { quantization: q, ..presets::preset(shape)? };
+            let c = Config { quantization: q, ..shapes::shape(shape)? };
             let need = decode_footprint(&c);
             let fits: serde_json::Map<String, serde_json::Value> = CARDS.iter().map(|(card, gib)| (card.to_string(), json!(need <= gib * (1u64 << 30) as f64))).collect();
             rows.push(json!({
@@ -66,12 +66,12 @@ pub fn print_projection(rows: &[serde_json::Value]) {
 
 #[derive(Args)]
 pub struct QuantizeBench {
-    /// A checkpoint folder; default: a random checkpoint of --preset written to a temporary folder.
+    /// A checkpoint folder; default: a random checkpoint of --shape written to a temporary folder.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Model shape of the random checkpoint.
-    #[arg(long, default_value = "mid")]
-    preset: String,
+    #[arg(long, alias = "preset", default_value = "mid")]
+    shape: String,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// The reference's dtype (the quantized models dequantize into it).
@@ -133,10 +133,10 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
     let dir = match &a.model {
         Some(d) => d.clone(),
         None => {
-            let config = presets::preset(&a.preset)?;
+            let config = shapes::shape(&a.shape)?;
             let init = dllm_engine::RandomInit::new(0, 0.02, Device::Cpu, DType::F32);
             let opts = dllm_engine::checkpoint::SaveOptions { dtype, fused_experts: false, shard_bytes: None };
-            presets::write_random_checkpoint(&config, init, tmp.path(), opts)?;
+            shapes::write_random_checkpoint(&config, init, tmp.path(), opts)?;
             tmp.path().to_path_buf()
         }
     };
@@ -173,7 +173,7 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
     }
     let out = json!({
         "bench": "quantize",
-        "model": a.model.as_ref().map_or(format!("random {}", a.preset), |d| d.display().to_string()),
+        "model": a.model.as_ref().map_or(format!("random {}", a.shape), |d| d.display().to_string()),
         "device": format!("{device:?}").to_lowercase(),
         "dtype": dtype.to_string(),
         "threads": tch::get_num_threads(),
@@ -220,7 +220,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
     let write = || -> Result<()> {
         let shard_bytes = (a.shard_mib > 0).then(|| (a.shard_mib << 20) as usize);
         let opts = dllm_engine::checkpoint::SaveOptions { dtype, fused_experts: false, shard_bytes };
-        presets::write_checkpoint(&l.model, &tmp, opts)?;
+        shapes::write_checkpoint(&l.model, &tmp, opts)?;
         std::fs::write(tmp.join("tokenizer.json"), l.tokenizer.to_json_text()?)?;
         for name in ["chat_template.jinja", "tokenizer_config.json"] {
             let from = l.dir.join(name);

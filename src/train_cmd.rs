@@ -1,4 +1,4 @@
-//! `dllm train`: trains a model on the task suite with a named preset, or fine-tunes a checkpoint on a JSONL
+//! `dllm train`: trains a model on the task suite with a named recipe, or fine-tunes a checkpoint on a JSONL
 //! file (`--data`; see `dllm_engine::train`), with a progress bar (loss per stream, tokens per second),
 //! resumable checkpoints under `OUT/train`, and the model itself in `OUT` (config.json, model.safetensors,
 //! tokenizer.json; a LoRA run's adapters alone in `OUT/lora`).
@@ -17,8 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct TrainArgs {
     /// tiny (builtin:tiny), m2t (its M2T-only control), tiny-2.2 (builtin:tiny-2.2, LLaDA2.2), smoke or smoke-2.2
     /// (quick test runs); finetune with --data [default: tiny, or finetune with --data].
-    #[arg(long)]
-    preset: Option<String>,
+    #[arg(long, alias = "preset")]
+    recipe: Option<String>,
     /// Fine-tune on this JSONL file: one {"messages": [{"role", "content"}, ...]} or {"prompt", "response"}
     /// object per line; only assistant turns are supervised.
     #[arg(long)]
@@ -35,19 +35,19 @@ pub struct TrainArgs {
     /// With --data: the most answer tokens (EOS included) an example may have.
     #[arg(long, default_value_t = 64)]
     max_response: usize,
-    /// Override the preset's learning rate.
+    /// Override the recipe's learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// Override the preset's batch (sequences per step).
+    /// Override the recipe's batch (sequences per step).
     #[arg(long)]
     batch: Option<usize>,
     /// Output folder: the model, and resumable checkpoints in OUT/train.
     #[arg(long)]
     out: PathBuf,
-    /// Override the preset's number of steps.
+    /// Override the recipe's number of steps.
     #[arg(long)]
     steps: Option<i64>,
-    /// Override the preset's seed.
+    /// Override the recipe's seed.
     #[arg(long)]
     seed: Option<u64>,
     /// Override how often (in steps) a resumable checkpoint is written to OUT/train.
@@ -65,8 +65,8 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let preset = a.preset.clone().unwrap_or_else(|| if a.data.is_some() { "finetune" } else { "tiny" }.to_string());
-    let mut cfg = TrainConfig::preset(&preset)?;
+    let recipe = a.recipe.clone().unwrap_or_else(|| if a.data.is_some() { "finetune" } else { "tiny" }.to_string());
+    let mut cfg = TrainConfig::recipe(&recipe)?;
     if let Some(s) = a.steps {
         if s <= 0 {
             bail!("--steps must be positive, got {s}");
@@ -96,10 +96,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     match &a.data {
         Some(file) => cfg.data = Some(data_config(file, &a.model, &a.trainable, a.held_out, a.max_response, &cfg)?),
-        None if preset == "finetune" => bail!("--preset finetune trains on --data FILE.jsonl"),
+        None if recipe == "finetune" => bail!("--recipe finetune trains on --data FILE.jsonl"),
         None => {
             if a.trainable != "all" || a.model != "builtin:tiny" {
-                bail!("--model and --trainable go with --data (the task-suite presets train a new model whole)");
+                bail!("--model and --trainable go with --data (the task-suite recipes train a new model whole)");
             }
         }
     }
@@ -140,9 +140,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let skipped = history.iter().filter(|m| m.skipped).count();
     eprintln!(
-        "trained {} steps of preset {} in {:.1} s ({:.0} tokens/s){}; model in {}",
+        "trained {} steps of recipe {} in {:.1} s ({:.0} tokens/s){}; model in {}",
         history.len(),
-        cfg.preset,
+        cfg.recipe,
         secs,
         tokens as f64 / secs.max(1e-9),
         if skipped > 0 { format!(", {skipped} steps skipped (loss not finite)") } else { String::new() },

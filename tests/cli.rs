@@ -28,7 +28,7 @@ fn python() -> String {
 fn forward_json_matches_the_numpy_reference_top_k() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    ok(&["init-model", "--preset", "micro", "--seed", "3", "--std", "0.3", "--spread", "--out", d]);
+    ok(&["init-model", "--shape", "micro", "--seed", "3", "--std", "0.3", "--spread", "--out", d]);
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
@@ -64,7 +64,7 @@ fn forward_json_matches_the_numpy_reference_top_k() {
 fn block_routed_checkpoint_summary_shows_routing_and_edit_ids() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    ok(&["init-model", "--preset", "micro-2.2", "--seed", "1", "--out", d]);
+    ok(&["init-model", "--shape", "micro-2.2", "--seed", "1", "--out", d]);
     let s: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", "--device", "cpu", "--model", d])).unwrap();
     assert_eq!(s["routing"], serde_json::json!({"kind": "block", "expert_capacity": 4, "block_size": 4}));
     assert_eq!((s["delete_id"].as_i64(), s["split_id"].as_i64()), (Some(126), Some(127)));
@@ -100,7 +100,9 @@ fn default_model_summary_names_the_embedded_model() {
 
 #[test]
 fn bad_input_is_a_clear_error_with_nonzero_exit() {
-    assert!(fails(&["init-model", "--preset", "huge", "--out", "/tmp/x"]).contains("known presets: micro, tiny"));
+    assert!(fails(&["init-model", "--shape", "huge", "--out", "/tmp/x"]).contains("known shapes: micro, tiny"));
+    // The name older scripts used still works.
+    assert!(fails(&["init-model", "--preset", "huge", "--out", "/tmp/x"]).contains("known shapes: micro, tiny"));
     assert!(fails(&["info", "--device", "tpu"]).contains("expected cpu, cuda or cuda:N"));
     assert!(fails(&["info", "--dtype", "int4"]).contains("expected f32, bf16 or f16"));
     let e = fails(&["info", "--model", "/nonexistent/dir"]);
@@ -114,7 +116,7 @@ fn bad_input_is_a_clear_error_with_nonzero_exit() {
 fn decode_writes_the_documented_trace_and_flags_override_the_preset() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    ok(&["init-model", "--preset", "micro", "--seed", "5", "--std", "0.3", "--spread", "--out", d]);
+    ok(&["init-model", "--shape", "micro", "--seed", "5", "--std", "0.3", "--spread", "--out", d]);
     let trace = dir.path().join("trace.json");
     let out = ok(&[
         "decode", "--model", d, "--prompt-ids", "10,11,12", "--gen-length", "10", "--block-length", "4",
@@ -215,7 +217,7 @@ fn eval_rejects_unknown_tasks_and_settings() {
 
 #[test]
 fn bench_likelihood_compares_the_vectorised_elbo_with_the_loop() {
-    let out = ok(&["bench", "likelihood", "--preset", "micro", "--blocks", "2", "--levels", "2", "--iters", "1", "--json"]);
+    let out = ok(&["bench", "likelihood", "--shape", "micro", "--blocks", "2", "--levels", "2", "--iters", "1", "--json"]);
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     for key in ["vectorised_batched_ms", "vectorised_per_level_ms", "loop_ms", "speedup_batched"] {
         assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {out}");
@@ -306,7 +308,7 @@ fn train_killed_at_any_moment_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     fn args(out: &std::path::Path) -> [&str; 12] {
         let out = out.to_str().unwrap();
-        ["train", "--preset", "smoke", "--steps", "12", "--checkpoint-every", "3", "--threads", "1", "--json", "--out", out]
+        ["train", "--recipe", "smoke", "--steps", "12", "--checkpoint-every", "3", "--threads", "1", "--json", "--out", out]
     }
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let started = std::time::Instant::now();
@@ -394,7 +396,7 @@ fn training_all_of_a_model_that_leaves_no_room_is_refused_and_lora_fits() {
     // copies (gradients, two AdamW moments), refused with the estimate; LoRA adapters fit.
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("mid");
-    ok(&["init-model", "--preset", "mid", "--out", m.to_str().unwrap()]);
+    ok(&["init-model", "--shape", "mid", "--out", m.to_str().unwrap()]);
     let run = |line: &str| {
         Command::new(env!("CARGO_BIN_EXE_dllm"))
             .args(["--device", "cpu", "--model", m.to_str().unwrap(), "-c", line])

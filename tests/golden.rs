@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dllm_engine::checkpoint::SaveOptions;
-use dllm_engine::{presets, BlockMask, Config, DType, KvCache, MaskKind, RandomInit};
+use dllm_engine::{shapes, BlockMask, Config, DType, KvCache, MaskKind, RandomInit};
 use tch::{Device, Tensor};
 
 fn python() -> PathBuf {
@@ -37,7 +37,7 @@ fn reference_logits(dir: &Path, ids: &[i64], block: i64, attention: &str) -> Ten
 }
 
 fn variant(name: &str) -> Config {
-    let base = presets::preset(if name == "micro-2.2" { "micro-2.2" } else { "micro" }).unwrap();
+    let base = shapes::shape(if name == "micro-2.2" { "micro-2.2" } else { "micro" }).unwrap();
     let mut raw: dllm_engine::RawConfig = serde_json::from_value(base.to_hf_json()).unwrap();
     match name {
         // LLaDA2.2 block routing: pools of 4 of 8 experts per routing group of 4 (14 ids: a short final group).
@@ -63,7 +63,7 @@ fn variant(name: &str) -> Config {
 fn check(config: &Config, opts: SaveOptions, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let init = RandomInit::new(seed, 0.3, Device::Cpu, DType::F32).spread(true);
-    presets::write_random_checkpoint(config, init, dir.path(), opts).unwrap();
+    shapes::write_random_checkpoint(config, init, dir.path(), opts).unwrap();
     let loaded = dllm_engine::load(dir.path(), Device::Cpu, Some(DType::F32)).unwrap();
     let ids: Vec<i64> = (0..14).map(|i| (i * 37 + seed as i64 * 11) % config.vocab_size).collect();
     for block in [4, 5] {

@@ -490,7 +490,7 @@ fn a_spinner_while_the_model_loads_and_ctrl_c_cuts_the_wait() {
     let dir = tempfile::tempdir().unwrap();
     let (src, slow) = (dir.path().join("src"), dir.path().join("slow"));
     let st = Command::new(env!("CARGO_BIN_EXE_dllm"))
-        .args(["init-model", "--preset", "micro", "--seed", "0", "--out", src.to_str().unwrap()])
+        .args(["init-model", "--shape", "micro", "--seed", "0", "--out", src.to_str().unwrap()])
         .status()
         .unwrap();
     assert!(st.success());

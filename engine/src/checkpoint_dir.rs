@@ -47,7 +47,7 @@ pub struct Loaded {
 }
 
 /// Loads `dir` onto `device` in `dtype` (default: bf16 on CUDA, f32 on CPU); a `builtin:NAME` path loads
-/// that embedded model, `random:PRESET[:SEED]` a seeded random model of a preset's shape.
+/// that embedded model, `random:SHAPE[:SEED]` a seeded random model of a named shape.
 pub fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> {
     load_with(dir, device, dtype, None)
 }
@@ -135,19 +135,19 @@ fn embedded(name: &str) -> Option<Embedded> {
 /// The prefix of a seeded random model of a named shape: `random:mid`, `random:llada2.2-mini:7` (seed 7).
 pub const RANDOM: &str = "random:";
 
-/// `random:PRESET[:SEED]`: a model of a preset's shape ([`crate::presets`]) with seeded N(0, 0.02) weights and
-/// the preset's tokenizer, built in memory (nothing is read or written): to try shapes, memory and speed
+/// `random:SHAPE[:SEED]`: a model of a named shape ([`crate::shapes`]) with seeded N(0, 0.02) weights and
+/// the shape's tokenizer, built in memory (nothing is read or written): to try shapes, memory and speed
 /// without a checkpoint. Its outputs are noise.
 fn load_random(spec: &str, device: Device, dtype: Option<DType>, quantize: Option<Quantization>) -> Result<Loaded> {
     let start = Instant::now();
     let (name, seed) = match spec.rsplit_once(':') {
-        Some((n, s)) => (n, s.parse::<u64>().map_err(|_| Error::invalid("random model seed", s, "expected random:PRESET or random:PRESET:SEED with a whole-number seed"))?),
+        Some((n, s)) => (n, s.parse::<u64>().map_err(|_| Error::invalid("random model seed", s, "expected random:SHAPE or random:SHAPE:SEED with a whole-number seed"))?),
         None => (spec, 0),
     };
     let path = PathBuf::from(format!("{RANDOM}{spec}"));
-    let config = quantized(crate::presets::preset(name)?, quantize, &path)?;
+    let config = quantized(crate::shapes::shape(name)?, quantize, &path)?;
     let dtype = dtype.unwrap_or_else(|| DType::default_for(device));
-    let tok = serde_json::to_vec(&crate::presets::tokenizer_spec_for(&config).to_json()).expect("json");
+    let tok = serde_json::to_vec(&crate::shapes::tokenizer_spec_for(&config).to_json()).expect("json");
     let tokenizer = Tokenizer::from_bytes(&tok, &path, &config)?;
     let mut init = crate::weights::RandomInit::new(seed, 0.02, device, dtype);
     let model = Model::build(&config, &mut init, device, dtype)?;

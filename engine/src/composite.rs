@@ -79,7 +79,7 @@ mod tests {
     use super::*;
     use crate::device::DType;
     use crate::model::{BlockMask, KvCache};
-    use crate::presets::{preset, random_model};
+    use crate::shapes::{shape, random_model};
     use tch::{Device, Kind};
 
     #[test]
@@ -94,7 +94,7 @@ mod tests {
     }
 
     fn check_against_block_loop(name: &str, block: i64) {
-        let model = random_model(&preset(name).unwrap(), 3, Device::Cpu, DType::F32).unwrap();
+        let model = random_model(&shape(name).unwrap(), 3, Device::Cpu, DType::F32).unwrap();
         let nb = 16 / block;
         let clean: Vec<Vec<i64>> = (0..2).map(|r| (0..16).map(|i| (i * 7 + r * 5) % 100 + 8).collect()).collect();
         let noisy: Vec<Vec<i64>> = clean.iter().map(|c| c.iter().enumerate().map(|(i, &t)| if i % 3 == 0 { 1 } else { t }).collect()).collect();

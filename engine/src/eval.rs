@@ -371,12 +371,12 @@ mod tests {
 
     use super::*;
     use crate::model::{BlockMask, KvCache};
-    use crate::presets::{preset, random_model, tokenizer_spec};
+    use crate::shapes::{shape, random_model, tokenizer_spec};
     use crate::tasks::{BLOCK_LENGTH, GEN_LENGTH, TASKS};
     use crate::DType;
 
     fn tokenizer() -> Tokenizer {
-        let cfg = preset("micro").unwrap();
+        let cfg = shape("micro").unwrap();
         let json = serde_json::to_vec(&tokenizer_spec(cfg.vocab_size).to_json()).unwrap();
         Tokenizer::from_bytes(&json, Path::new("tokenizer.json"), &cfg).unwrap()
     }
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn batched_evaluation_equals_decoding_each_instance_alone() {
-        let cfg = preset("micro").unwrap();
+        let cfg = shape("micro").unwrap();
         let model = random_model(&cfg, 11, Device::Cpu, DType::F32).unwrap();
         let tok = tokenizer();
         for p in ["Q", "S"] {
@@ -496,7 +496,7 @@ mod tests {
 
     #[test]
     fn report_totals_are_consistent_with_the_instances() {
-        let cfg = preset("micro").unwrap();
+        let cfg = shape("micro").unwrap();
         let model = random_model(&cfg, 5, Device::Cpu, DType::F32).unwrap();
         let tok = tokenizer();
         let o = opts(&[Task::Reverse, Task::Sort], 3, settings("Q"), 64);

@@ -2,7 +2,7 @@
 //!
 //! The model ([`Model`]) with its block-causal attention and KV cache, checkpoints in the official
 //! safetensors layout ([`load`], [`checkpoint`]), the tokenizer and chat templates ([`Tokenizer`],
-//! [`ChatTemplate`]), devices and dtypes, and named model shapes ([`presets`]). No terminal or socket IO happens here.
+//! [`ChatTemplate`]), devices and dtypes, and named model shapes ([`shapes`]). No terminal or socket IO happens here.
 
 mod chat_template;
 mod checkpoint_dir;
@@ -23,7 +23,7 @@ pub mod memory;
 pub mod quant;
 mod model;
 mod moe;
-pub mod presets;
+pub mod shapes;
 pub mod tasks;
 pub mod trainable;
 pub mod train;

@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn estimates_grow_with_the_shapes_and_saturate() {
-        let c = crate::presets::preset("mid").unwrap();
+        let c = crate::shapes::shape("mid").unwrap();
         let one = forward_bytes(&c, 1, 32, 64, 4, false);
         assert!(forward_bytes(&c, 2, 32, 64, 4, false) > one && forward_bytes(&c, 1, 32, 64, 4, true) > one);
         // The logits alone of 4096 rows x 4096 positions of a 157k vocabulary are 21 TB.

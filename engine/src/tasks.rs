@@ -381,8 +381,8 @@ mod tests {
 
     #[test]
     fn tokenizer_round_trips_task_prompts_with_single_token_specials() {
-        let config = crate::presets::preset("tiny").unwrap();
-        let json = serde_json::to_vec(&crate::presets::tokenizer_spec(config.vocab_size).to_json()).unwrap();
+        let config = crate::shapes::shape("tiny").unwrap();
+        let json = serde_json::to_vec(&crate::shapes::tokenizer_spec(config.vocab_size).to_json()).unwrap();
         let tok = Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &config).unwrap();
         for task in ALL_TASKS {
             for ex in instances(task, 3, 20) {

@@ -539,7 +539,7 @@ fn batch_errors_are_clear() {
 #[test]
 fn reports_carry_token_texts_once_annotated() {
     let cfg = micro();
-    let json = serde_json::to_vec(&dllm_engine::presets::tokenizer_spec(cfg.vocab_size).to_json()).unwrap();
+    let json = serde_json::to_vec(&dllm_engine::shapes::tokenizer_spec(cfg.vocab_size).to_json()).unwrap();
     let tok = dllm_engine::Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &cfg).unwrap();
     let x = tok.encode("x").unwrap()[0];
     let y = tok.encode("y").unwrap()[0];

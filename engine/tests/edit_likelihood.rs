@@ -6,7 +6,7 @@
 use dllm_engine::decode::EditOps;
 use dllm_engine::edit_likelihood::{EditPlan, Part, DEFAULT_RATE};
 use dllm_engine::likelihood::{self, block_terms, Estimator};
-use dllm_engine::presets::{preset, random_model, write_random_checkpoint};
+use dllm_engine::shapes::{shape, random_model, write_random_checkpoint};
 use dllm_engine::rl::{log_ratios, Reward, Rl, RlConfig, RlPrompt};
 use dllm_engine::{BlockMask, DType, KvCache, Model, RandomInit};
 use tch::{Device, Kind, Tensor};
@@ -20,7 +20,7 @@ const BLOCK: i64 = 4;
 
 fn micro22() -> Model {
     tch::set_num_threads(1);
-    random_model(&preset("micro-2.2").unwrap(), 7, Device::Cpu, DType::F32).unwrap()
+    random_model(&shape("micro-2.2").unwrap(), 7, Device::Cpu, DType::F32).unwrap()
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
@@ -182,7 +182,7 @@ fn the_spec_parses_and_models_without_edit_ids_are_refused() {
     assert!(likelihood::plan(&e, 3, 5, 0).unwrap_err().to_string().contains("EditPlan::draw"));
 
     tch::set_num_threads(1);
-    let mut m21 = random_model(&preset("micro").unwrap(), 7, Device::Cpu, DType::F32).unwrap();
+    let mut m21 = random_model(&shape("micro").unwrap(), 7, Device::Cpu, DType::F32).unwrap();
     let c = RlConfig { estimator: e.clone(), ..RlConfig::default() };
     let err = Rl::new(&mut m21, c).err().expect("RL with the edit estimator on a 2.1 model").to_string();
     assert!(err.contains("delete_token_id"), "{err}");
@@ -211,7 +211,7 @@ fn gradients_flow_through_the_combined_estimate() {
 fn ebpo_with_the_edit_ratio_on_a_2_2_model() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let config = preset("micro-2.2").unwrap();
+    let config = shape("micro-2.2").unwrap();
     write_random_checkpoint(&config, RandomInit::new(3, 0.02, Device::Cpu, DType::F32), dir.path(), dllm_engine::checkpoint::SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
     let mut l = dllm_engine::load(dir.path(), Device::Cpu, None).unwrap();
     // A reward that differs between different responses (their checksum), so groups disagree on a random model.
@@ -229,7 +229,7 @@ fn ebpo_with_the_edit_ratio_on_a_2_2_model() {
     // The default rollout preset is llada2.2 here (Levenshtein decoding), Q on a model without edit ids.
     assert_eq!(c.rollout_preset(l.model.config()), "llada2.2");
     assert_eq!(c.rollout_settings(l.model.config()).unwrap().edit_ops, EditOps::Levenshtein);
-    assert_eq!(c.rollout_preset(&preset("micro").unwrap()), "Q");
+    assert_eq!(c.rollout_preset(&shape("micro").unwrap()), "Q");
     let mut rl = Rl::new(&mut l.model, c).unwrap();
     let (_, rollouts) = rl.rollouts(&l.model, &l.tokenizer, 0).unwrap();
     let same = rl.snapshot();

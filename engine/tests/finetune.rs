@@ -22,7 +22,7 @@ fn rot_file(dir: &Path, lines: usize) -> PathBuf {
 }
 
 fn config(file: &Path, trainable: &str, steps: i64) -> TrainConfig {
-    let mut cfg = TrainConfig::preset("finetune").unwrap();
+    let mut cfg = TrainConfig::recipe("finetune").unwrap();
     cfg.steps = steps;
     cfg.batch = 16;
     cfg.checkpoint_every = 4;

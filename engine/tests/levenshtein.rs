@@ -473,7 +473,7 @@ mod common;
 /// whose lm_head rows are scaled up, so DELETE and SPLIT win often enough for the comparisons to exercise the
 /// shifts.
 fn random_lev_model(seed: u64) -> dllm_engine::Model {
-    let base = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let base = dllm_engine::shapes::shape("micro-2.2").unwrap();
     assert_eq!(base.block_routing(), Some((4, 4)));
     let cfg = dllm_engine::Config { delete_token_id: Some(DEL), split_token_id: Some(SPLIT), ..base };
     let model = common::spiky_model(&cfg, seed);

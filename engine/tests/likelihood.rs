@@ -5,7 +5,7 @@
 mod common;
 
 use dllm_engine::likelihood::{self, block_terms, block_terms_loop, plan, Estimator, NoisePlan};
-use dllm_engine::presets::{preset, random_model};
+use dllm_engine::shapes::{shape, random_model};
 use dllm_engine::{BlockMask, DType, KvCache, Model};
 use tch::{Device, Kind, Tensor};
 
@@ -16,7 +16,7 @@ const BLOCK: i64 = 4;
 
 fn micro() -> Model {
     tch::set_num_threads(1);
-    random_model(&preset("micro").unwrap(), 7, Device::Cpu, DType::F32).unwrap()
+    random_model(&shape("micro").unwrap(), 7, Device::Cpu, DType::F32).unwrap()
 }
 
 /// Spread-out logits, so estimators that differ in their noise give visibly different values.

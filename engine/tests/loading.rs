@@ -626,7 +626,7 @@ fn chat_template_that_raises_is_an_error_at_chat_time() {
 
 /// The config.json of a preset, edited, then resolved.
 fn resolve_edited(preset: &str, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> dllm_engine::Result<Config> {
-    let mut v = dllm_engine::presets::preset(preset).unwrap().to_hf_json();
+    let mut v = dllm_engine::shapes::shape(preset).unwrap().to_hf_json();
     edit(v.as_object_mut().unwrap());
     Config::from_json(&v.to_string())
 }
@@ -720,15 +720,15 @@ fn storage_dtype_quantisation_and_sliding_window_fields() {
         c.insert("use_sliding_window".into(), json!(true));
         c.insert("sliding_window".into(), json!(2));
     };
-    assert_eq!(resolve_edited("micro-2.2", window).unwrap(), dllm_engine::presets::preset("micro-2.2").unwrap());
+    assert_eq!(resolve_edited("micro-2.2", window).unwrap(), dllm_engine::shapes::shape("micro-2.2").unwrap());
 }
 
 #[test]
 fn block_routed_checkpoint_loads_with_its_routing_and_edit_tokens() {
-    let cfg = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let cfg = dllm_engine::shapes::shape("micro-2.2").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let init = dllm_engine::RandomInit::new(1, 0.02, Device::Cpu, DType::F32);
-    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), f32_opts()).unwrap();
+    dllm_engine::shapes::write_random_checkpoint(&cfg, init, dir.path(), f32_opts()).unwrap();
     let written: Value = serde_json::from_slice(&std::fs::read(dir.path().join(CONFIG)).unwrap()).unwrap();
     assert_eq!((written["expert_capacity"].clone(), written["block_size"].clone(), written["dtype"].clone()), (json!(4), json!(4), json!("float32")));
     let loaded = load_dir(dir.path()).unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use dllm_engine::quant::{Fidelity, QTensor};
 use dllm_engine::trainable::{self, Trainable};
-use dllm_engine::{load, load_with, presets, BlockMask, DType, KvCache, Loaded, Quantization};
+use dllm_engine::{load, load_with, shapes, BlockMask, DType, KvCache, Loaded, Quantization};
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
@@ -26,7 +26,7 @@ fn logits(l: &Loaded, ids: &Tensor) -> Tensor {
 /// A `tiny`-shaped checkpoint of N(0, 0.02) weights (its experts are 128 x 128: one fp8 block each).
 fn tiny_checkpoint(opts: dllm_engine::checkpoint::SaveOptions) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let model = presets::random_model(&presets::preset("tiny").unwrap(), 3, Device::Cpu, DType::F32).unwrap();
+    let model = shapes::random_model(&shapes::shape("tiny").unwrap(), 3, Device::Cpu, DType::F32).unwrap();
     save(&model, dir.path(), opts);
     dir
 }
@@ -163,9 +163,9 @@ fn mismatched_quantized_files_are_clear_errors() {
     assert!(e.contains(gone) && e.contains("missing"), "{e}");
     // A dense model has nothing to quantize.
     let dense = tempfile::tempdir().unwrap();
-    let mut c = presets::preset("micro").unwrap();
+    let mut c = shapes::shape("micro").unwrap();
     c.first_k_dense_replace = c.num_hidden_layers;
-    save(&presets::random_model(&c, 1, Device::Cpu, DType::F32).unwrap(), dense.path(), f32_opts());
+    save(&shapes::random_model(&c, 1, Device::Cpu, DType::F32).unwrap(), dense.path(), f32_opts());
     assert!(load(dense.path(), Device::Cpu, None).is_ok());
     let e = load_q(dense.path(), Some(Quantization::Fp8)).unwrap_err().to_string();
     assert!(e.contains("no routed experts to quantize"), "{e}");
@@ -225,7 +225,7 @@ fn an_in_memory_quantized_copy_equals_loading_quantized_and_shares_the_rest() {
 #[test]
 fn random_models_of_a_preset_shape_load_by_name_and_quantize() {
     let a = load_q(Path::new("random:micro:3"), None).unwrap();
-    assert_eq!(a.model.config(), &presets::preset("micro").unwrap());
+    assert_eq!(a.model.config(), &shapes::shape("micro").unwrap());
     assert_eq!(a.dir, Path::new("random:micro:3"));
     let ids = ids(a.model.config(), 1, 8, 1);
     // Seeded: the same name gives the same weights, another seed others.
@@ -234,7 +234,7 @@ fn random_models_of_a_preset_shape_load_by_name_and_quantize() {
     let q = load_q(Path::new("random:micro:3"), Some(Quantization::Fp8)).unwrap();
     assert!(logits(&q, &ids).equal(&logits(&Loaded { model: a.model.quantized(Quantization::Fp8).unwrap(), ..load_q(Path::new("random:micro:3"), None).unwrap() }, &ids)));
     let e = load_q(Path::new("random:huge"), None).unwrap_err().to_string();
-    assert!(e.contains("known presets") && e.contains("mid"), "{e}");
+    assert!(e.contains("known shapes") && e.contains("mid"), "{e}");
     let e = load_q(Path::new("random:micro:x"), None).unwrap_err().to_string();
     assert!(e.contains("whole-number seed"), "{e}");
     // A shape far larger than memory is refused before anything is allocated.

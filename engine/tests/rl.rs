@@ -1,7 +1,7 @@
 //! EBPO updates on the embedded model: the ratio under shared noise, trainable subsets, LoRA, rejection of
 //! failed updates, and a fixed-seed run that raises the reward.
 
-use dllm_engine::presets::{preset, random_model, write_checkpoint};
+use dllm_engine::shapes::{shape, random_model, write_checkpoint};
 use dllm_engine::rl::{held_out_reward, log_ratios, Reward, Rl, RlConfig, Snapshot, Trainable};
 use dllm_engine::tasks::Task;
 use dllm_engine::{BlockMask, DType, KvCache, Loaded, Model};
@@ -39,7 +39,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn lora_starts_as_identity_merges_exactly_and_saves_merged() {
-    let c = preset("micro").unwrap();
+    let c = shape("micro").unwrap();
     let mut m = random_model(&c, 3, Device::Cpu, DType::F32).unwrap();
     let ids = Tensor::from_slice(&[5i64, 9, 17, 3, 8, 2, 11, 4]).view([1, 8]);
     let base = logits(&m, &ids);
@@ -59,7 +59,7 @@ fn lora_starts_as_identity_merges_exactly_and_saves_merged() {
     // A checkpoint of the adapted model holds the merged weights.
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(&m, dir.path(), dllm_engine::checkpoint::SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_string(&dllm_engine::presets::tokenizer_spec(c.vocab_size).to_json()).unwrap()).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_string(&dllm_engine::shapes::tokenizer_spec(c.vocab_size).to_json()).unwrap()).unwrap();
     let reloaded = dllm_engine::load(dir.path(), Device::Cpu, None).unwrap();
     assert!(max_diff(&adapted, &logits(&reloaded.model, &ids)) < 1e-4);
     assert!(m.merge_lora());

@@ -5,11 +5,11 @@
 mod common;
 
 use common::*;
-use dllm_engine::{composite, presets, BlockMask, Config, KvCache, RawConfig};
+use dllm_engine::{composite, shapes, BlockMask, Config, KvCache, RawConfig};
 use tch::Tensor;
 
 fn micro22() -> Config {
-    presets::preset("micro-2.2").unwrap()
+    shapes::shape("micro-2.2").unwrap()
 }
 
 fn edited(base: &Config, edit: impl FnOnce(&mut RawConfig)) -> Config {

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::micro;
-use dllm_engine::{presets, ChatTemplate, Config, Error, Role, SpecialTokens, Tokenizer, TokenizerSpec};
+use dllm_engine::{shapes, ChatTemplate, Config, Error, Role, SpecialTokens, Tokenizer, TokenizerSpec};
 
 const FILE: &str = "some/checkpoint/tokenizer.json";
 
@@ -161,7 +161,7 @@ fn chat_prompt_role_tags_encode_as_single_tokens() {
 
 #[test]
 fn llada2_spec_has_the_official_special_ids() {
-    let config = presets::preset("llada2-mini").unwrap();
+    let config = shapes::shape("llada2-mini").unwrap();
     assert_eq!(config.vocab_size, 157184);
     // Resolve from the vocabulary alone, not from the preset's eos/pad ids.
     let config = Config { mask_token_id: None, eos_token_id: None, pad_token_id: None, ..config };
@@ -177,8 +177,8 @@ fn llada2_spec_has_the_official_special_ids() {
 
 #[test]
 fn llada2_mini_preset_agrees_with_its_tokenizer() {
-    let config = presets::preset("llada2-mini").unwrap();
-    let tok = tokenizer_for(&presets::tokenizer_spec(config.vocab_size), &config).unwrap();
+    let config = shapes::shape("llada2-mini").unwrap();
+    let tok = tokenizer_for(&shapes::tokenizer_spec(config.vocab_size), &config).unwrap();
     assert_eq!((tok.mask_id, tok.eos_id, tok.pad_id), (156895, 156892, 156892));
 }
 

@@ -5,7 +5,7 @@ use dllm_engine::train::{self, TrainConfig};
 use tch::Kind;
 
 fn smoke(steps: i64) -> TrainConfig {
-    let mut cfg = TrainConfig::preset("smoke").unwrap();
+    let mut cfg = TrainConfig::recipe("smoke").unwrap();
     cfg.steps = steps;
     cfg
 }
@@ -25,7 +25,7 @@ fn losses(h: &[train::StepMetrics]) -> ((f64, f64), (f64, f64)) {
 fn smoke_run_lowers_the_loss_on_both_streams() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = smoke(TrainConfig::preset("smoke").unwrap().steps);
+    let cfg = smoke(TrainConfig::recipe("smoke").unwrap().steps);
     let h = train::run(cfg.clone(), dir.path(), false, |_, _| true).unwrap();
     assert_eq!(h.len() as i64, cfg.steps);
     let ((m0, m1), (t0, t1)) = losses(&h);
@@ -43,7 +43,7 @@ fn smoke_run_lowers_the_loss_on_both_streams() {
 fn a_levenshtein_smoke_run_learns_and_writes_a_llada22_checkpoint() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig::preset("smoke-2.2").unwrap();
+    let cfg = TrainConfig::recipe("smoke-2.2").unwrap();
     let h = train::run(cfg.clone(), dir.path(), false, |_, _| true).unwrap();
     let ((m0, m1), (t0, t1)) = losses(&h);
     assert!(m1 < 0.6 * m0, "M2T loss {m0:.3} -> {m1:.3}");
@@ -92,8 +92,8 @@ fn an_interrupted_run_resumes_exactly() {
 
 #[test]
 fn load_balancing_moves_the_expert_bias_against_the_load() {
-    let config = dllm_engine::presets::preset("micro").unwrap();
-    let model = dllm_engine::presets::random_model(&config, 0, tch::Device::Cpu, dllm_engine::DType::F32).unwrap();
+    let config = dllm_engine::shapes::shape("micro").unwrap();
+    let model = dllm_engine::shapes::random_model(&config, 0, tch::Device::Cpu, dllm_engine::DType::F32).unwrap();
     let moe_layers = (config.num_hidden_layers - config.first_k_dense_replace) as usize;
     // 8 experts, mean load 4: expert 0 overloaded, experts 1 and 2 at the mean, the rest under.
     let loads = vec![vec![18, 4, 4, 2, 2, 1, 1, 0]; moe_layers];
@@ -105,9 +105,9 @@ fn load_balancing_moves_the_expert_bias_against_the_load() {
 }
 
 #[test]
-fn unknown_preset_lists_the_known_ones() {
-    let e = TrainConfig::preset("huge").unwrap_err().to_string();
-    assert!(e.contains("tiny, m2t, tiny-2.2, smoke, smoke-2.2"), "{e}");
+fn unknown_recipe_lists_the_known_ones() {
+    let e = TrainConfig::recipe("huge").unwrap_err().to_string();
+    assert!(e.contains("training recipe") && e.contains("known recipes: tiny, m2t, tiny-2.2, smoke, smoke-2.2"), "{e}");
 }
 
 #[test]

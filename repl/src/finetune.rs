@@ -222,7 +222,7 @@ fn with_trainer<T>(s: &mut Session, f: impl FnOnce(&mut Trainer) -> Result<T, Co
 fn config(s: &Session, file: &std::path::Path) -> Result<TrainConfig, CommandError> {
     let l = s.ready()?;
     let t = &s.train.settings;
-    let mut cfg = TrainConfig::preset("finetune")?;
+    let mut cfg = TrainConfig::recipe("finetune")?;
     (cfg.steps, cfg.mtf_from, cfg.lr, cfg.batch, cfg.seed) = (i64::MAX / 2, 0.0, t.lr, t.batch, t.seed);
     let bytes = std::fs::read(file).map_err(|e| CommandError::Failed(format!("{}: {e}", file.display())))?;
     let options = DataOptions { held_out: t.held_out, max_response: t.max_response, max_positions: 0, block: cfg.block, seed: t.seed };

@@ -49,7 +49,7 @@ pub(crate) fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
     let tmp = dllm_engine::checkpoint::temp_sibling(dir)?;
     let write = || -> Result<(), CommandError> {
         let opts = dllm_engine::checkpoint::SaveOptions { dtype: l.model.dtype(), fused_experts: false, shard_bytes: None };
-        dllm_engine::presets::write_checkpoint(&l.model, &tmp, opts)?;
+        dllm_engine::shapes::write_checkpoint(&l.model, &tmp, opts)?;
         let tok = l.tokenizer.to_json_text()?;
         std::fs::write(tmp.join("tokenizer.json"), tok).map_err(|e| CommandError::Failed(format!("{}: {e}", tmp.display())))?;
         if let Some(ad) = l.model.lora() {

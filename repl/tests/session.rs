@@ -271,9 +271,9 @@ fn load_and_info() {
     assert!(text(&ok(&mut s, "info")).contains("builtin:tiny"), "a failed load keeps the old model");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let cfg = dllm_engine::presets::preset("micro").unwrap();
+    let cfg = dllm_engine::shapes::shape("micro").unwrap();
     let init = dllm_engine::RandomInit::new(1, 0.02, tch::Device::Cpu, dllm_engine::DType::F32);
-    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
+    dllm_engine::shapes::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
         dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
     let v = ok(&mut s, &format!("load {d} device=cpu"));
     assert!(text(&v).contains(d));
@@ -482,10 +482,10 @@ const SPLIT: i64 = 121;
 /// Writes a random LLaDA2.2-style checkpoint into `dir`: the `micro` shape with DELETE / SPLIT ids, and their
 /// lm_head rows scaled so the model predicts them often (a random model would almost never pick 2 ids of 128).
 fn write_llada22(dir: &std::path::Path, scale: f64) {
-    let mut cfg = dllm_engine::presets::preset("micro").unwrap();
+    let mut cfg = dllm_engine::shapes::shape("micro").unwrap();
     cfg.delete_token_id = Some(DEL);
     cfg.split_token_id = Some(SPLIT);
-    let model = dllm_engine::presets::random_model(&cfg, 3, tch::Device::Cpu, dllm_engine::DType::F32).unwrap();
+    let model = dllm_engine::shapes::random_model(&cfg, 3, tch::Device::Cpu, dllm_engine::DType::F32).unwrap();
     tch::no_grad(|| {
         let vars = model.var_store().variables();
         let w = &vars["lm_head.weight"];
@@ -495,8 +495,8 @@ fn write_llada22(dir: &std::path::Path, scale: f64) {
         }
     });
     let opts = dllm_engine::checkpoint::SaveOptions { dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None };
-    dllm_engine::presets::write_checkpoint(&model, dir, opts).unwrap();
-    let tok = dllm_engine::presets::tokenizer_spec(cfg.vocab_size).to_json();
+    dllm_engine::shapes::write_checkpoint(&model, dir, opts).unwrap();
+    let tok = dllm_engine::shapes::tokenizer_spec(cfg.vocab_size).to_json();
     std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
 }
 
@@ -660,9 +660,9 @@ fn a_llada22_checkpoint_renders_chat_prompts_with_its_own_template() {
     let mut s = session();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let cfg = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let cfg = dllm_engine::shapes::shape("micro-2.2").unwrap();
     let init = dllm_engine::RandomInit::new(1, 0.02, tch::Device::Cpu, dllm_engine::DType::F32);
-    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
+    dllm_engine::shapes::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
         dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
     // A template that renders "[hi]>" for `chat hi`: five characters, five tokens of the character vocabulary
     // (the Ling template would give <role>HUMAN</role> hi <|role_end|> <role>ASSISTANT</role> = 5 tokens too,
@@ -691,9 +691,9 @@ fn the_edit_likelihood_shows_its_parts_on_a_llada22_model_and_is_refused_elsewhe
     let e = err(&mut s, "likelihood edit:4 -- sort 3814 => 1348");
     assert!(e.contains("delete_token_id") && e.contains("LLaDA2.2"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dllm_engine::presets::preset("micro-2.2").unwrap();
+    let cfg = dllm_engine::shapes::shape("micro-2.2").unwrap();
     let init = dllm_engine::RandomInit::new(1, 0.02, tch::Device::Cpu, dllm_engine::DType::F32);
-    dllm_engine::presets::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
+    dllm_engine::shapes::write_random_checkpoint(&cfg, init, dir.path(), dllm_engine::checkpoint::SaveOptions {
         dtype: dllm_engine::DType::F32, fused_experts: false, shard_bytes: None }).unwrap();
     ok(&mut s, &format!("load {} device=cpu", dir.path().to_str().unwrap()));
     ok(&mut s, "set block_length 4");

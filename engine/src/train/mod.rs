@@ -42,8 +42,9 @@ use crate::tokenizer::Tokenizer;
 /// Everything that defines a run (saved with every checkpoint).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
-    pub preset: String,
-    /// Model shape (a name of [`crate::presets::PRESETS`]).
+    #[serde(rename = "preset")]
+    pub recipe: String,
+    /// Model shape (a name of [`crate::shapes::SHAPES`]).
     pub model: String,
     pub steps: i64,
     pub batch: usize,
@@ -87,8 +88,8 @@ pub struct DataConfig {
 /// Steps of the `tiny-2.2` run.
 const TINY22_STEPS: i64 = 6000;
 
-/// (name, what it is).
-pub const PRESETS: &[(&str, &str)] = &[
+/// The training recipes (name, what it is): `dllm train --recipe`.
+pub const RECIPES: &[(&str, &str)] = &[
     ("tiny", "the embedded model: tiny shape (1.7M parameters), M2T + T2T + MTF, 4,000 steps of 128 sequences"),
     ("m2t", "the control: as tiny, but M2T only (no T2T stream, no MTF)"),
     ("tiny-2.2", "the embedded LLaDA2.2 model: tiny-2.2 shape (block routing, DELETE / SPLIT), M2T + Levenshtein T2T + MTF, all eight tasks"),
@@ -98,9 +99,10 @@ pub const PRESETS: &[(&str, &str)] = &[
 ];
 
 impl TrainConfig {
-    pub fn preset(name: &str) -> Result<TrainConfig> {
+    /// The config of a named training recipe ([`RECIPES`]).
+    pub fn recipe(name: &str) -> Result<TrainConfig> {
         let base = TrainConfig {
-            preset: name.to_string(),
+            recipe: name.to_string(),
             model: "tiny".into(),
             steps: 4000,
             batch: 128,
@@ -145,16 +147,16 @@ impl TrainConfig {
             }),
             // The smoke run on the LLaDA2.2 shape, with a length task.
             "smoke-2.2" => Ok(TrainConfig {
-                preset: name.into(),
+                recipe: name.into(),
                 model: "micro-2.2".into(),
                 task_mix: vec![Task::Copy, Task::Dedup],
-                ..TrainConfig::preset("smoke")?
+                ..TrainConfig::recipe("smoke")?
             }),
             // The data and the base come from `dllm train --data` ([`TrainConfig::data`]).
             "finetune" => Ok(TrainConfig { steps: 300, batch: 32, lr: 1e-3, warmup: 20, mtf_from: 0.5, checkpoint_every: 100, task_mix: Vec::new(), ..base }),
             _ => {
-                let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-                Err(Error::invalid("training preset", name, format!("known presets: {}", names.join(", "))))
+                let names: Vec<&str> = RECIPES.iter().map(|p| p.0).collect();
+                Err(Error::invalid("training recipe", name, format!("known recipes: {}", names.join(", "))))
             }
         }
     }
@@ -250,8 +252,8 @@ impl Trainer {
     pub fn new(cfg: TrainConfig) -> Result<Trainer> {
         match cfg.data.clone() {
             None => {
-                let config = crate::presets::preset(&cfg.model)?;
-                let model = crate::presets::random_model(&config, cfg.seed, Device::Cpu, DType::F32)?;
+                let config = crate::shapes::shape(&cfg.model)?;
+                let model = crate::shapes::random_model(&config, cfg.seed, Device::Cpu, DType::F32)?;
                 Trainer::with_model(cfg, model, 0)
             }
             Some(d) => {
@@ -264,7 +266,7 @@ impl Trainer {
     /// A task-suite run on `model` (the tokenizer of its preset shape).
     fn with_model(cfg: TrainConfig, model: Model, step: i64) -> Result<Trainer> {
         let config = model.config().clone();
-        let tokenizer_json = serde_json::to_string(&crate::presets::tokenizer_spec_for(&config).to_json()).expect("json");
+        let tokenizer_json = serde_json::to_string(&crate::shapes::tokenizer_spec_for(&config).to_json()).expect("json");
         let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), Path::new("tokenizer.json"), &config)?;
         let corrupt = corruption_ids(&tokenizer)?;
         let opt = AdamW::new(model.var_store(), (0.9, 0.95), cfg.weight_decay);
@@ -284,7 +286,7 @@ impl Trainer {
     #[allow(clippy::result_large_err)]
     fn fine_tune_on(cfg: TrainConfig, mut model: Model, tokenizer: Tokenizer, dir: &Path, step: i64) -> std::result::Result<Trainer, (Error, Model)> {
         let prepared = (|| -> Result<_> {
-            let d = cfg.data.clone().ok_or_else(|| Error::invalid("training run", &cfg.preset, "has no data"))?;
+            let d = cfg.data.clone().ok_or_else(|| Error::invalid("training run", &cfg.recipe, "has no data"))?;
             let trainable = Trainable::parse(&d.trainable)?;
             let mut options = d.options;
             if options.max_positions == 0 {
@@ -593,7 +595,7 @@ impl Trainer {
         if let (Some(ad), Some(d)) = (self.model.lora(), &self.cfg.data) {
             crate::lora::write_adapters(ad, dir, serde_json::json!({ "base": d.base, "trainable": d.trainable }))?;
         }
-        crate::presets::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })
+        crate::shapes::write_checkpoint(&self.model, dir, SaveOptions { dtype: DType::F32, fused_experts: false, shard_bytes: None })
     }
 
     /// A resumable checkpoint `out/train/step-NNNNNN` (model, optimiser state, state.json), written into a
@@ -722,7 +724,7 @@ pub fn prepare(cfg: TrainConfig, out: &Path, fresh: bool) -> Result<Trainer> {
                 return Err(Error::invalid(
                     "training run",
                     out.display().to_string(),
-                    format!("its checkpoint is from preset `{}` with other settings; use another --out or --fresh", t.cfg.preset),
+                    format!("its checkpoint is from recipe `{}` with other settings; use another --out or --fresh", t.cfg.recipe),
                 ));
             }
             t

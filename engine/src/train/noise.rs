@@ -184,8 +184,8 @@ mod tests {
     use crate::tasks::ALL_TASKS;
 
     fn tokenizer(preset: &str) -> (Tokenizer, (i64, i64)) {
-        let config = crate::presets::preset(preset).unwrap();
-        let json = serde_json::to_vec(&crate::presets::tokenizer_spec_for(&config).to_json()).unwrap();
+        let config = crate::shapes::shape(preset).unwrap();
+        let json = serde_json::to_vec(&crate::shapes::tokenizer_spec_for(&config).to_json()).unwrap();
         let tok = Tokenizer::from_bytes(&json, std::path::Path::new("tokenizer.json"), &config).unwrap();
         (tok, (config.delete_token_id.unwrap(), config.split_token_id.unwrap()))
     }

@@ -6,11 +6,11 @@
 use std::path::Path;
 
 use dllm_engine::checkpoint::SaveOptions;
-use dllm_engine::{presets, Config, DType, Model, RandomInit};
+use dllm_engine::{shapes, Config, DType, Model, RandomInit};
 use tch::{Device, Kind, Tensor};
 
 pub fn micro() -> Config {
-    presets::preset("micro").unwrap()
+    shapes::shape("micro").unwrap()
 }
 
 /// A random model whose every tensor carries information: N(0, 0.3) matrices, norms ~ U[0.5, 1.5],
@@ -21,8 +21,8 @@ pub fn spiky_model(config: &Config, seed: u64) -> Model {
 }
 
 pub fn save(model: &Model, dir: &Path, opts: SaveOptions) {
-    presets::write_checkpoint(model, dir, opts).unwrap();
-    let tok = presets::tokenizer_spec_for(model.config()).to_json();
+    shapes::write_checkpoint(model, dir, opts).unwrap();
+    let tok = shapes::tokenizer_spec_for(model.config()).to_json();
     std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
 }
 

@@ -13,8 +13,10 @@ use crate::model::Model;
 use crate::tokenizer::TokenizerSpec;
 use crate::weights::RandomInit;
 
-/// (name, what it is for).
-pub const PRESETS: &[(&str, &str)] = &[
+/// The named model shapes (name, what it is for): `init-model --shape`, benchmarks, `random:SHAPE`, training
+/// recipes. Decoding presets ([`crate::decode::PRESETS`]) and training recipes ([`crate::train::RECIPES`]) are
+/// other tables.
+pub const SHAPES: &[(&str, &str)] = &[
     ("micro", "smallest complete model for unit tests: 3 layers (1 dense), 8 experts in 2 groups, vocab 128"),
     ("tiny", "the embedded model's shape (~1.7M parameters): hidden 128, 4 layers, 8 experts top-2, vocab 128"),
     ("mid", "a mid-size CPU benchmark shape (~100M parameters): hidden 512, 8 layers, 32 experts top-4"),
@@ -26,8 +28,8 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("llada2.2-flash", "LLaDA2.2 flash shapes (100B): llada2-flash with block routing (pool 48, group 32), rope_theta 3e6, 128K"),
 ];
 
-/// The config of a named preset.
-pub fn preset(name: &str) -> Result<Config> {
+/// The config of a named shape.
+pub fn shape(name: &str) -> Result<Config> {
     let raw = |vocab, hidden, inter, layers, heads, kv, head_dim, experts, top_k, shared, groups, topk_group, moe_inter, theta| RawConfig {
         vocab_size: Some(vocab),
         hidden_size: Some(hidden),
@@ -65,8 +67,8 @@ pub fn preset(name: &str) -> Result<Config> {
         "llada2.2-mini" => llada22(raw(157184, 2048, 5120, 20, 16, 4, 128, 256, 8, 1, 8, 4, 512, 3e6)),
         "llada2.2-flash" => llada22(raw(157184, 4096, 9216, 32, 32, 4, 128, 256, 8, 1, 8, 4, 1024, 3e6)),
         _ => {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-            return Err(Error::invalid("preset", name, format!("known presets: {}", names.join(", "))));
+            let names: Vec<&str> = SHAPES.iter().map(|p| p.0).collect();
+            return Err(Error::invalid("model shape", name, format!("known shapes: {}", names.join(", "))));
         }
     };
     r.max_position_embeddings = Some(if name.starts_with("llada2.2") {
@@ -164,14 +166,14 @@ mod tests {
     #[test]
     fn llada2_shapes_have_the_published_sizes() {
         // LLaDA2.x mini is "16B" and flash "100B" total parameters.
-        let mini = preset("llada2-mini").unwrap().num_parameters() as f64 / 1e9;
-        let flash = preset("llada2-flash").unwrap().num_parameters() as f64 / 1e9;
+        let mini = shape("llada2-mini").unwrap().num_parameters() as f64 / 1e9;
+        let flash = shape("llada2-flash").unwrap().num_parameters() as f64 / 1e9;
         assert!((15.5..17.0).contains(&mini), "mini: {mini}B");
         assert!((98.0..106.0).contains(&flash), "flash: {flash}B");
-        assert_eq!(preset("llada2-mini").unwrap().rotary_dim(), 64);
+        assert_eq!(shape("llada2-mini").unwrap().rotary_dim(), 64);
         // 2.2 adds no parameters (llada2.2.md section 1.2): same counts as 2.1, block routing on, 128K.
         for (v21, v22) in [("llada2-mini", "llada2.2-mini"), ("llada2-flash", "llada2.2-flash")] {
-            let (a, b) = (preset(v21).unwrap(), preset(v22).unwrap());
+            let (a, b) = (shape(v21).unwrap(), shape(v22).unwrap());
             assert_eq!(a.num_parameters(), b.num_parameters(), "{v22}");
             assert_eq!(a.block_routing(), None);
             assert_eq!(b.block_routing(), Some((48, 32)), "{v22}");
@@ -181,36 +183,36 @@ mod tests {
     }
 
     #[test]
-    fn small_2_2_presets_route_by_blocks_and_carry_edit_tokens() {
+    fn small_2_2_shapes_route_by_blocks_and_carry_edit_tokens() {
         for (name, base, bs) in [("micro-2.2", "micro", 4), ("tiny-2.2", "tiny", 8)] {
-            let c = preset(name).unwrap();
+            let c = shape(name).unwrap();
             assert_eq!(c.block_routing(), Some((4, bs)), "{name}");
             assert!(c.expert_capacity.unwrap() < c.num_experts, "{name}: the pool must actually restrict");
             assert_eq!((c.delete_token_id, c.split_token_id), (Some(126), Some(127)), "{name}");
-            assert_eq!(c.num_parameters(), preset(base).unwrap().num_parameters(), "{name}");
+            assert_eq!(c.num_parameters(), shape(base).unwrap().num_parameters(), "{name}");
             let spec = tokenizer_spec_for(&c);
             assert!(spec.specials.contains(&(126, "<|delete|>".into())) && spec.specials.contains(&(127, "<|split|>".into())));
-            // Every other token keeps its id: the base preset's tokenizer is a prefix of the specials and the
+            // Every other token keeps its id: the base shape's tokenizer is a prefix of the specials and the
             // same vocabulary otherwise.
-            let (a, b) = (tokenizer_spec_for(&preset(base).unwrap()).to_json(), spec.to_json());
+            let (a, b) = (tokenizer_spec_for(&shape(base).unwrap()).to_json(), spec.to_json());
             assert_eq!(a["model"]["vocab"]["a"], b["model"]["vocab"]["a"]);
             assert_eq!(a["model"]["vocab"]["<|mask|>"], b["model"]["vocab"]["<|mask|>"]);
         }
-        // The 2.1 presets are untouched.
-        assert_eq!(preset("micro").unwrap().delete_token_id, None);
+        // The 2.1 shapes are untouched.
+        assert_eq!(shape("micro").unwrap().delete_token_id, None);
     }
 
     #[test]
     fn block_routed_config_round_trips_through_config_json() {
         for name in ["micro-2.2", "llada2.2-mini"] {
-            let c = preset(name).unwrap();
+            let c = shape(name).unwrap();
             let json = c.to_hf_json();
             assert_eq!(json["rope_parameters"]["rope_theta"], c.rope_theta, "{name}");
             assert_eq!(json["rope_parameters"]["rope_type"], "default");
             assert_eq!(Config::from_json(&json.to_string()).unwrap(), c, "{name}");
         }
         // 2.1 configs are written exactly as before: no 2.2 field appears.
-        let json = preset("micro").unwrap().to_hf_json();
+        let json = shape("micro").unwrap().to_hf_json();
         for field in ["expert_capacity", "block_size", "rope_parameters", "delete_token_id", "split_token_id", "dtype"] {
             assert!(json.get(field).is_none(), "{field}");
         }
@@ -219,15 +221,15 @@ mod tests {
     #[test]
     fn parameter_count_matches_a_built_model() {
         for name in ["micro", "tiny"] {
-            let c = preset(name).unwrap();
+            let c = shape(name).unwrap();
             let m = random_model(&c, 0, Device::Cpu, DType::F32).unwrap();
             assert_eq!(m.num_parameters(), c.num_parameters(), "{name}");
         }
     }
 
     #[test]
-    fn unknown_preset_lists_the_known_ones() {
-        let e = preset("huge").unwrap_err().to_string();
+    fn unknown_shape_lists_the_known_ones() {
+        let e = shape("huge").unwrap_err().to_string();
         assert!(e.contains("micro, tiny, mid, llada2-mini, llada2-flash, micro-2.2, tiny-2.2, llada2.2-mini, llada2.2-flash"), "{e}");
     }
 }
