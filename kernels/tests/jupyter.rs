@@ -4,23 +4,14 @@
 //! Needs a Python with tests/requirements.txt installed: `DLLM_PYTHON`, else the project's `.venv` (both set
 //! up by `make test`).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("DLLM_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(venv.exists(), "no Python with jupyter_kernel_test: run `make test` (it creates .venv) or set DLLM_PYTHON");
-    venv
-}
+mod common;
 
 #[test]
 fn jupyter_kernel_test_suite() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(python())
-        .current_dir(&root)
+    let out = Command::new(common::python())
+        .current_dir(common::root())
         .args(["-m", "pytest", "tests/kernel", "-q", "-p", "no:cacheprovider"])
         .env("DLLM_KERNEL_EXE", env!("CARGO_BIN_EXE_dllm-kernel"))
         .output()

@@ -73,7 +73,7 @@ class DllmKernelTests(jupyter_kernel_test.KernelTests):
         {"text": "ste", "matches": {"step"}},
         {"text": "set thr", "matches": {"threshold"}},
         {"text": "prompt-", "matches": {"prompt-ids"}},
-        {"text": "preset ", "matches": {"Q", "S", "llada2.0", "sglang", "diffusers", "llada2.2", "sglang-indel"}},
+        {"text": "preset sg", "matches": {"sglang", "sglang-indel"}},
     ]
     complete_code_samples = ["help", "step 3", "set threshold 0.8", "# a comment", "step?", ""]
     # A line ending in `\` continues on the next, as in the terminal REPL.
