@@ -442,6 +442,15 @@ fn quantize_writes_a_checkpoint_that_loads_as_it_is_and_info_projects_the_releas
     // A random model of a preset's shape, by name.
     let r: serde_json::Value = serde_json::from_str(&ok(&["info", "--model", "random:micro:2", "--device", "cpu", "--quantize", "fp8", "--json"])).unwrap();
     assert_eq!((r["model"].as_str(), r["quantization"].as_str(), r["layers"].as_i64()), (Some("random:micro:2"), Some("fp8"), Some(3)));
+    // The benchmark on a small shape: memory, fidelity and time of each format against the full model.
+    let b: serde_json::Value = serde_json::from_str(&ok(&["bench", "quantize", "--shape", "micro", "--dtype", "f32", "--rows", "1", "--length", "16", "--iters", "1", "--json"])).unwrap();
+    let results = b["results"].as_array().unwrap();
+    assert_eq!(results.iter().map(|r| r["experts"].as_str().unwrap()).collect::<Vec<_>>(), ["f32", "int8", "fp8"]);
+    for r in &results[1..] {
+        assert!(r["experts_over_full"].as_f64().unwrap() < 0.4, "one byte against four: {r}");
+        assert_eq!(r["fidelity"]["positions"], 16);
+        assert!(r["load"]["quantize"] == r["experts"], "the child process loaded it quantized: {r}");
+    }
     // The projection: bf16 mini does not fit a 24 GB card, int8 mini does; fp8 flash fits one H200.
     let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--device", "cpu", "--quantize", "none", "--json"])).unwrap();
     let rows = info["projection"].as_array().unwrap();

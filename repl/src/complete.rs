@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(complete_all("set thr"), (4, vec!["threshold ".to_string()]));
         assert_eq!(complete_all("set edit_timing a"), (16, vec!["after-masks".to_string(), "always".to_string()]));
         assert_eq!(complete_all("set top_k o").1, vec!["off"]);
-        assert_eq!(complete_all("preset ll").1, vec!["llada2.0", "llada2.2"]);
+        assert_eq!(complete_all("preset sg").1, vec!["sglang", "sglang-indel"]);
         assert_eq!(complete_all("break de").1, vec!["delete "]);
         assert_eq!(complete_all("break t").1, vec!["text ", "token ", "truncate "]);
         assert_eq!(complete_all("switch q").1, vec!["q-mode "]);

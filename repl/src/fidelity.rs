@@ -68,7 +68,7 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
             };
             let (wa, wb) = (writes(&a), writes(&b));
             let only = |x: &[(&str, i64, i64, dllm_engine::decode::WriteKind)], y: &[(&str, i64, i64, dllm_engine::decode::WriteKind)]| -> Vec<String> {
-                x.iter().filter(|w| !y.contains(w)).map(|&(set, pos, t, k)| format!("{set} {}", write(pos, t, k, f32::NAN, &tok).trim_end_matches(" NaN"))).collect()
+                x.iter().filter(|w| !y.contains(w)).map(|&(set, pos, t, k)| format!("{set} {pos}:{}", what(t, k, &tok))).collect()
             };
             let (oa, ob) = (only(&wa, &wb), only(&wb, &wa));
             let verdict = if oa.is_empty() && ob.is_empty() {
@@ -91,15 +91,19 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
     Ok(vec![Value::Table(Table { title, columns: vec!["".into(), "".into()], rows })])
 }
 
-/// One write of a step: `pos:'tok' p` (DELETE and SPLIT by name).
-fn write(pos: i64, token: i64, kind: dllm_engine::decode::WriteKind, p: f32, tok: &impl Fn(i64) -> String) -> String {
+/// What a write puts at its slot: the token's text, or DELETE / SPLIT by name.
+fn what(token: i64, kind: dllm_engine::decode::WriteKind, tok: &impl Fn(i64) -> String) -> String {
     use dllm_engine::decode::WriteKind;
-    let what = match kind {
+    match kind {
         WriteKind::Token => tok(token),
         WriteKind::Delete => "DELETE".into(),
         WriteKind::Split => "SPLIT".into(),
-    };
-    format!("{pos}:{what} {p:.3}")
+    }
+}
+
+/// One write of a step with its probability: `pos:"tok" p`.
+fn write(pos: i64, token: i64, kind: dllm_engine::decode::WriteKind, p: f32, tok: &impl Fn(i64) -> String) -> String {
+    format!("{pos}:{} {p:.3}", what(token, kind, tok))
 }
 
 fn or_none(v: &[String]) -> String {
