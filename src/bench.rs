@@ -143,7 +143,7 @@ fn forward(a: &ForwardBench) -> Result<()> {
     let device = dllm_engine::parse_device(&a.device)?;
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?.unwrap_or_else(|| DType::default_for(device));
     let mut base = shapes::shape(&a.shape)?;
-    base.quantization = a.quantize.as_deref().map(dllm_engine::Quantization::parse_option).transpose()?.flatten();
+    base.quantization = dllm_engine::Quantization::parse_option(a.quantize.as_deref())?;
     let out = match a.routing.as_str() {
         "preset" => forward_one(a, &base, device, dtype)?,
         "group" => forward_one(a, &routed(a, &base, false)?, device, dtype)?,
@@ -278,7 +278,7 @@ fn load(a: &LoadBench) -> Result<()> {
     // Reset the peak-RSS counter so VmHWM below measures the load alone.
     std::fs::write("/proc/self/clear_refs", "5")?;
     let rss_before = proc_status_kib("VmRSS")? * 1024;
-    let quantize = a.quantize.as_deref().map(dllm_engine::Quantization::parse_option).transpose()?.flatten();
+    let quantize = dllm_engine::Quantization::parse_option(a.quantize.as_deref())?;
     let loaded = dllm_engine::load_with(&a.model, device, dtype, quantize)?;
     let peak = proc_status_kib("VmHWM")? * 1024;
     let rss_after = proc_status_kib("VmRSS")? * 1024;

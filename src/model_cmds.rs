@@ -42,7 +42,7 @@ impl ModelArgs {
             d => dllm_engine::parse_device(d)?,
         };
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose()?;
-        let quantize = self.quantize.as_deref().map(Quantization::parse_option).transpose()?.flatten();
+        let quantize = Quantization::parse_option(self.quantize.as_deref())?;
         let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(dllm_engine::BUILTIN));
         dllm_engine::load_with(&dir, device, dtype, quantize).with_context(|| format!("loading {}", dir.display()))
     }
@@ -147,7 +147,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     let parts: Vec<String> = m.weight_bytes_by_part().into_iter().filter(|p| p.1 > 0).map(|(p, b)| format!("{p} {:.2}", b as f64 / (1 << 20) as f64)).collect();
     println!("weights    MiB: {}", parts.join(", "));
     if let Some(q) = m.quantization() {
-        println!("quantized  {}", dllm_engine::quant::QUANTIZATIONS.iter().find(|x| x.0 == q.to_string()).map_or("", |x| x.1));
+        println!("quantized  {}", q.about());
     }
     println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
     if let Some(b) = memory_budget(m) {
@@ -235,7 +235,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     if margs.dtype.is_none() {
         margs.dtype = Some("f32".into()); // the comparison format is defined on an f32 run
     }
-    let quantize = margs.quantize.as_deref().map(Quantization::parse_option).transpose()?.flatten();
+    let quantize = Quantization::parse_option(margs.quantize.as_deref())?;
     if a.compare && quantize.is_none() {
         bail!("--compare compares a quantized model with the full one: add --quantize int8 or --quantize fp8");
     }

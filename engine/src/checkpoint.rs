@@ -184,6 +184,26 @@ impl Checkpoint {
         }
     }
 
+    /// Whether the routed experts' `proj` is stored fused (`{prefix}.{proj}`) rather than per expert
+    /// (`{prefix}.{e}.{proj}.weight`); an error when neither or both are there.
+    fn fused_layout(&self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<bool> {
+        let fused = format!("{prefix}.{proj}");
+        let first = format!("{prefix}.0.{proj}.weight");
+        match (self.entries.contains_key(&fused), self.entries.contains_key(&first)) {
+            (true, true) => Err(Error::Index {
+                file: self.file_of(&first),
+                message: format!("both the fused `{fused}` and the per-expert `{first}` are present; keep one layout"),
+            }),
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            (false, false) => Err(Error::MissingTensor {
+                file: self.origin.clone(),
+                tensor: format!("{first} (per expert, shape {:?}) or the fused `{fused}` (shape {shape:?})", &shape[1..]),
+                shape: None,
+            }),
+        }
+    }
+
     /// Copies tensor `name` out of the mapping into a new placed tensor of `kind`.
     fn load(&mut self, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
         let out = Tensor::f_empty(shape, (kind, self.device))?;
@@ -327,28 +347,6 @@ impl WeightSource for Checkpoint {
         match extra.first() {
             Some(name) => Err(Error::ExtraTensor { file: self.file_of(name), tensor: (*name).clone() }),
             None => Ok(()),
-        }
-    }
-}
-
-impl Checkpoint {
-    /// Whether the routed experts' `proj` is stored fused (`{prefix}.{proj}`) rather than per expert
-    /// (`{prefix}.{e}.{proj}.weight`); an error when neither or both are there.
-    fn fused_layout(&self, prefix: &str, proj: &str, shape: [i64; 3]) -> Result<bool> {
-        let fused = format!("{prefix}.{proj}");
-        let first = format!("{prefix}.0.{proj}.weight");
-        match (self.entries.contains_key(&fused), self.entries.contains_key(&first)) {
-            (true, true) => Err(Error::Index {
-                file: self.file_of(&first),
-                message: format!("both the fused `{fused}` and the per-expert `{first}` are present; keep one layout"),
-            }),
-            (true, false) => Ok(true),
-            (false, true) => Ok(false),
-            (false, false) => Err(Error::MissingTensor {
-                file: self.origin.clone(),
-                tensor: format!("{first} (per expert, shape {:?}) or the fused `{fused}` (shape {shape:?})", &shape[1..]),
-                shape: None,
-            }),
         }
     }
 }

@@ -435,8 +435,7 @@ impl Model {
 
     /// Number of parameters (expert bias buffers excluded; quantized experts included).
     pub fn num_parameters(&self) -> i64 {
-        let quantized = self.moes().flat_map(|(_, m)| m.expert_weights()).filter(|w| matches!(w, ExpertWeights::Quantized(_)));
-        let quantized: i64 = quantized.map(|w| w.size().iter().product::<i64>()).sum();
+        let quantized: i64 = self.quantized_experts().map(|w| w.size().iter().product::<i64>()).sum();
         self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum::<i64>() + quantized
     }
 
@@ -471,7 +470,7 @@ impl Model {
             };
             bytes[part] += tensor_bytes(&t);
         }
-        bytes[0] += self.moes().flat_map(|(_, m)| m.expert_weights()).filter(|w| matches!(w, ExpertWeights::Quantized(_))).map(|w| w.bytes()).sum::<usize>();
+        bytes[0] += self.quantized_experts().map(ExpertWeights::bytes).sum::<usize>();
         PARTS.into_iter().zip(bytes).collect()
     }
 
@@ -488,6 +487,11 @@ impl Model {
         let config = Config { quantization: Some(format), ..self.config.clone() };
         let mut source = crate::weights::Shared { tensors: self.merged_variables().into_iter().collect() };
         Model::build(&config, &mut source, self.device(), self.dtype)
+    }
+
+    /// The routed experts held quantized (not VarStore variables, so counted apart).
+    fn quantized_experts(&self) -> impl Iterator<Item = &ExpertWeights> {
+        self.moes().flat_map(|(_, m)| m.expert_weights()).filter(|w| matches!(w, ExpertWeights::Quantized(_)))
     }
 
     /// The MoE layers with their indices.

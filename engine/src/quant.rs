@@ -36,19 +36,21 @@ pub enum Quantization {
     Fp8,
 }
 
-/// The names `--quantize` and `load ... quantize=` accept.
-pub const QUANTIZATIONS: &[(&str, &str)] = &[
-    ("none", "routed experts in the run dtype (the default)"),
-    ("int8", "routed experts in int8, one scale per output channel"),
-    ("fp8", "routed experts in float8 e4m3, one scale per 128 x 128 block"),
-];
-
 impl Quantization {
-    /// `none` (or `off`, `bf16`, `full`) gives `None`.
-    pub fn parse_option(s: &str) -> Result<Option<Quantization>> {
+    /// What `--quantize` and `load ... quantize=` give: absent, `none`, `off` or `full` is `None`.
+    pub fn parse_option(s: Option<&str>) -> Result<Option<Quantization>> {
+        let Some(s) = s else { return Ok(None) };
         match s.to_ascii_lowercase().as_str() {
             "none" | "off" | "full" => Ok(None),
             other => other.parse().map(Some).map_err(|_| Error::invalid("quantization", s, "expected none, int8 or fp8")),
+        }
+    }
+
+    /// What the format is, in a line.
+    pub fn about(self) -> &'static str {
+        match self {
+            Quantization::Int8 => "routed experts in int8, one scale per output channel",
+            Quantization::Fp8 => "routed experts in float8 e4m3, one scale per 128 x 128 block",
         }
     }
 
@@ -386,8 +388,9 @@ mod tests {
             assert_eq!(f.to_string().parse::<Quantization>().unwrap(), f);
             assert_eq!(Quantization::from_json(&f.to_json()).unwrap(), f);
         }
-        assert_eq!(Quantization::parse_option("none").unwrap(), None);
-        assert!(Quantization::parse_option("int4").unwrap_err().to_string().contains("int8 or fp8"));
+        assert_eq!(Quantization::parse_option(Some("none")).unwrap(), None);
+        assert_eq!(Quantization::parse_option(None).unwrap(), None);
+        assert!(Quantization::parse_option(Some("int4")).unwrap_err().to_string().contains("int8 or fp8"));
         let e = Quantization::from_json(&serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]})).unwrap_err();
         assert!(e.contains("\"fp8\" is not supported"), "{e}");
         assert_eq!(Quantization::Int8.bytes(2, 4, 8), 2 * (32 + 16));

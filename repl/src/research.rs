@@ -78,7 +78,7 @@ pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
     let mut quantize = None;
     for w in &a.words[1..] {
         match w.strip_prefix("quantize=") {
-            Some(q) => quantize = dllm_engine::Quantization::parse_option(q).map_err(|e| usage(e.to_string(), USAGE))?,
+            Some(q) => quantize = dllm_engine::Quantization::parse_option(Some(q)).map_err(|e| usage(e.to_string(), USAGE))?,
             None => return Err(usage(format!("unexpected `{w}`"), USAGE)),
         }
     }

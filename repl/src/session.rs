@@ -73,7 +73,7 @@ impl ModelSource {
             d => dllm_engine::parse_device(d).map_err(|e| e.to_string())?,
         };
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose().map_err(|e| e.to_string())?;
-        let quantize = self.quantize.as_deref().map(Quantization::parse_option).transpose().map_err(|e| e.to_string())?.flatten();
+        let quantize = Quantization::parse_option(self.quantize.as_deref()).map_err(|e| e.to_string())?;
         let dir = self.dir.clone().unwrap_or_else(|| PathBuf::from(dllm_engine::BUILTIN));
         let loaded = dllm_engine::load_with(&dir, device, dtype, quantize).map_err(|e| e.to_string())?;
         small_model_threads(&loaded);
