@@ -48,7 +48,7 @@ pub fn rl(a: &RlBench) -> Result<()> {
         // A fresh copy of the embedded model per set: every set starts from the same policy.
         let mut l = dllm_engine::load_builtin(device, None)?;
         let lr = if matches!(t, Trainable::Lora { .. }) { 1e-3 } else { 1e-4 };
-        let c = RlConfig { tasks: vec![Task::Order], reward: Reward::Exact, trainable: t.clone(), lr, ..RlConfig::default() };
+        let c = RlConfig { tasks: vec![Task::Order], reward: Reward::parse("exact")?, trainable: t.clone(), lr, ..RlConfig::default() };
         let mut rl = Rl::new(&mut l.model, c)?;
         rl.update(&l.model, &l.tokenizer)?;
         let ms = (0..a.updates).map(|_| rl.update(&l.model, &l.tokenizer)).collect::<Result<Vec<_>, _>>()?;
@@ -116,7 +116,7 @@ fn memory_one(preset: &str, t: &Trainable, device: Device) -> Result<Value> {
     let tok = Tokenizer::from_bytes(json.as_bytes(), std::path::Path::new("tokenizer.json"), &config)?;
     let dtype = if device == Device::Cpu { DType::F32 } else { DType::Bf16 };
     let mut model = shapes::random_model(&config, 0, device, dtype)?;
-    let c = RlConfig { tasks: vec![Task::Copy], batch: 2, group: 4, reward: Reward::Regex(".".into()), kl: 0.01, trainable: t.clone(), ..RlConfig::default() };
+    let c = RlConfig { tasks: vec![Task::Copy], batch: 2, group: 4, reward: Reward::parse("regex .")?, kl: 0.01, trainable: t.clone(), ..RlConfig::default() };
     std::fs::write("/proc/self/clear_refs", "5")?;
     let before = crate::bench::proc_status_kib("VmRSS")? * 1024;
     let gpu_before = crate::bench::gpu_memory_used(device);

@@ -81,7 +81,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid(what: &'static str, value: impl ToString, message: impl ToString) -> Error {
+    /// An invalid value: `what` it is, the value, and what is wrong (what to do).
+    pub fn invalid(what: &'static str, value: impl ToString, message: impl ToString) -> Error {
         Error::Invalid { what, value: value.to_string(), message: message.to_string() }
     }
 }

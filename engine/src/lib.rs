@@ -13,6 +13,7 @@ pub mod decode;
 pub mod edit_labels;
 pub mod edit_likelihood;
 pub mod edit_noise;
+pub mod estimator_specs;
 pub mod eval;
 pub mod likelihood;
 pub mod rl;

@@ -115,64 +115,13 @@ impl Default for Estimator {
 }
 
 impl Estimator {
-    /// `stratified:N[:anti]`, `midpoint:N[:anti]`, `mc:N[:anti]` (or `monte-carlo`), `mean-field[:P]` (P: the
-    /// prompt masking probability; `d1` = 0.3), `edit:N[:R]` (R: the drafts' per-token edit rate, default
-    /// [`crate::edit_likelihood::DEFAULT_RATE`]). N defaults to 4 (16 for mc); `anti` turns on antithetic pairs.
+    /// A spec as the registry ([`crate::estimator_specs::ESTIMATORS`]) reads it: `stratified:N[:anti]`,
+    /// `midpoint:N[:anti]`, `mc:N[:anti]`, `mean-field[:P]`, `edit:N[:R]`, ...
     pub fn parse(spec: &str) -> Result<Estimator> {
-        let bad = |why: &str| {
-            Error::invalid("estimator", spec, format!("{why}; expected stratified:N[:anti], midpoint:N[:anti], mc:N[:anti], mean-field[:P] or edit:N[:R]"))
-        };
-        let mut parts = spec.trim().split(':');
-        let kind = parts.next().unwrap_or("").to_ascii_lowercase();
-        let rest: Vec<&str> = parts.collect();
-        let count = |default: usize| -> Result<usize> {
-            match rest.first() {
-                None => Ok(default),
-                Some(n) => n
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_COUNT).contains(n))
-                    .ok_or_else(|| bad(&format!("the count is a whole number from 1 to {MAX_COUNT} (each is a noised copy of the response in a forward)"))),
-            }
-        };
-        if kind == "edit" {
-            let rate = match rest.get(1) {
-                None => crate::edit_likelihood::DEFAULT_RATE,
-                Some(r) => r.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| bad("R is an edit rate in [0, 1]"))?,
-            };
-            if rest.len() > 2 {
-                return Err(bad("edit takes only N and R"));
-            }
-            return Ok(Estimator::Edit { levels: count(4)?, rate });
-        }
-        let anti = match rest.get(1) {
-            None => false,
-            Some(&"anti") | Some(&"antithetic") => true,
-            Some(_) => return Err(bad("the third part can only be `anti`")),
-        };
-        if rest.len() > 2 {
-            return Err(bad("too many parts"));
-        }
-        match kind.as_str() {
-            "stratified" | "vectorised" | "vectorized" => Ok(Estimator::Stratified { levels: count(4)?, antithetic: anti }),
-            "midpoint" => Ok(Estimator::midpoint(count(4)?, anti)),
-            "mc" | "monte-carlo" | "montecarlo" => Ok(Estimator::MonteCarlo { samples: count(16)?, antithetic: anti }),
-            "mean-field" | "meanfield" | "d1" => {
-                let p = match rest.first() {
-                    None if kind == "d1" => D1_PROMPT_MASK,
-                    None => 0.0,
-                    Some(p) => p.parse::<f64>().ok().filter(|p| (0.0..1.0).contains(p)).ok_or_else(|| bad("P is a probability in [0, 1)"))?,
-                };
-                if rest.len() > 1 {
-                    return Err(bad("mean-field takes only P"));
-                }
-                Ok(Estimator::MeanField { prompt_mask: p })
-            }
-            _ => Err(bad("unknown estimator")),
-        }
+        crate::estimator_specs::parse(spec)
     }
 
-    /// The spec [`Estimator::parse`] reads back (explicit levels are listed).
+    /// The spec [`Estimator::parse`] reads back (explicit levels no registry row makes are listed).
     pub fn describe(&self) -> String {
         let a = |on: bool| if on { ":anti" } else { "" };
         match self {
@@ -181,10 +130,8 @@ impl Estimator {
             Estimator::MeanField { prompt_mask } if *prompt_mask > 0.0 => format!("mean-field:{prompt_mask}"),
             Estimator::MeanField { .. } => "mean-field".into(),
             Estimator::Edit { levels, rate } => format!("edit:{levels}:{rate}"),
-            Estimator::Vectorised { levels, antithetic, .. } if *self == Estimator::midpoint(levels.len(), *antithetic) => {
-                format!("midpoint:{}{}", levels.len(), a(*antithetic))
-            }
-            Estimator::Vectorised { levels, antithetic, .. } => format!("levels {levels:?}{}", a(*antithetic)),
+            Estimator::Vectorised { levels, antithetic, .. } => crate::estimator_specs::describe_levels(self, levels.len(), *antithetic)
+                .unwrap_or_else(|| format!("levels {levels:?}{}", a(*antithetic))),
         }
     }
 

@@ -140,9 +140,7 @@ fn progress_bundle(values: &[DValue]) -> MimeBundle {
 }
 
 fn command_help(c: &Command) -> MimeBundle {
-    let aliases = if c.aliases.is_empty() { String::new() } else { format!("\naliases: {}", c.aliases.join(", ")) };
-    let help = if c.help.is_empty() { String::new() } else { format!("\n\n{}", c.help) };
-    let text = format!("usage: {}{aliases}\n{}{help}", c.usage, c.summary);
+    let text = c.help_text();
     let mut b = plain(text.clone());
     b.insert("text/html".into(), Value::String(format!("<pre>{}</pre>", html_escape(&text))));
     b
@@ -251,8 +249,7 @@ impl Interpreter for SessionInterpreter {
                 out.page = Some(command_help(c));
                 continue;
             }
-            let word = command.split_whitespace().next().unwrap_or_default();
-            let waits = find(word).is_some_and(|c| c.needs_model || c.name == "source") && !self.session.model_ready();
+            let waits = Session::waits_for_model(command) && !self.session.model_ready();
             let started = Instant::now();
             if waits {
                 let mut b = plain("loading the model…");

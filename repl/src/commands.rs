@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use dllm_engine::decode::{DecodeSettings, Decoder, Denoiser, EditOps, Event, LevStep, StepReport, WriteKind, PRESETS, SETTINGS};
 use dllm_engine::Role;
 
+use crate::grammar::{self, int, key, many, one, opt, rest, sub, Kind, Sub, Syntax};
 use crate::parse::Args;
 use crate::session::{Breakpoint, CmdResult, CommandError, ModelSource, Session};
 use crate::value::{Cell, Chart, Series, Steps, Table, Value};
@@ -13,7 +14,8 @@ use crate::value::{Cell, Chart, Series, Steps, Table, Value};
 pub struct Command {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
-    pub usage: &'static str,
+    /// Its arguments, typed: parsing, checks, usage, hints and completion come from here.
+    pub syntax: Syntax,
     pub summary: &'static str,
     pub help: &'static str,
     /// Waits for the background model load before running.
@@ -22,80 +24,125 @@ pub struct Command {
 }
 
 macro_rules! cmd {
-    ($name:expr, [$($alias:expr),*], $usage:expr, $summary:expr, $help:expr, $needs:expr, $run:expr) => {
-        Command { name: $name, aliases: &[$($alias),*], usage: $usage, summary: $summary, help: $help, needs_model: $needs, run: $run }
+    ($name:expr, [$($alias:expr),*], $syntax:expr, $summary:expr, $help:expr, $needs:expr, $run:expr) => {
+        Command { name: $name, aliases: &[$($alias),*], syntax: $syntax, summary: $summary, help: $help, needs_model: $needs, run: $run }
     };
 }
 
+impl Command {
+    /// `step [N]`: the name and the arguments, from the grammar.
+    pub fn usage(&self) -> String {
+        let args = grammar::usage(&self.syntax);
+        if args.is_empty() {
+            self.name.to_string()
+        } else {
+            format!("{} {args}", self.name)
+        }
+    }
+
+    /// What `help NAME` (and the kernel's inspect and help pages) show: usage, aliases, summary, help.
+    pub fn help_text(&self) -> String {
+        let aliases = if self.aliases.is_empty() { String::new() } else { format!("\naliases: {}", self.aliases.join(", ")) };
+        let help = self.long_help();
+        let help = if help.is_empty() { String::new() } else { format!("\n\n{help}") };
+        format!("usage: {}{aliases}\n{}{help}", self.usage(), self.summary)
+    }
+
+    /// The help text, with the registries its arguments read listed from them (estimators, rewards).
+    pub fn long_help(&self) -> String {
+        let kinds = grammar::kinds(&self.syntax);
+        let mut s = self.help.to_string();
+        let mut list = |title: &str, rows: Vec<(&str, &str)>| {
+            s += &format!("\n\n{title}:");
+            for (syntax, about) in rows {
+                s += &format!("\n  {syntax:<20} {about}");
+            }
+        };
+        if kinds.contains(&Kind::Estimator) || kinds.contains(&Kind::RlValue) {
+            list("Estimators", dllm_engine::estimator_specs::ESTIMATORS.iter().map(|k| (k.syntax, k.about)).collect());
+        }
+        if kinds.contains(&Kind::RlValue) {
+            list("Rewards (rl set reward)", crate::reward_command::reward_kinds().iter().map(|k| (k.syntax, k.about)).collect());
+        }
+        s
+    }
+}
+
+/// No arguments.
+const NONE: Syntax = Syntax::Params(&[]);
+/// Positions, step numbers and ids: whole numbers that fit the engine's counters.
+const POS: Kind = int(0, i32::MAX as i64);
+const COUNT: Kind = int(1, 1_000_000_000);
+
 pub static TABLE: &[Command] = &[
-    cmd!("help", ["?"], "help [COMMAND]", "List the commands, or explain one",
+    cmd!("help", ["?"], Syntax::Params(&[opt("COMMAND", Kind::Command)]), "List the commands, or explain one",
         "Without an argument, lists every command with its summary. With one, shows its usage, aliases and\nexamples.\n\nExamples:\n  help\n  help step", false, help),
-    cmd!("load", [], "load [PATH|builtin|builtin:NAME|random:SHAPE] [device=D] [dtype=T] [quantize=int8|fp8]", "Load a model (replaces the resident one)",
+    cmd!("load", [], Syntax::Params(&[opt("PATH|builtin|builtin:NAME|random:SHAPE", Kind::Model), key("device", "D", Kind::Device), key("dtype", "T", Kind::Dtype), key("quantize", "int8|fp8", Kind::Quantization)]), "Load a model (replaces the resident one)",
         "Loads a checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or an\nembedded model (`builtin` = builtin:tiny, LLaDA2.1; builtin:tiny-2.2, LLaDA2.2), on `device`\n(auto, cpu, cuda, cuda:N) in `dtype` (f32, bf16, f16). `random:SHAPE[:SEED]` builds a seeded\nrandom model of a named shape in memory (micro, tiny, mid, llada2-mini, ... as `dllm init-model --shape`):\nits outputs are noise, its shapes, memory and speed are real. `quantize=int8|fp8` holds the routed\nexperts quantized (docs/quantization.md). Branches are dropped: their tokens belong to the old\nvocabulary. If loading fails, the old model stays.\n\nExamples:\n  load builtin\n  load builtin:tiny-2.2\n  load random:mid quantize=int8\n  load /models/llada2-mini device=cuda dtype=bf16 quantize=fp8", false, load),
-    cmd!("info", ["model"], "info", "Show the model's summary: shape, parameters, device, memory",
+    cmd!("info", ["model"], NONE, "Show the model's summary: shape, parameters, device, memory",
         "Shows the resident model's shape, parameter count, device, dtype, weight memory and special ids.", true, info),
-    cmd!("prompt", [], "prompt TEXT", "Set a raw prompt and start a fresh decode on this branch",
+    cmd!("prompt", [], Syntax::Params(&[rest("TEXT", Kind::Text)]), "Set a raw prompt and start a fresh decode on this branch",
         "Tokenizes TEXT as is (no template) and starts a new decode with the current settings.\n\nExample:\n  prompt The capital of France is", true, prompt),
-    cmd!("chat", [], "chat TEXT", "Set a prompt through the chat template and start a fresh decode",
+    cmd!("chat", [], Syntax::Params(&[rest("TEXT", Kind::Text)]), "Set a prompt through the chat template and start a fresh decode",
         "Wraps TEXT as a user turn plus the generation prompt, in the checkpoint's chat template (chat_template.jinja\nor tokenizer_config.json), else the built-in Ling one (a HUMAN turn and the ASSISTANT tag).\n\nExample:\n  chat Sort the digits 4 1 3", true, chat),
-    cmd!("prompt-ids", [], "prompt-ids ID,ID,...", "Set the prompt as token ids and start a fresh decode",
+    cmd!("prompt-ids", [], Syntax::Params(&[rest("ID,ID,...", Kind::Ids)]), "Set the prompt as token ids and start a fresh decode",
         "Example:\n  prompt-ids 12,40,7", true, prompt_ids),
-    cmd!("settings", ["show"], "settings", "Show every decoding setting",
+    cmd!("settings", ["show"], NONE, "Show every decoding setting",
         "Lists each setting with its value and meaning. `set` changes one.", false, settings),
-    cmd!("set", [], "set NAME VALUE", "Change a decoding setting (applies from the next step)",
+    cmd!("set", [], Syntax::Params(&[one("NAME", Kind::Setting), one("VALUE", Kind::SettingValue)]), "Change a decoding setting (applies from the next step)",
         "Changes a setting for this branch (from its next step) and for later decodes. `settings` lists\nthem. `off` disables optional ones.\n\nExamples:\n  set threshold 0.8\n  set edit_threshold off\n  set temperature 0.7", false, set),
-    cmd!("preset", [], "preset [NAME]", "Apply a named decoding preset (alone: list them with their settings)",
+    cmd!("preset", [], Syntax::Params(&[opt("NAME", Kind::Preset)]), "Apply a named decoding preset (alone: list them with their settings)",
         "Applies a preset's thresholds and rules to this branch (from its next step) and to later decodes.\nWithout a name, lists the presets with their sources. Loading a model with DELETE / SPLIT tokens\n(LLaDA2.2) applies llada2.2 unless a preset or setting was chosen; Levenshtein presets are refused\nfor models without them.\n\nExamples:\n  preset S\n  preset", false, preset),
-    cmd!("step", ["s"], "step [N]", "Run N forward passes (default 1) and show Gamma and Delta",
+    cmd!("step", ["s"], Syntax::Params(&[opt("N", COUNT)]), "Run N forward passes (default 1) and show Gamma and Delta",
         "Each step is one forward pass: Gamma (mask -> token) and Delta (token -> token) are listed and the\ncanvas is shown. Stops early when the decode finishes. An interrupt (Ctrl-C in the terminal, the\nInterrupt button in Jupyter) stops it between steps.\n\nExamples:\n  step\n  step 5", true, step),
-    cmd!("run", ["r"], "run", "Decode to the end",
+    cmd!("run", ["r"], NONE, "Decode to the end",
         "Steps until the decode finishes (breakpoints are ignored; use `continue` to stop at them).", true, run),
-    cmd!("continue", ["c"], "continue", "Step until a breakpoint fires or the decode ends",
+    cmd!("continue", ["c"], NONE, "Step until a breakpoint fires or the decode ends",
         "Example:\n  break edit\n  continue", true, cont),
-    cmd!("break", ["b"], "break EVENT [ARG]", "Add a breakpoint on a decoder event",
+    cmd!("break", ["b"], Syntax::Subs { what: "event", subs: BREAK_EVENTS, default: None, otherwise: &[] }, "Add a breakpoint on a decoder event",
         "Events: edit (Delta non-empty), fallback, block-end, eos, token ID, text TEXT, oscillation K\n(a position written more than K times), low-confidence X, step N, revised (multi-block editing).\nLevenshtein steps (LLaDA2.2): delete (a slot deleted), insert (SPLIT opened a mask), truncate\n(tokens cut off the block's tail), antiloop (the anti-loop rule redrew a write).\n\nExamples:\n  break edit\n  break text Paris\n  break low-confidence 0.3\n  break delete", false, brk),
-    cmd!("breaks", [], "breaks", "List breakpoints", "Lists breakpoints with their ids.", false, breaks),
-    cmd!("delete", [], "delete ID|all", "Delete a breakpoint", "Examples:\n  delete 2\n  delete all", false, delete),
-    cmd!("watch", [], "watch POS [POS...]", "Show these positions after every step (watch off: clear)",
+    cmd!("breaks", [], NONE, "List breakpoints", "Lists breakpoints with their ids.", false, breaks),
+    cmd!("delete", [], Syntax::Subs { what: "breakpoint", subs: &[sub("all", &[], &[])], default: None, otherwise: &[one("ID", int(0, u32::MAX as i64))] }, "Delete a breakpoint", "Examples:\n  delete 2\n  delete all", false, delete),
+    cmd!("watch", [], Syntax::Subs { what: "position", subs: &[sub("off", &[], &[])], default: None, otherwise: &[many("POS", POS)] }, "Show these positions after every step (watch off: clear)",
         "Watched positions are listed with their token and probability after each `step`.\n\nExamples:\n  watch 12 13\n  watch off", false, watch),
-    cmd!("rewind", ["back"], "rewind STEP", "Go back to the state before forward STEP",
+    cmd!("rewind", ["back"], Syntax::Params(&[one("STEP", int(0, u32::MAX as i64))]), "Go back to the state before forward STEP",
         "Restores the canvas, block, counters and generator exactly; finished blocks stay cached.\n\nExample:\n  rewind 3", true, rewind),
-    cmd!("fork", [], "fork NAME", "Copy this branch to a new branch and switch to it",
+    cmd!("fork", [], Syntax::Params(&[one("NAME", Kind::Name)]), "Copy this branch to a new branch and switch to it",
         "The copy is independent: change settings there and compare with `diff`.\n\nExample:\n  fork q-mode\n  preset Q", true, fork),
-    cmd!("switch", ["checkout"], "switch NAME", "Switch to another branch", "Example:\n  switch main", false, switch),
-    cmd!("branches", [], "branches", "List branches with their progress", "", false, branches),
-    cmd!("diff", [], "diff A B", "Compare two branches step by step",
+    cmd!("switch", ["checkout"], Syntax::Params(&[one("NAME", Kind::Branch)]), "Switch to another branch", "Example:\n  switch main", false, switch),
+    cmd!("branches", [], NONE, "List branches with their progress", "", false, branches),
+    cmd!("diff", [], Syntax::Params(&[one("A", Kind::Branch), one("B", Kind::Branch)]), "Compare two branches step by step",
         "A step-aligned table of |Gamma| and |Delta| per step, the first step where they diverge, their TPF\nand final texts.\n\nExample:\n  diff main q-mode", true, diff),
-    cmd!("canvas", ["show-canvas"], "canvas", "Show the canvas (prompt, tokens, masks; last step's changes)", "", true, canvas),
-    cmd!("gamma", [], "gamma", "Show the last step's unmask set Gamma_t", "", true, gamma),
-    cmd!("delta", [], "delta", "Show the last step's edit set Delta_t", "", true, delta),
-    cmd!("topk", [], "topk POS [K]", "Top-K candidates at a position under the last forward",
+    cmd!("canvas", ["show-canvas"], NONE, "Show the canvas (prompt, tokens, masks; last step's changes)", "", true, canvas),
+    cmd!("gamma", [], NONE, "Show the last step's unmask set Gamma_t", "", true, gamma),
+    cmd!("delta", [], NONE, "Show the last step's edit set Delta_t", "", true, delta),
+    cmd!("topk", [], Syntax::Params(&[one("POS", POS), opt("K", int(1, 1_000_000))]), "Top-K candidates at a position under the last forward",
         "Uses the last forward's distribution (no new forward); also shows the probability of the token now\nat POS. A LLaDA2.2 model's edit operations are named DELETE and SPLIT.\n\nExample:\n  topk 14 5", true, topk),
-    cmd!("trace", [], "trace", "List every step so far", "", true, trace),
-    cmd!("block", [], "block", "Show the current block and its counters", "", true, block),
-    cmd!("stats", [], "stats", "Forwards, tokens, TPF, edits, fallbacks, time",
+    cmd!("trace", [], NONE, "List every step so far", "", true, trace),
+    cmd!("block", [], NONE, "Show the current block and its counters", "", true, block),
+    cmd!("stats", [], NONE, "Forwards, tokens, TPF, edits, fallbacks, time",
         "Levenshtein decodes (LLaDA2.2) add deletions, insertions, truncated tokens and anti-loop redraws.", true, stats),
-    cmd!("chart", [], "chart", "Charts: masks left, |Gamma|, |Delta| per step; confidence by position and step",
+    cmd!("chart", [], NONE, "Charts: masks left, |Gamma|, |Delta| per step; confidence by position and step",
         "Two charts: masks left in the block, |Gamma| and |Delta| per step; and, for the last 8 steps, the\nprobability of every token each step wrote, by position.", true, chart),
-    cmd!("poke", ["set-token"], "poke POS TOKEN", "Set a generated position by hand (TOKEN: text, or #ID)",
+    cmd!("poke", ["set-token"], Syntax::Params(&[one("POS", POS), one("TOKEN", Kind::Token)]), "Set a generated position by hand (TOKEN: text, or #ID)",
         "Journalled (rewind undoes it). Positions in cached blocks drop the cache from their block on.\n\nExamples:\n  poke 14 x\n  poke 14 #57", true, poke),
-    cmd!("remask", [], "remask POS [POS...]", "Turn positions of the current block back into masks", "Example:\n  remask 12 13", true, remask),
-    cmd!("export", [], "export FILE", "Write the current branch's trace as JSON (docs/decoding.md)", "Writes atomically. An existing FILE is replaced only if it is a trace written by `export`; any other\nfile or folder is refused and left as it was.\n\nExample:\n  export trace.json", true, export),
-    cmd!("save", [], "save FILE", "Save the session (settings, branches, breakpoints) as JSON", "Writes atomically. An existing FILE is replaced only if it is a session written by `save`; any\nother file or folder is refused and left as it was.\n\nExample:\n  save session.json", true, save),
-    cmd!("open", [], "open FILE", "Reopen a saved session", "Example:\n  open session.json", true, open),
-    cmd!("source", ["script"], "source FILE", "Run the commands in a file (one per line, # comments)",
+    cmd!("remask", [], Syntax::Params(&[many("POS", POS)]), "Turn positions of the current block back into masks", "Example:\n  remask 12 13", true, remask),
+    cmd!("export", [], Syntax::Params(&[one("FILE", Kind::Path)]), "Write the current branch's trace as JSON (docs/decoding.md)", "Writes atomically. An existing FILE is replaced only if it is a trace written by `export`; any other\nfile or folder is refused and left as it was.\n\nExample:\n  export trace.json", true, export),
+    cmd!("save", [], Syntax::Params(&[one("FILE", Kind::Path)]), "Save the session (settings, branches, breakpoints) as JSON", "Writes atomically. An existing FILE is replaced only if it is a session written by `save`; any\nother file or folder is refused and left as it was.\n\nExample:\n  save session.json", true, save),
+    cmd!("open", [], Syntax::Params(&[one("FILE", Kind::Path)]), "Reopen a saved session", "Example:\n  open session.json", true, open),
+    cmd!("source", ["script"], Syntax::Params(&[one("FILE", Kind::Path)]), "Run the commands in a file (one per line, # comments)",
         "Stops at the first failing command.\n\nExample:\n  source demo.dllm", false, source),
-    cmd!("sweep", [], "sweep NAME V1 V2 ...", "Decode the prompt once per value of a setting; tabulate TPF, steps, edits",
+    cmd!("sweep", [], Syntax::Params(&[one("NAME", Kind::Setting), many("VALUE", Kind::SettingValue)]), "Decode the prompt once per value of a setting; tabulate TPF, steps, edits",
         "Each run starts fresh from the current prompt and settings with NAME set to one value.\n\nExample:\n  sweep threshold 0.5 0.7 0.9", true, sweep),
-    cmd!("likelihood", ["elbo"], "likelihood [ESTIMATOR...] [seed=S] [repeat=R] [-- PROMPT => RESPONSE]", "ELBO estimates of log p(response | prompt), one row per estimator",
-        "Scores the current branch's decoded response (through its EOS), or the pair after `--` (the prompt\ngoes through the chat template, the response gets an EOS). Estimators: stratified:N[:anti] (EBPO's\nvectorised ELBO, the default with N = 4), midpoint:N[:anti], mc:N[:anti] (Monte-Carlo, LLaDA),\nmean-field[:P] (d1's one-step estimate; P masks the prompt), edit:N[:R] (LLaDA2.2 models: the\nlog-probability of the blocks' edit actions on Levenshtein drafts at edit rate R, default 0.1; a\nsecond table splits it into M2T, keep, substitute, delete and insert parts). Each row: value,\nstandard error, per-block terms. repeat=R re-estimates with R seeds and shows the spread\nacross them.\n\nExamples:\n  likelihood\n  likelihood stratified:4 mc:4 mean-field repeat=20\n  likelihood midpoint:8 -- sort 3814 => 1348\n  likelihood stratified:4 edit:4:0.2", true, crate::likelihood_cmd::likelihood_cmd),
-    cmd!("rl", [], "rl [show|set NAME VALUE|prompt TEXT [=> ANSWER]|prompts [clear]|snapshot [NAME]|update [N]|stats|eval [N]|restore [NAME]|save DIR|merge|reset]", "EBPO: configure and run RL updates on the resident model",
+    cmd!("likelihood", ["elbo"], crate::likelihood_cmd::SYNTAX, "ELBO estimates of log p(response | prompt), one row per estimator",
+        "Scores the current branch's decoded response (through its EOS), or the pair after `--` (the prompt\ngoes through the chat template, the response gets an EOS). The estimators are listed below\n(the default is stratified:4); `edit` (LLaDA2.2 models) adds a table splitting it into M2T, keep,\nsubstitute, delete and insert parts. Each row: value, standard error, per-block terms.\nrepeat=R re-estimates with R seeds and shows the spread across them.\n\nExamples:\n  likelihood\n  likelihood stratified:4 mc:4 mean-field repeat=20\n  likelihood midpoint:8 -- sort 3814 => 1348\n  likelihood stratified:4 edit:4:0.2", true, crate::likelihood_cmd::likelihood_cmd),
+    cmd!("rl", [], crate::rl_cmd::SYNTAX, "EBPO: configure and run RL updates on the resident model",
         "rl show              the RL settings (rl set NAME VALUE changes one)\nrl prompt TEXT => A   train on given prompts (with a reference answer) instead of the task suite\nrl snapshot [NAME]    keep a copy of the trainable parameters (default name `before`)\nrl update [N]         N updates: rollouts, rewards, clipped surrogate, AdamW (live progress)\nrl stats              every update's reward, loss, clip fraction, KL, gradient norm, time\nrl eval [N]           greedy held-out reward on N instances per task (or the given prompts)\nrl restore [NAME]     put a snapshot back\nrl save DIR           write the policy as a checkpoint (LoRA merged); `load DIR` reads it. DIR must be\n                      new, empty or a checkpoint, which is replaced atomically\nrl merge              fold LoRA adapters into the weights\nrl reset              drop the run (weights stay)\nA failing update (reward command error, non-finite loss) changes nothing. docs/rl.md has the\ndefaults and the measured demo.\n\nExample:\n  rl set tasks order\n  rl set reward exact\n  rl snapshot\n  rl update 20\n  rl eval", true, crate::rl_cmd::rl_cmd),
-    cmd!("train", ["finetune"], "train [show|data FILE|set NAME VALUE|N|eval [N]|save DIR|reset]", "Fine-tune the resident model on a JSONL file (M2T + T2T), a few steps at a time",
+    cmd!("train", ["finetune"], crate::finetune::SYNTAX, "Fine-tune the resident model on a JSONL file (M2T + T2T), a few steps at a time",
         "train data FILE      read a JSONL file: {\"messages\": [...]} or {\"prompt\", \"response\"} per line, through\n                     the model's chat template; only assistant turns are supervised\ntrain show           the settings (train set NAME VALUE: trainable all|lora:R|layers:A-B, lr, batch,\n                     held_out, max_response, seed)\ntrain N              N steps (live progress; interruptible between steps, the model kept)\ntrain eval [N]       held-out losses and exact answers of N greedy decodes (default 100)\ntrain save DIR       write the model as a checkpoint (LoRA merged, adapters alone in DIR/lora)\ntrain reset          drop the run (weights stay)\nBranches decode with the new weights after `train N`: `redecode` + `diff` show what changed.\n`dllm train --data` runs the same objective from the command line (docs/training.md).\n\nExample:\n  train data data/rot.jsonl\n  train set trainable lora:8\n  train 100\n  train eval", true, crate::finetune::train_cmd),
-    cmd!("redecode", [], "redecode NAME [quantize=int8|fp8]", "Decode this branch's prompt afresh on a new branch (e.g. after `rl update`)",
+    cmd!("redecode", [], Syntax::Params(&[one("NAME", Kind::Name), key("quantize", "int8|fp8", Kind::Quantization)]), "Decode this branch's prompt afresh on a new branch (e.g. after `rl update`)",
         "Starts a new branch NAME from the current branch's prompt and settings under the current weights\nand runs it to the end; `diff` then compares it with the branch decoded before.\nWith quantize=, the decode runs on a copy of the model with int8 or fp8 routed experts (dropped\nafterwards; stepping NAME further uses the resident model): `diff` shows how quantization changes\nGamma_t and Delta_t.\n\nExamples:\n  redecode after\n  diff main after\n  redecode q8 quantize=int8\n  diff main q8", true, crate::research::redecode),
-    cmd!("fidelity", [], "fidelity int8|fp8", "How int8 or fp8 routed experts change the next-token distributions on this canvas",
+    cmd!("fidelity", [], Syntax::Params(&[one("int8|fp8", Kind::OneOf(&["int8", "fp8"]))]), "How int8 or fp8 routed experts change the next-token distributions on this canvas",
         "Runs this branch's canvas through the resident model and through a copy with quantized routed\nexperts (one forward each): the largest |dp|, top-1 agreement and KL, and the positions whose most\nlikely token changes. `redecode NAME quantize=...` shows the effect on a whole decode.\n\nExample:\n  fidelity fp8", true, crate::fidelity::fidelity),
 ];
 
@@ -111,53 +158,51 @@ fn msg(text: impl Into<String>) -> Value {
     Value::Message { text: text.into() }
 }
 
-fn usage(c: &str, m: impl Into<String>) -> CommandError {
-    CommandError::Usage { message: m.into(), usage: find(c).map(|c| c.usage).unwrap_or(c).into() }
+/// A usage error of command `c`: `m`, and its usage line from the table.
+pub(crate) fn usage(c: &str, m: impl Into<String>) -> CommandError {
+    CommandError::Usage { message: m.into(), usage: find(c).map_or_else(|| c.to_string(), Command::usage) }
 }
 
-fn int(c: &str, s: Option<&str>, what: &str) -> Result<i64, CommandError> {
-    let s = s.ok_or_else(|| usage(c, format!("missing {what}")))?;
-    s.parse().map_err(|_| usage(c, format!("{what} must be an integer, got {s:?}")))
+/// A number the grammar has checked (its parameter is required, or the caller gives the default).
+fn checked(a: &Args, name: &str) -> i64 {
+    a.int(name).unwrap_or_else(|| panic!("the grammar checks {name}"))
 }
 
 /// The text of docs/commands.md.
 pub fn markdown() -> String {
     let mut s = String::from("# Commands\n\nGenerated from the command table (`repl/src/commands.rs`); a test fails when this file is stale.\nThe same commands work in the terminal REPL and in Jupyter cells.\n\nSyntax, the same everywhere (terminal, `-c`, scripts, stdin, cells): one command a line; `;` separates\ncommands on a line (`fork q ; preset Q ; run`; in the terminal a chain stops at the first failure);\ndouble quotes keep spaces and `;` in an argument (`\\\"` escapes a quote); a line starting with `#` is a\ncomment; a line ending in `\\` continues on the next.\n\n| command | aliases | summary |\n|---|---|---|\n");
     for c in TABLE {
-        s += &format!("| `{}` | {} | {} |\n", c.usage, c.aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" "), c.summary);
+        // A `|` inside a table cell must be escaped, code span or not.
+        let cell = |t: &str| t.replace('|', "\\|");
+        s += &format!("| `{}` | {} | {} |\n", cell(&c.usage()), c.aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" "), cell(c.summary));
     }
     for c in TABLE {
-        s += &format!("\n## {}\n\n`{}`\n\n{}\n", c.name, c.usage, c.summary);
-        if !c.help.is_empty() {
-            s += &format!("\n```\n{}\n```\n", c.help);
+        s += &format!("\n## {}\n\n`{}`\n\n{}\n", c.name, c.usage(), c.summary);
+        let help = c.long_help();
+        if !help.is_empty() {
+            s += &format!("\n```\n{help}\n```\n");
         }
     }
     s
 }
 
 fn help(_: &mut Session, a: &Args) -> CmdResult {
-    if let Some(name) = a.get(0) {
+    if let Some(name) = a.text("COMMAND") {
         let c = find(name).ok_or_else(|| CommandError::Unknown { name: name.into(), suggestions: crate::parse::nearest(name, names()) })?;
-        let aliases = if c.aliases.is_empty() { String::new() } else { format!("\naliases: {}", c.aliases.join(", ")) };
-        return Ok(vec![msg(format!("usage: {}{aliases}\n{}\n\n{}", c.usage, c.summary, c.help))]);
+        return Ok(vec![msg(c.help_text())]);
     }
-    let rows = TABLE.iter().map(|c| vec![Cell::from(c.usage), Cell::from(c.summary)]).collect();
+    let rows = TABLE.iter().map(|c| vec![Cell::from(c.usage()), Cell::from(c.summary)]).collect();
     Ok(vec![Value::Table(Table { title: "Commands (`help NAME` for details)".into(), columns: vec!["usage".into(), "what it does".into()], rows })])
 }
 
 fn load(s: &mut Session, a: &Args) -> CmdResult {
     let mut src = ModelSource { dir: None, device: s.source.device.clone(), dtype: None, quantize: None };
-    for w in &a.words {
-        if let Some(d) = w.strip_prefix("device=") {
-            src.device = d.into();
-        } else if let Some(t) = w.strip_prefix("dtype=") {
-            src.dtype = Some(t.into());
-        } else if let Some(q) = w.strip_prefix("quantize=") {
-            src.quantize = Some(q.into());
-        } else if w != "builtin" {
-            src.dir = Some(PathBuf::from(w));
-        }
+    if let Some(d) = a.text("D") {
+        src.device = d.into();
     }
+    src.dtype = a.text("T").map(String::from);
+    src.quantize = a.text("int8|fp8").map(String::from);
+    src.dir = a.text("PATH|builtin|builtin:NAME|random:SHAPE").filter(|m| *m != "builtin").map(PathBuf::from);
     let note = s.replace_model(src)?;
     let mut out = info(s, a)?;
     out.extend(note.map(msg));
@@ -198,35 +243,25 @@ fn start(s: &mut Session, ids: Vec<i64>) -> CmdResult {
 }
 
 /// The TEXT of `prompt`/`chat`: the rest of the line as typed, or the one quoted word without its quotes.
-fn text_arg(a: &Args) -> String {
-    let r = a.rest.trim();
-    if a.words.len() == 1 && r.starts_with('"') && r.ends_with('"') {
-        a.words[0].clone()
-    } else {
-        a.rest.clone()
-    }
+fn text_arg<'a>(a: &'a Args) -> &'a str {
+    a.text("TEXT").unwrap_or_default()
 }
 
 fn prompt(s: &mut Session, a: &Args) -> CmdResult {
-    if a.rest.is_empty() {
-        return Err(usage("prompt", "missing TEXT"));
-    }
-    let ids = s.tokenizer()?.encode(&text_arg(a))?;
+    let ids = s.tokenizer()?.encode(text_arg(a))?;
     start(s, ids)
 }
 
 fn chat(s: &mut Session, a: &Args) -> CmdResult {
-    if a.rest.is_empty() {
-        return Err(usage("chat", "missing TEXT"));
-    }
     let tok = s.tokenizer()?;
-    let ids = tok.encode(&tok.chat(&[(Role::Human, &text_arg(a))], true)?)?;
+    let ids = tok.encode(&tok.chat(&[(Role::Human, text_arg(a))], true)?)?;
     start(s, ids)
 }
 
 fn prompt_ids(s: &mut Session, a: &Args) -> CmdResult {
-    let ids: Result<Vec<i64>, _> = a.rest.split(',').map(|t| t.trim().parse::<i64>()).collect();
-    let ids = ids.map_err(|_| usage("prompt-ids", format!("expected comma-separated integers, got {:?}", a.rest)))?;
+    let text = a.text("ID,ID,...").unwrap_or_default();
+    let ids: Result<Vec<i64>, _> = text.split(',').map(|t| t.trim().parse::<i64>()).collect();
+    let ids = ids.map_err(|_| usage("prompt-ids", format!("expected comma-separated integers, got {text:?}")))?;
     start(s, ids)
 }
 
@@ -277,7 +312,7 @@ fn check_with_model(s: &Session, st: &DecodeSettings) -> Result<(), CommandError
 }
 
 fn set(s: &mut Session, a: &Args) -> CmdResult {
-    let (Some(name), Some(value)) = (a.get(0), a.get(1)) else { return Err(usage("set", "expected NAME VALUE")) };
+    let (Some(name), Some(value)) = (a.text("NAME"), a.text("VALUE")) else { return Err(usage("set", "expected NAME VALUE")) };
     change_settings(s, |st| st.set(name, value))?;
     // Presets leave layout, seed and sampling alone, so setting those is not choosing decoding rules.
     if !matches!(name, "gen_length" | "block_length" | "seed" | "temperature" | "top_k" | "top_p" | "attention" | "mbe_window") {
@@ -288,7 +323,7 @@ fn set(s: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn preset(s: &mut Session, a: &Args) -> CmdResult {
-    let Some(name) = a.get(0) else {
+    let Some(name) = a.text("NAME") else {
         let settings = |p: &dllm_engine::decode::Preset| p.settings.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
         let rows = PRESETS.iter().map(|p| vec![Cell::from(p.name), Cell::from(p.about), Cell::from(settings(p))]).collect();
         let columns = ["preset", "what it is", "settings it writes (after resetting the rules no preset keeps)"];
@@ -415,13 +450,7 @@ fn after_steps(s: &mut Session, reports: Vec<dllm_engine::decode::StepReport>, s
 }
 
 fn step(s: &mut Session, a: &Args) -> CmdResult {
-    let n = match a.get(0) {
-        Some(_) => int("step", a.get(0), "N")?,
-        None => 1,
-    };
-    if n < 1 {
-        return Err(usage("step", "N must be at least 1"));
-    }
+    let n = a.int("N").unwrap_or(1);
     let (reports, stop) = s.advance(n as usize, false, a)?;
     after_steps(s, reports, stop)
 }
@@ -448,51 +477,47 @@ fn cont(s: &mut Session, a: &Args) -> CmdResult {
     Ok(out)
 }
 
-/// The event names `break` takes, for its error message and for completion in both front-ends.
-pub const BREAK_EVENTS: &[&str] = &[
-    "edit", "fallback", "block-end", "eos", "token", "text", "oscillation", "low-confidence", "step", "revised", "delete", "insert", "truncate", "antiloop",
+/// The events `break` takes, each with its argument: the grammar checks them and completion offers them.
+pub const BREAK_EVENTS: &[Sub] = &[
+    sub("edit", &["delta"], &[]),
+    sub("fallback", &[], &[]),
+    sub("block-end", &["block"], &[]),
+    sub("eos", &[], &[]),
+    sub("token", &[], &[one("ID", int(0, i32::MAX as i64))]),
+    sub("text", &[], &[rest("TEXT", Kind::Text)]),
+    sub("oscillation", &[], &[one("K", int(1, u32::MAX as i64))]),
+    sub("low-confidence", &[], &[one("X", Kind::Prob)]),
+    sub("step", &[], &[one("N", int(0, u32::MAX as i64))]),
+    sub("revised", &[], &[]),
+    sub("delete", &[], &[]),
+    sub("insert", &["split"], &[]),
+    sub("truncate", &[], &[]),
+    sub("antiloop", &[], &[]),
 ];
 
-fn parse_event(a: &Args) -> Result<Event, CommandError> {
-    let kind = a.get(0).ok_or_else(|| usage("break", "missing EVENT"))?;
-    let arg = a.get(1);
-    let text = |what: &str| arg.ok_or_else(|| usage("break", format!("{kind} needs {what}")));
-    // Whole numbers in range: `token 3.7`, `token -5` or `step 9e99` are refused, not truncated.
-    let whole = |what: &str, min: u64, max: u64| -> Result<u64, CommandError> {
-        let t = text(what)?;
-        t.parse::<u64>()
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .ok_or_else(|| usage("break", format!("{kind}: {what} must be a whole number from {min} to {max}, not {t:?}")))
-    };
-    let probability = |what: &str| -> Result<f32, CommandError> {
-        let t = text(what)?;
-        t.parse::<f32>()
-            .ok()
-            .filter(|v| *v > 0.0 && *v <= 1.0)
-            .ok_or_else(|| usage("break", format!("{kind}: {what} must be a probability in (0, 1], not {t:?}")))
-    };
-    Ok(match kind {
-        "edit" | "delta" => Event::Edit,
+/// The event of `break`'s words, as the grammar read them.
+fn parse_event(a: &Args) -> Event {
+    match a.sub.unwrap_or_default() {
+        "edit" => Event::Edit,
         "fallback" => Event::Fallback,
-        "block-end" | "block" => Event::BlockEnd,
+        "block-end" => Event::BlockEnd,
         "eos" => Event::Eos,
-        "token" => Event::Token { id: whole("an id", 0, i32::MAX as u64)? as i64 },
-        "text" => Event::Text { text: a.words[1..].join(" ") }.clone(),
-        "oscillation" => Event::Oscillation { k: whole("K", 1, u32::MAX as u64)? as u32 },
-        "low-confidence" => Event::LowConfidence { below: probability("X")? },
-        "step" => Event::Step { n: whole("N", 0, u32::MAX as u64)? as i64 },
+        "token" => Event::Token { id: checked(a, "ID") },
+        "text" => Event::Text { text: a.text("TEXT").unwrap_or_default().to_string() },
+        "oscillation" => Event::Oscillation { k: checked(a, "K") as u32 },
+        "low-confidence" => Event::LowConfidence { below: a.num("X").unwrap_or_else(|| panic!("the grammar checks X")) as f32 },
+        "step" => Event::Step { n: checked(a, "N") },
         "revised" => Event::Revised,
         "delete" => Event::Delete,
-        "insert" | "split" => Event::Insert,
+        "insert" => Event::Insert,
         "truncate" => Event::Truncate,
         "antiloop" => Event::Antiloop,
-        other => return Err(usage("break", format!("unknown event {other:?}: {}", BREAK_EVENTS.join(", ")))),
-    })
+        other => unreachable!("break event {other:?} is in BREAK_EVENTS but has no Event"),
+    }
 }
 
 fn brk(s: &mut Session, a: &Args) -> CmdResult {
-    let event = parse_event(a)?;
+    let event = parse_event(a);
     if let Event::Text { text } = &event {
         if text.is_empty() {
             return Err(usage("break", "text needs TEXT"));
@@ -511,10 +536,10 @@ fn breaks(s: &mut Session, _: &Args) -> CmdResult {
 }
 
 fn delete(s: &mut Session, a: &Args) -> CmdResult {
-    match a.get(0) {
+    match a.sub {
         Some("all") => s.breakpoints.clear(),
         _ => {
-            let id = int("delete", a.get(0), "ID")? as usize;
+            let id = checked(a, "ID") as usize;
             let before = s.breakpoints.len();
             s.breakpoints.retain(|b| b.id != id);
             if s.breakpoints.len() == before {
@@ -526,31 +551,24 @@ fn delete(s: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn watch(s: &mut Session, a: &Args) -> CmdResult {
-    if a.get(0) == Some("off") {
+    if a.sub == Some("off") {
         s.watches.clear();
         return Ok(vec![msg("watches cleared")]);
     }
-    if a.words.is_empty() {
-        return Err(usage("watch", "missing POS"));
-    }
-    let mut add = Vec::new();
-    for w in &a.words {
-        add.push(w.parse::<i64>().map_err(|_| usage("watch", format!("POS must be an integer, got {w:?}")))?);
-    }
-    s.watches.extend(add);
+    s.watches.extend(a.ints("POS"));
     s.watches.sort();
     s.watches.dedup();
     Ok(vec![msg(format!("watching {:?}", s.watches))])
 }
 
 fn rewind(s: &mut Session, a: &Args) -> CmdResult {
-    let t = int("rewind", a.get(0), "STEP")?;
+    let t = checked(a, "STEP");
     s.decoder_mut()?.rewind(t)?;
     Ok(vec![msg(format!("rewound to before step {t}")), s.canvas_value("canvas")?])
 }
 
 fn fork(s: &mut Session, a: &Args) -> CmdResult {
-    let name = a.get(0).ok_or_else(|| usage("fork", "missing NAME"))?.to_string();
+    let name = a.text("NAME").unwrap_or_default().to_string();
     if s.branches.contains_key(&name) {
         return Err(CommandError::Failed(format!("branch `{name}` exists; `switch {name}` or pick another name")));
     }
@@ -561,7 +579,7 @@ fn fork(s: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn switch(s: &mut Session, a: &Args) -> CmdResult {
-    let name = a.get(0).ok_or_else(|| usage("switch", "missing NAME"))?;
+    let name = a.text("NAME").unwrap_or_default();
     if !s.branches.contains_key(name) {
         let known: Vec<&str> = s.branches.keys().map(String::as_str).collect();
         return Err(CommandError::Failed(format!("no branch `{name}`; branches: {}", known.join(", "))));
@@ -589,7 +607,7 @@ fn branches(s: &mut Session, _: &Args) -> CmdResult {
 }
 
 fn diff(s: &mut Session, a: &Args) -> CmdResult {
-    let (Some(x), Some(y)) = (a.get(0), a.get(1)) else { return Err(usage("diff", "expected two branch names")) };
+    let (Some(x), Some(y)) = (a.text("A"), a.text("B")) else { return Err(usage("diff", "expected two branch names")) };
     let get = |n: &str| s.branches.get(n).ok_or_else(|| CommandError::Failed(format!("no branch `{n}`")));
     let (da, db) = (get(x)?, get(y)?);
     let (ra, rb): (Vec<_>, Vec<_>) = (da.reports().collect(), db.reports().collect());
@@ -656,14 +674,7 @@ fn delta(s: &mut Session, _: &Args) -> CmdResult {
 }
 
 fn topk(s: &mut Session, a: &Args) -> CmdResult {
-    let pos = int("topk", a.get(0), "POS")?;
-    let k = match a.get(1) {
-        Some(_) => int("topk", a.get(1), "K")?,
-        None => 5,
-    };
-    if k < 1 {
-        return Err(usage("topk", "K must be at least 1"));
-    }
+    let (pos, k) = (checked(a, "POS"), a.int("K").unwrap_or(5));
     let d = s.decoder()?;
     let Some((top, cur)) = d.top_k_at(pos, k) else {
         let why = match d.last_forward_span() {
@@ -766,8 +777,8 @@ fn confidence_chart(reports: &[dllm_engine::decode::StepReport]) -> Value {
 }
 
 fn poke(s: &mut Session, a: &Args) -> CmdResult {
-    let pos = int("poke", a.get(0), "POS")?;
-    let spec = a.get(1).ok_or_else(|| usage("poke", "missing TOKEN"))?;
+    let pos = checked(a, "POS");
+    let spec = a.text("TOKEN").unwrap_or_default();
     let l = s.ready()?;
     let vocab = l.model.config().vocab_size;
     let id = match spec.strip_prefix('#') {
@@ -788,13 +799,7 @@ fn poke(s: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn remask(s: &mut Session, a: &Args) -> CmdResult {
-    if a.words.is_empty() {
-        return Err(usage("remask", "missing POS"));
-    }
-    let mut pos = Vec::new();
-    for w in &a.words {
-        pos.push(w.parse::<i64>().map_err(|_| usage("remask", format!("POS must be an integer, got {w:?}")))?);
-    }
+    let pos = a.ints("POS");
     s.decoder_mut()?.remask(&pos)?;
     Ok(vec![msg(format!("re-masked {pos:?}")), s.canvas_value("canvas")?])
 }
@@ -815,28 +820,28 @@ fn write_file(path: &str, text: &str, marker: &str) -> Result<(), CommandError> 
 }
 
 fn export(s: &mut Session, a: &Args) -> CmdResult {
-    let path = a.get(0).ok_or_else(|| usage("export", "missing FILE"))?;
+    let path = a.text("FILE").unwrap_or_default();
     let json = serde_json::to_string_pretty(&s.decoder()?.trace_json()).unwrap_or_default();
     write_file(path, &json, "steps")?;
     Ok(vec![msg(format!("trace written to {path}"))])
 }
 
 fn save(s: &mut Session, a: &Args) -> CmdResult {
-    let path = a.get(0).ok_or_else(|| usage("save", "missing FILE"))?;
+    let path = a.text("FILE").unwrap_or_default();
     let json = crate::persist::to_json(s);
     write_file(path, &serde_json::to_string_pretty(&json).unwrap_or_default(), "dllm_session")?;
     Ok(vec![msg(format!("session saved to {path} ({} branches)", s.branches.len()))])
 }
 
 fn open(s: &mut Session, a: &Args) -> CmdResult {
-    let path = a.get(0).ok_or_else(|| usage("open", "missing FILE"))?;
+    let path = a.text("FILE").unwrap_or_default();
     let text = std::fs::read_to_string(path).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
     crate::persist::restore(s, &text).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
     Ok(vec![msg(format!("session reopened from {path}: branches {}, on `{}`", s.branch_names().join(", "), s.current))])
 }
 
 fn source(s: &mut Session, a: &Args) -> CmdResult {
-    let path = a.get(0).ok_or_else(|| usage("source", "missing FILE"))?;
+    let path = a.text("FILE").unwrap_or_default();
     let text = std::fs::read_to_string(path).map_err(|e| CommandError::Failed(format!("{path}: {e}")))?;
     let mut out = Vec::new();
     for (i, item) in crate::script::script_items(&text).into_iter().enumerate() {
@@ -862,17 +867,14 @@ fn source(s: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn sweep(s: &mut Session, a: &Args) -> CmdResult {
-    let name = a.get(0).ok_or_else(|| usage("sweep", "missing NAME"))?;
-    if a.words.len() < 2 {
-        return Err(usage("sweep", "give at least one value"));
-    }
+    let name = a.text("NAME").unwrap_or_default();
     let prompt = s.prompt.clone().ok_or_else(|| CommandError::Failed("no prompt: `prompt TEXT` first".into()))?;
     let base = s.settings.clone();
     let mut configs = Vec::new();
-    for v in &a.words[1..] {
+    for v in a.texts("VALUE") {
         let mut st = base.clone();
         st.set(name, v)?;
-        configs.push((v.clone(), st));
+        configs.push((v.to_string(), st));
     }
     let flag = s.interrupt_flag();
     let l = s.ready()?;

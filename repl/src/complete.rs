@@ -3,19 +3,13 @@
 //! engine's setting, preset and RL-setting tables and the session's branches, so it cannot drift from what
 //! `Session::execute` accepts.
 
+use dllm_engine::BUILTINS;
 use dllm_engine::decode::{PRESETS, SETTINGS};
 use dllm_engine::rl::RL_SETTINGS;
 
+use crate::grammar::{self, Kind};
 use crate::{Command, Session};
 
-/// `rl`'s subcommands.
-const RL_SUBCOMMANDS: &[&str] = &["show", "set", "prompt", "prompts", "snapshot", "update", "stats", "eval", "restore", "save", "merge", "reset"];
-/// Estimator specs `likelihood` completes.
-const ESTIMATORS: &[&str] = &["stratified:4", "stratified:4:anti", "midpoint:4", "mc:16", "mean-field", "mean-field:0.3", "edit:4", "repeat=", "seed="];
-/// Commands whose arguments are file paths.
-const FILE_COMMANDS: &[&str] = &["load", "save", "open", "source", "export"];
-/// `load`'s words besides paths.
-const LOAD_WORDS: &[&str] = &["builtin", "builtin:tiny", "builtin:tiny-2.2", "device=auto", "device=cpu", "device=cuda", "dtype=f32", "dtype=bf16", "dtype=f16", "quantize=int8", "quantize=fp8", "quantize=none", "random:tiny", "random:mid", "random:tiny-2.2"];
 /// Paths offered at most (a huge folder must not flood the menu).
 const MAX_PATHS: usize = 500;
 
@@ -83,7 +77,8 @@ pub fn command_words() -> impl Iterator<Item = &'static str> {
 
 /// Completes the word that ends at byte `pos` of `line` (one command line; for several commands chained with
 /// `;`, the one the cursor is in): `(byte offset where the word starts, candidates)`. `branches` are the
-/// session's branch names.
+/// session's branch names. What the word is comes from the command's grammar ([`grammar::position`]); a
+/// candidate ends in a space when another argument may follow it.
 pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Candidate>) {
     let before = &line[..pos];
     // The command the cursor is in: after the last `;` outside quotes.
@@ -94,35 +89,68 @@ pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Cand
         return (start, names(p.word, command_words(), true));
     };
     let Some(c) = find_command(cmd) else { return (start, Vec::new()) };
-    let i = p.done.len();
-    let mut out = match (c.name, i) {
-        ("set" | "sweep", 0) => names(p.word, SETTINGS.iter().map(|s| s.0), true),
-        ("set", 1) => {
-            let values = setting_values(p.done[0]);
-            names(p.word, values.iter().map(String::as_str), false)
-        }
-        ("preset", 0) => names(p.word, PRESETS.iter().map(|s| s.name), false),
-        ("break", 0) => names(p.word, crate::commands::BREAK_EVENTS.iter().copied(), true),
-        ("rl", 0) => names(p.word, RL_SUBCOMMANDS.iter().copied(), true),
-        ("rl", 1) if p.done[0] == "set" => names(p.word, RL_SETTINGS.iter().map(|s| s.0), true),
-        ("rl", 1) if p.done[0] == "restore" => Vec::new(),
-        ("train", 0) => names(p.word, crate::finetune::SUBCOMMANDS.iter().copied(), true),
-        ("train", 1) if p.done[0] == "set" => names(p.word, crate::finetune::SETTINGS.iter().map(|s| s.0), true),
-        ("likelihood", _) => names(p.word, ESTIMATORS.iter().copied(), true),
-        ("help", 0) => names(p.word, command_words(), false),
-        ("switch", 0) | ("diff", 0 | 1) | ("fork", 0) => names(p.word, branches.iter().map(String::as_str), true),
-        ("load", _) => names(p.word, LOAD_WORDS.iter().copied(), false),
-        ("fidelity", 0) => names(p.word, ["int8", "fp8"], false),
-        ("redecode", 1) => names(p.word, ["quantize=int8", "quantize=fp8"], false),
-        _ => Vec::new(),
-    };
-    let path_arg = FILE_COMMANDS.contains(&c.name)
-        || (c.name == "rl" && p.done.first() == Some(&"save") && i == 1)
-        || (c.name == "train" && matches!(p.done.first(), Some(&"data" | &"save")) && i == 1);
-    if path_arg && !p.word.contains('=') {
-        out.extend(paths(p.word));
+    let at = grammar::position(&c.syntax, &p.done);
+    // `KEY=VALUE`: the values of that key, written with it.
+    if let Some((k, _)) = p.word.split_once('=') {
+        let Some(key) = at.keys.iter().find(|q| q.is_key(k)) else { return (start, Vec::new()) };
+        let values = values(key.kind, None, branches);
+        let full: Vec<String> = values.iter().map(|x| format!("{k}={x}")).collect();
+        return (start, names(p.word, full.iter().map(String::as_str), false));
     }
+    let mut out = Vec::new();
+    if let Some(subs) = at.subs {
+        out.extend(subs.iter().flat_map(|s| names(p.word, [s.name], !s.params.is_empty())));
+        out.sort_by(|a, b| a.display.cmp(&b.display));
+    }
+    if let Some(param) = at.param {
+        let vs = values(param.kind, at.previous, branches);
+        out.extend(names(p.word, vs.iter().map(String::as_str), at.more));
+        if matches!(param.kind, Kind::Path | Kind::Model) {
+            out.extend(paths(p.word));
+        }
+    }
+    let keys: Vec<String> = at.keys.iter().filter_map(|q| match q.arity {
+        grammar::Arity::Key(k) => Some(format!("{k}=")),
+        _ => None,
+    }).collect();
+    out.extend(names(p.word, keys.iter().map(String::as_str), false));
     (start, out)
+}
+
+/// Each registered estimator's example spec.
+fn estimators() -> Vec<String> {
+    dllm_engine::estimator_specs::ESTIMATORS.iter().map(|k| k.example.to_string()).collect()
+}
+
+/// The words an argument of `kind` takes (`previous`: the word before it, a setting's name before its value).
+fn values(kind: Kind, previous: Option<&str>, branches: &[String]) -> Vec<String> {
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    match kind {
+        Kind::OneOf(words) => strs(words),
+        Kind::Setting => SETTINGS.iter().map(|s| s.0.to_string()).collect(),
+        Kind::SettingValue => previous.map(setting_values).unwrap_or_default(),
+        Kind::RlSetting => RL_SETTINGS.iter().map(|s| s.0.to_string()).collect(),
+        Kind::RlValue => match previous {
+            Some("preset") => std::iter::once("auto".to_string()).chain(PRESETS.iter().map(|p| p.name.to_string())).collect(),
+            Some("estimator") => estimators(),
+            Some("reward") => crate::reward_command::reward_kinds().iter().map(|k| k.name.to_string()).collect(),
+            Some("normalise") => strs(&["true", "false"]),
+            _ => Vec::new(),
+        },
+        Kind::TrainSetting => crate::finetune::SETTINGS.iter().map(|s| s.0.to_string()).collect(),
+        Kind::Preset => PRESETS.iter().map(|p| p.name.to_string()).collect(),
+        Kind::Branch => branches.to_vec(),
+        Kind::Model => std::iter::once("builtin".to_string())
+            .chain(BUILTINS.iter().map(|b| b.0.to_string()))
+            .chain(dllm_engine::shapes::SHAPES.iter().map(|s| format!("random:{}", s.0)))
+            .collect(),
+        Kind::Estimator => estimators(),
+        Kind::Quantization => strs(&["int8", "fp8"]),
+        Kind::Device => strs(&["auto", "cpu", "cuda"]),
+        Kind::Dtype => strs(&["f32", "bf16", "f16"]),
+        Kind::Command => command_words().map(String::from).collect(),
+        Kind::Int { .. } | Kind::Prob | Kind::Name | Kind::Path | Kind::Token | Kind::Ids | Kind::Text => Vec::new(),
+    }
 }
 
 /// Files and folders completing `word` (a path, maybe opened with `"`): folders end in `/` and stay open for
@@ -177,11 +205,12 @@ mod tests {
         assert_eq!(complete_all("set edit_timing a"), (16, vec!["after-masks".to_string(), "always".to_string()]));
         assert_eq!(complete_all("set top_k o").1, vec!["off"]);
         assert_eq!(complete_all("preset sg").1, vec!["sglang", "sglang-indel"]);
-        assert_eq!(complete_all("break de").1, vec!["delete "]);
-        assert_eq!(complete_all("break t").1, vec!["text ", "token ", "truncate "]);
-        assert_eq!(complete_all("switch q").1, vec!["q-mode "]);
-        assert_eq!(complete_all("checkout m").1, vec!["main "]);
-        assert_eq!(complete_all("diff main q").1, vec!["q-mode "]);
+        assert_eq!(complete_all("break de").1, vec!["delete"], "no argument follows");
+        assert_eq!(complete_all("break t").1, vec!["text ", "token ", "truncate"]);
+        assert_eq!(complete_all("switch q").1, vec!["q-mode"]);
+        assert_eq!(complete_all("checkout m").1, vec!["main"]);
+        assert_eq!(complete_all("diff m").1, vec!["main "], "B follows A");
+        assert_eq!(complete_all("diff main q").1, vec!["q-mode"]);
         assert!(complete_all("step 3").1.is_empty());
         assert_eq!(complete_all("rl upd").1, vec!["update "]);
         assert_eq!(complete_all("rl set eps_h").1, vec!["eps_high "]);
@@ -217,7 +246,9 @@ mod tests {
         let (_, v) = complete_all(&format!("train data {d}/tra"));
         assert_eq!(v, vec![format!("{d}/trace-a.json")], "train data takes a file");
         assert!(complete_all(&format!("train set {d}/tra")).1.is_empty(), "a setting name is not a path");
-        assert!(complete_all("load bui").1.contains(&"builtin:tiny-2.2".to_string()));
+        assert!(complete_all("load bui").1.contains(&"builtin:tiny-2.2 ".to_string()));
+        assert_eq!(complete_all("load builtin dt").1, vec!["dtype="]);
+        assert!(complete_all("load builtin dtype=bf16 dt").1.is_empty(), "a key is given once");
     }
 
     #[test]

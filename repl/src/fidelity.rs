@@ -11,15 +11,11 @@ use crate::research::usage;
 use crate::session::{CmdResult, CommandError, Session};
 use crate::value::{Cell, Table, Value};
 
-const USAGE: &str = "fidelity int8|fp8";
 /// Positions listed whose most likely token differs.
 const MAX_LISTED: usize = 12;
 
 pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
-    let format: Quantization = a.get(0).ok_or_else(|| usage("missing the format", USAGE))?.parse().map_err(|e: dllm_engine::Error| usage(e.to_string(), USAGE))?;
-    if a.words.len() > 1 {
-        return Err(usage(format!("unexpected `{}`", a.words[1]), USAGE));
-    }
+    let format: Quantization = a.text("int8|fp8").unwrap_or_default().parse().map_err(|e: dllm_engine::Error| usage("fidelity", e.to_string()))?;
     let (canvas, block, mut next_full, mut next_quant) = {
         let d = s.decoder()?;
         let mut quant = d.fork();

@@ -13,17 +13,29 @@ use dllm_engine::rl::Trainable;
 use dllm_engine::train::data::{self, DataOptions};
 use dllm_engine::train::{DataConfig, StepMetrics, TrainConfig, Trainer, TrainerState};
 
+use crate::grammar::{int, one, opt, sub, Kind, Syntax};
 use crate::parse::Args;
-use crate::research::{clear_caches, msg, save_policy, usage};
+use crate::research::{clear_caches, msg, save_policy};
 use crate::session::{CmdResult, CommandError, Session};
 use crate::value::{Table, Value};
 
-pub(crate) const TRAIN_USAGE: &str = "train [show|data FILE|set NAME VALUE|N|eval [N]|save DIR|reset]";
-/// The words after `train` (besides a step count), for completion.
-pub(crate) const SUBCOMMANDS: &[&str] = &["show", "data", "set", "eval", "save", "reset"];
-
 /// The most steps one `train N` runs.
-const MAX_STEPS: usize = 1_000_000;
+const MAX_STEPS: i64 = 1_000_000;
+
+/// `train`'s subcommands and their arguments; a number alone is `train N`.
+pub(crate) const SYNTAX: Syntax = Syntax::Subs {
+    what: "train subcommand",
+    subs: &[
+        sub("show", &[], &[]),
+        sub("data", &[], &[one("FILE", Kind::Path)]),
+        sub("set", &[], &[one("NAME", Kind::TrainSetting), one("VALUE", Kind::Text)]),
+        sub("eval", &[], &[opt("N", int(1, 10_000))]),
+        sub("save", &[], &[one("DIR", Kind::Path)]),
+        sub("reset", &[], &[]),
+    ],
+    default: Some("show"),
+    otherwise: &[one("N", int(1, MAX_STEPS))],
+};
 
 /// The session's fine-tuning: the data file, the settings, and the run once started.
 #[derive(Default)]
@@ -70,48 +82,31 @@ pub(crate) const SETTINGS: &[(&str, &str)] = &[
 ];
 
 pub(crate) fn train_cmd(s: &mut Session, a: &Args) -> CmdResult {
-    match a.get(0).unwrap_or("show") {
-        "show" => Ok(vec![show(s)]),
-        "data" => {
-            let file = PathBuf::from(a.get(1).ok_or_else(|| usage("missing FILE", TRAIN_USAGE))?);
+    match a.sub {
+        Some("show") => Ok(vec![show(s)]),
+        Some("data") => {
+            let file = PathBuf::from(a.text("FILE").unwrap_or_default());
             let d = load_data(s, &file)?;
             let summary = format!("{}: {} examples for training, {} held out; `train N` trains", file.display(), d.train.len(), d.held_out.len());
             end_run(s)?;
             s.train.file = Some(file);
             Ok(vec![msg(summary)])
         }
-        "set" => set(s, a),
-        "eval" => {
-            let n = parse_count(a.get(1), 100, 10_000, "N")?;
-            eval(s, n)
-        }
-        "save" => {
-            let dir = PathBuf::from(a.get(1).ok_or_else(|| usage("missing DIR", TRAIN_USAGE))?);
+        Some("set") => set(s, a),
+        Some("eval") => eval(s, a.int("N").unwrap_or(100) as usize),
+        Some("save") => {
+            let dir = PathBuf::from(a.text("DIR").unwrap_or_default());
             let l = s.ready()?;
             save_policy(l, &dir)?;
             Ok(vec![msg(format!("wrote the fine-tuned model to {} (LoRA merged, the adapters alone in lora/); `load {}` reads it", dir.display(), dir.display()))])
         }
-        "reset" => {
+        Some("reset") => {
             let had = s.train.run.is_some();
             end_run(s)?;
             Ok(vec![msg(if had { "fine-tuning run dropped (weights stay as they are)" } else { "no fine-tuning run" })])
         }
-        n if n.chars().all(|c| c.is_ascii_digit()) => {
-            let n = parse_count(Some(n), 1, MAX_STEPS, "N")?;
-            steps(s, n, a)
-        }
-        other => Err(usage(format!("unknown train subcommand `{other}`"), TRAIN_USAGE)),
-    }
-}
-
-fn parse_count(v: Option<&str>, default: usize, max: usize, what: &str) -> Result<usize, CommandError> {
-    match v {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| usage(format!("{what} must be a whole number from 1 to {max}, got {v:?}"), TRAIN_USAGE)),
+        Some(other) => unreachable!("train {other} is in SYNTAX but has no handler"),
+        None => steps(s, a.int("N").unwrap_or(1) as usize, a),
     }
 }
 
@@ -140,8 +135,7 @@ fn end_run(s: &mut Session) -> Result<(), CommandError> {
 }
 
 fn set(s: &mut Session, a: &Args) -> CmdResult {
-    const SET: &str = "train set NAME VALUE";
-    let (name, v) = (a.get(1).ok_or_else(|| usage("missing NAME", SET))?, a.get(2).ok_or_else(|| usage("missing VALUE", SET))?);
+    let (name, v) = (a.text("NAME").unwrap_or_default(), a.text("VALUE").unwrap_or_default());
     let bad = |why: &str| CommandError::Failed(format!("train set {name} {v:?}: {why}"));
     let mut t = s.train.settings.clone();
     match name {

@@ -4,10 +4,12 @@
 mod commands;
 mod fidelity;
 mod finetune;
+pub mod grammar;
 mod likelihood_cmd;
 mod parse;
 mod persist;
 mod research;
+pub mod reward_command;
 mod rl_cmd;
 pub mod complete;
 pub mod script;

@@ -8,32 +8,27 @@ use dllm_engine::edit_likelihood::EditParts;
 use dllm_engine::likelihood::{likelihood, Estimator, LikelihoodReport, MAX_COUNT};
 use dllm_engine::{Role, Tokenizer};
 
+use crate::grammar::{after_dashes, any, int, key, Kind, Syntax};
 use crate::parse::Args;
 use crate::research::usage;
 use crate::session::{CmdResult, CommandError, Session};
 use crate::value::{Cell, Table, Value};
 
-const LIKELIHOOD_USAGE: &str = "likelihood [ESTIMATOR...] [seed=S] [repeat=R] [-- PROMPT => RESPONSE]";
+/// `likelihood`'s arguments.
+pub(crate) const SYNTAX: Syntax = Syntax::Params(&[
+    any("ESTIMATOR", Kind::Estimator),
+    key("seed", "S", int(0, i64::MAX)),
+    key("repeat", "R", int(1, MAX_COUNT as i64)),
+    after_dashes("PROMPT => RESPONSE"),
+]);
 
 /// `likelihood`: ELBO estimates of the current branch's decode or of a given pair, one row per estimator.
 pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
-    let (opts, pair) = match a.rest.split_once("--") {
-        Some((o, p)) => (o.to_string(), Some(p.trim().to_string())),
-        None => (a.rest.clone(), None),
-    };
-    let words = Args::new(&opts).map_err(|m| usage(m, LIKELIHOOD_USAGE))?.words;
+    let pair = a.text("PROMPT => RESPONSE");
+    let (seed, repeat) = (a.int("S").unwrap_or(0) as u64, a.int("R").unwrap_or(1) as usize);
     let mut estimators = Vec::new();
-    let (mut seed, mut repeat) = (0u64, 1usize);
-    for w in &words {
-        if let Some(v) = w.strip_prefix("seed=") {
-            seed = v.parse().map_err(|_| usage(format!("seed must be an integer, got {v:?}"), LIKELIHOOD_USAGE))?;
-        } else if let Some(v) = w.strip_prefix("repeat=") {
-            repeat = v.parse().ok().filter(|r| (1..=MAX_COUNT).contains(r)).ok_or_else(|| {
-                usage(format!("repeat must be a whole number from 1 to {MAX_COUNT} (each repeat is a fresh estimate), got {v:?}"), LIKELIHOOD_USAGE)
-            })?;
-        } else {
-            estimators.push(Estimator::parse(w)?);
-        }
+    for w in a.texts("ESTIMATOR") {
+        estimators.push(Estimator::parse(w)?);
     }
     if estimators.is_empty() {
         estimators.push(Estimator::default());
@@ -41,7 +36,7 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
     let l = s.ready()?;
     let (prompt, response, what, block) = match pair {
         Some(p) => {
-            let (x, y) = p.split_once("=>").ok_or_else(|| usage("give the pair as `-- PROMPT => RESPONSE`", LIKELIHOOD_USAGE))?;
+            let (x, y) = p.split_once("=>").ok_or_else(|| usage("likelihood", "give the pair as `-- PROMPT => RESPONSE`"))?;
             let (x, y) = (x.trim(), y.trim());
             let prompt = l.tokenizer.encode(&l.tokenizer.chat(&[(Role::Human, x)], true)?)?;
             let mut response = l.tokenizer.encode(y)?;

@@ -13,23 +13,39 @@ pub fn split_command(line: &str) -> (&str, &str) {
 /// them live, e.g. a notebook display that is updated in place).
 pub type ProgressHook<'a> = std::cell::RefCell<&'a mut dyn FnMut(&[crate::value::Value])>;
 
-/// A command's arguments: the raw rest of the line and its words (double quotes group, `\"` escapes), and
-/// the front-end's progress hook if it has one.
+/// A typed argument value, checked by the grammar ([`crate::grammar::parse`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Int(i64),
+    Num(f64),
+    Text(String),
+}
+
+/// A command's arguments: the raw rest of the line and its words (double quotes group, `\"` escapes), the
+/// typed values the grammar read from them (by parameter name), and the front-end's progress hook if it has one.
 #[derive(Default)]
 pub struct Args<'a> {
     pub rest: String,
     pub words: Vec<String>,
+    /// Byte offset in `rest` where each word starts.
+    starts: Vec<usize>,
+    /// The subcommand's canonical name (`rl update`), for commands with subcommands.
+    pub sub: Option<&'static str>,
+    pub values: Vec<(&'static str, Val)>,
     pub progress: Option<ProgressHook<'a>>,
 }
 
 impl<'a> Args<'a> {
     pub fn new(rest: &str) -> Result<Args<'a>, String> {
-        let mut words = Vec::new();
+        let (mut words, mut starts) = (Vec::new(), Vec::new());
         let mut cur = String::new();
-        let (mut quoted, mut in_word, mut chars) = (false, false, rest.chars());
-        while let Some(c) = chars.next() {
+        let (mut quoted, mut in_word, mut chars) = (false, false, rest.char_indices());
+        while let Some((i, c)) = chars.next() {
+            if !in_word && !(c.is_whitespace() && !quoted) {
+                starts.push(i);
+            }
             match c {
-                '\\' if quoted => cur.extend(chars.next()),
+                '\\' if quoted => cur.extend(chars.next().map(|(_, c)| c)),
                 '"' => {
                     quoted = !quoted;
                     in_word = true;
@@ -52,11 +68,54 @@ impl<'a> Args<'a> {
         if in_word {
             words.push(cur);
         }
-        Ok(Args { rest: rest.to_string(), words, progress: None })
+        Ok(Args { rest: rest.to_string(), words, starts, ..Args::default() })
     }
 
     pub fn get(&self, i: usize) -> Option<&str> {
         self.words.get(i).map(String::as_str)
+    }
+
+    /// The line from word `i` on, as typed (quotes kept); empty past the last word.
+    pub fn rest_from(&self, i: usize) -> &str {
+        self.starts.get(i).map_or("", |&b| &self.rest[b..])
+    }
+
+    fn value(&self, name: &str) -> Option<&Val> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The whole number the grammar read for parameter `name`.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.value(name) {
+            Some(Val::Int(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The number (a probability) the grammar read for `name`.
+    pub fn num(&self, name: &str) -> Option<f64> {
+        match self.value(name) {
+            Some(Val::Num(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The text the grammar read for `name` (the first, for a repeated parameter).
+    pub fn text(&self, name: &str) -> Option<&str> {
+        match self.value(name) {
+            Some(Val::Text(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Every text of a repeated parameter.
+    pub fn texts(&self, name: &str) -> Vec<&str> {
+        self.values.iter().filter(|(n, _)| *n == name).filter_map(|(_, v)| if let Val::Text(t) = v { Some(t.as_str()) } else { None }).collect()
+    }
+
+    /// Every whole number of a repeated parameter.
+    pub fn ints(&self, name: &str) -> Vec<i64> {
+        self.values.iter().filter(|(n, _)| *n == name).filter_map(|(_, v)| if let Val::Int(t) = v { Some(*t) } else { None }).collect()
     }
 }
 

@@ -16,9 +16,7 @@ pub(crate) fn msg(text: impl Into<String>) -> Value {
     Value::Message { text: text.into() }
 }
 
-pub(crate) fn usage(m: impl Into<String>, u: &str) -> CommandError {
-    CommandError::Usage { message: m.into(), usage: u.into() }
-}
+pub(crate) use crate::commands::usage;
 
 /// After the weights changed, every branch's cached blocks are stale.
 pub(crate) fn clear_caches(s: &mut Session) {
@@ -73,15 +71,8 @@ pub(crate) fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
 
 /// `redecode NAME`: a fresh decode of the current branch's prompt on a new branch, run to the end.
 pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
-    const USAGE: &str = "redecode NAME [quantize=int8|fp8]";
-    let name = a.get(0).ok_or_else(|| usage("missing NAME", USAGE))?.to_string();
-    let mut quantize = None;
-    for w in &a.words[1..] {
-        match w.strip_prefix("quantize=") {
-            Some(q) => quantize = dllm_engine::Quantization::parse_option(Some(q)).map_err(|e| usage(e.to_string(), USAGE))?,
-            None => return Err(usage(format!("unexpected `{w}`"), USAGE)),
-        }
-    }
+    let name = a.text("NAME").unwrap_or_default().to_string();
+    let quantize = dllm_engine::Quantization::parse_option(a.text("int8|fp8")).map_err(|e| usage("redecode", e.to_string()))?;
     if s.branches.contains_key(&name) {
         return Err(CommandError::Failed(format!("branch `{name}` exists; pick another name")));
     }

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 
 use dllm_engine::rl::{held_out_reward, Rl, RlConfig, RlPrompt, Snapshot, UpdateMetrics, RL_SETTINGS};
 
+use crate::grammar::{int, one, opt, rest, sub, Kind, Syntax};
 use crate::parse::Args;
-use crate::research::{clear_caches, msg, save_policy, usage};
+use crate::research::{clear_caches, msg, save_policy};
 use crate::session::{CmdResult, CommandError, Session};
 use crate::value::{Cell, Chart, Series, Table, Value};
 
@@ -30,30 +31,41 @@ impl RlState {
     }
 }
 
-const RL_USAGE: &str = "rl [show|set NAME VALUE|prompt TEXT [=> ANSWER]|prompts [clear]|snapshot [NAME]|update [N]|stats|eval [N]|restore [NAME]|save DIR|merge|reset]";
+/// `rl`'s subcommands and their arguments.
+pub(crate) const SYNTAX: Syntax = Syntax::Subs {
+    what: "rl subcommand",
+    subs: &[
+        sub("show", &["config", "settings"], &[]),
+        sub("set", &[], &[one("NAME", Kind::RlSetting), rest("VALUE", Kind::RlValue)]),
+        sub("prompt", &[], &[rest("TEXT [=> ANSWER]", Kind::Text)]),
+        sub("prompts", &[], &[opt("clear", Kind::OneOf(&["clear"]))]),
+        sub("snapshot", &[], &[opt("NAME", Kind::Name)]),
+        // Updates run one after another, each interruptible, and hold nothing from before: the bound is only a sanity check.
+        sub("update", &["updates"], &[opt("N", int(1, 1_000_000_000))]),
+        sub("stats", &["history"], &[]),
+        sub("eval", &[], &[opt("N", int(1, dllm_engine::rl::MAX_EVAL as i64))]),
+        sub("restore", &[], &[opt("NAME", Kind::Name)]),
+        sub("save", &[], &[one("DIR", Kind::Path)]),
+        sub("merge", &[], &[]),
+        sub("reset", &[], &[]),
+    ],
+    default: Some("show"),
+    otherwise: &[],
+};
 
 /// `rl ...`: configure, snapshot, update, inspect, restore and save the policy.
 pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
-    let sub = a.get(0).unwrap_or("show");
-    let rest = a.rest.trim_start().strip_prefix(sub).unwrap_or("").trim();
-    match sub {
-        "show" | "config" | "settings" => Ok(vec![rl_table(s)]),
+    match a.sub.unwrap_or("show") {
+        "show" => Ok(vec![rl_table(s)]),
         "set" => {
-            let name = a.get(1).ok_or_else(|| usage("missing NAME", RL_USAGE))?;
-            let value = rest.strip_prefix(name).unwrap_or("").trim();
-            if value.is_empty() {
-                return Err(usage(format!("missing VALUE for `{name}`"), RL_USAGE));
-            }
+            let (name, value) = (a.text("NAME").unwrap_or_default(), a.text("VALUE").unwrap_or_default());
             let mut c = s.rl.config.clone();
             c.set(name, value)?;
             apply_config(s, c)?;
             Ok(vec![msg(format!("rl {name} = {}", s.rl.config.get(name)))])
         }
         "prompt" => {
-            if rest.is_empty() {
-                return Err(usage("missing TEXT", RL_USAGE));
-            }
-            let p = RlPrompt::parse(rest)?;
+            let p = RlPrompt::parse(a.text("TEXT [=> ANSWER]").unwrap_or_default())?;
             let mut c = s.rl.config.clone();
             c.prompts.push(p.clone());
             apply_config(s, c)?;
@@ -61,7 +73,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             Ok(vec![msg(format!("RL prompt {} added{task}; updates now use the {} given prompts instead of the task suite", s.rl.config.prompts.len(), s.rl.config.prompts.len()))])
         }
         "prompts" => {
-            if rest == "clear" {
+            if a.text("clear").is_some() {
                 let mut c = s.rl.config.clone();
                 c.prompts.clear();
                 apply_config(s, c)?;
@@ -71,31 +83,17 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             Ok(vec![Value::Table(Table { title: "RL prompts".into(), columns: ["#", "prompt", "answer", "task"].map(String::from).to_vec(), rows })])
         }
         "snapshot" => {
-            let name = a.get(1).unwrap_or("before").to_string();
+            let name = a.text("NAME").unwrap_or("before").to_string();
             let run = ensure_run(s)?;
             let snap = run.snapshot();
             let n = run.num_parameters();
             s.rl.snapshots.insert(name.clone(), snap);
             Ok(vec![msg(format!("snapshot `{name}`: {n} trainable parameters ({}); `rl restore {name}` brings them back", s.rl.config.trainable.describe()))])
         }
-        "update" | "updates" => {
-            let n = match a.get(1) {
-                // Not bounded: updates run one after another, each interruptible, and hold nothing from before.
-                None => 1,
-                Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| usage(format!("N must be a positive integer, got {v:?}"), RL_USAGE))?,
-            };
-            update(s, n, a)
-        }
-        "stats" | "history" => stats(s),
+        "update" => update(s, a.int("N").unwrap_or(1) as usize, a),
+        "stats" => stats(s),
         "eval" => {
-            let n = match a.get(1) {
-                None => 50,
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=dllm_engine::rl::MAX_EVAL).contains(n))
-                    .ok_or_else(|| usage(format!("N must be a whole number from 1 to {}, got {v:?}", dllm_engine::rl::MAX_EVAL), RL_USAGE))?,
-            };
+            let n = a.int("N").unwrap_or(50) as usize;
             let c = s.rl.config.clone();
             let flag = s.interrupt_flag();
             let l = s.ready()?;
@@ -107,7 +105,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             ])
         }
         "restore" => {
-            let name = a.get(1).unwrap_or("before").to_string();
+            let name = a.text("NAME").unwrap_or("before").to_string();
             let snap = s.rl.snapshots.get(&name).ok_or_else(|| {
                 let known: Vec<&String> = s.rl.snapshots.keys().collect();
                 CommandError::Failed(format!("no snapshot `{name}` (snapshots: {known:?}); take one with `rl snapshot {name}`"))
@@ -118,8 +116,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             Ok(vec![msg(format!("restored snapshot `{name}` (optimizer moments reset); branches will recompute their cached blocks"))])
         }
         "save" => {
-            let dir = a.get(1).ok_or_else(|| usage("missing DIR", RL_USAGE))?;
-            let dir = PathBuf::from(dir);
+            let dir = PathBuf::from(a.text("DIR").unwrap_or_default());
             let l = s.ready()?;
             save_policy(l, &dir)?;
             let lora = if l.model.lora().is_some() { " (LoRA adapters merged into the written weights)" } else { "" };
@@ -146,7 +143,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
             s.rl.snapshots.clear();
             Ok(vec![msg(if had { "RL run dropped (weights stay as they are; snapshots dropped)" } else { "no RL run" })])
         }
-        other => Err(usage(format!("unknown rl subcommand `{other}`"), RL_USAGE)),
+        other => unreachable!("rl {other} is in SYNTAX but has no handler"),
     }
 }
 

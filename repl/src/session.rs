@@ -140,6 +140,8 @@ pub struct Session {
 impl Session {
     /// A session whose model starts loading in the background now; the first command that needs it waits.
     pub fn new(source: ModelSource) -> Session {
+        // The session's own reward kinds (they do IO the engine does not).
+        crate::reward_command::reward_kinds();
         let src = source.clone();
         let handle = std::thread::spawn(move || src.load());
         Session {
@@ -304,10 +306,11 @@ impl Session {
         let Some(cmd) = commands::find(name) else {
             return Err(CommandError::Unknown { name: name.into(), suggestions: parse::nearest(name, commands::names()) });
         };
+        let mut args = parse::Args::new(rest).map_err(|m| CommandError::Usage { message: m, usage: cmd.usage() })?;
+        crate::grammar::parse(&cmd.syntax, &mut args).map_err(|m| CommandError::Usage { message: m, usage: cmd.usage() })?;
         if cmd.needs_model {
             self.model()?;
         }
-        let mut args = parse::Args::new(rest).map_err(|m| CommandError::Usage { message: m, usage: cmd.usage.into() })?;
         args.progress = progress.map(std::cell::RefCell::new);
         self.depth += 1;
         let result = match std::panic::catch_unwind(AssertUnwindSafe(|| (cmd.run)(self, &args))) {
@@ -339,6 +342,22 @@ impl Session {
     /// The command table (for help, completion and docs).
     pub fn commands() -> &'static [Command] {
         commands::TABLE
+    }
+
+    /// Whether running `line` waits for the model still loading in the background (so a front-end shows that it
+    /// is loading): its command needs the model, or it runs a script with a line that does.
+    pub fn waits_for_model(line: &str) -> bool {
+        let (word, rest) = parse::split_command(line);
+        let Some(c) = commands::find(word) else { return false };
+        if c.needs_model {
+            return true;
+        }
+        if c.name != "source" {
+            return false;
+        }
+        let file = parse::Args::new(rest).ok().and_then(|a| a.words.into_iter().next());
+        let text = file.and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+        crate::script::script_items(&text).iter().any(|i| commands::find(parse::split_command(&i.command).0).is_some_and(|c| c.needs_model))
     }
 
     pub fn branch_names(&self) -> Vec<String> {

@@ -101,7 +101,7 @@ fn settings_presets_and_failed_commands_change_nothing() {
         ("set threshold 2", "threshold"),
         ("set nosuch 1", "known settings"),
         ("set threshold", "usage: set NAME VALUE"),
-        ("preset turbo", "known presets"),
+        ("preset turbo", "unknown preset \"turbo\"; presets: Q, S"),
         ("rewind 9", "no such step"),
         ("switch nowhere", "no branch"),
         ("remask 1", "generated positions"),
@@ -258,7 +258,7 @@ fn save_open_export_source_and_sweep() {
     // Sweep.
     let v = ok(&mut r, "sweep threshold 0.1 0.9");
     assert_eq!(v[0]["rows"].as_array().unwrap().len(), 2);
-    assert!(err(&mut r, "sweep threshold").contains("at least one value"));
+    assert!(err(&mut r, "sweep threshold").contains("missing VALUE"));
     assert!(err(&mut r, "sweep threshold 7").contains("threshold"));
 }
 
@@ -404,7 +404,7 @@ fn rl_updates_snapshot_restore_redecode_and_save() {
         ("rl set group 1", "at least 2"),
         ("rl set nope 1", "known settings"),
         ("rl frobnicate", "unknown rl subcommand"),
-        ("rl update x", "positive integer"),
+        ("rl update x", "whole number from 1 to 1000000000"),
         ("rl merge", "no LoRA"),
         ("rl save /nonexistent/dir/x", "does not exist"),
         ("rl set reward_timeout 3", "command"),
@@ -852,7 +852,7 @@ fn quantized_experts_fidelity_redecode_and_load() {
     assert!(kl > 0.0 && kl < 0.01, "fp8 changes the distributions a little: KL {kl}");
     // Bad formats change nothing.
     let before = state(&mut s);
-    assert!(err(&mut s, "fidelity int4").contains("expected int8 or fp8"));
+    assert!(err(&mut s, "fidelity int4").contains("one of int8, fp8"));
     assert!(err(&mut s, "fidelity").contains("usage: fidelity int8|fp8"));
     assert!(err(&mut s, "redecode q4 quantize=int4").contains("expected none, int8 or fp8"));
     assert_eq!(state(&mut s), before);

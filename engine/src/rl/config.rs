@@ -63,7 +63,7 @@ impl Default for RlConfig {
             temperature: 1.0,
             gen_length: GEN_LENGTH,
             block_length: BLOCK_LENGTH,
-            reward: Reward::Verifier,
+            reward: Reward::default(),
             estimator: Estimator::Stratified { levels: 4, antithetic: true },
             eps_low: 0.2,
             eps_high: 0.28,
@@ -91,9 +91,9 @@ pub const RL_SETTINGS: &[(&str, &str)] = &[
     ("temperature", "rollout sampling temperature (> 0 so a group's rollouts differ)"),
     ("gen_length", "tokens generated per rollout"),
     ("block_length", "block length of rollouts and likelihoods"),
-    ("reward", "verifier | exact | regex PATTERN | command CMD"),
+    ("reward", "how rollouts are scored: verifier, exact, regex PATTERN, command CMD, ... (`help rl` lists them)"),
     ("reward_timeout", "seconds an external reward command may take"),
-    ("estimator", "ELBO estimator: stratified:N[:anti], midpoint:N[:anti], mc:N[:anti], mean-field[:P], edit:N[:R] (LLaDA2.2)"),
+    ("estimator", "ELBO estimator: stratified:N[:anti], midpoint:N[:anti], mc:N[:anti], ... (`help likelihood` lists them)"),
     ("eps_low", "clip range below 1"),
     ("eps_high", "clip range above 1"),
     ("kl", "weight of the KL to the reference policy (0 = off)"),
@@ -128,21 +128,16 @@ impl RlConfig {
             "gen_length" => c.gen_length = num("gen_length", v)?,
             "block_length" => c.block_length = num("block_length", v)?,
             "reward" => {
-                let keep = match (&self.reward, Reward::parse(v)?) {
-                    (Reward::Command { timeout_ms, .. }, Reward::Command { command, .. }) => Reward::Command { command, timeout_ms: *timeout_ms },
-                    (_, r) => r,
-                };
-                c.reward = keep;
+                // A new reward of a timed kind keeps the timeout set before.
+                let r = Reward::parse(v)?;
+                c.reward = if r.timed() && self.reward.timed() { r.with_timeout(self.reward.timeout())? } else { r };
             }
             "reward_timeout" => {
                 let s: f64 = num("reward_timeout", v)?;
-                if !(s > 0.0 && s.is_finite()) {
+                if !(s > 0.0 && s.is_finite() && s < 1e9) {
                     return Err(Error::invalid("reward_timeout", v, "must be a positive number of seconds"));
                 }
-                match &mut c.reward {
-                    Reward::Command { timeout_ms, .. } => *timeout_ms = (s * 1e3).round() as u64,
-                    _ => return Err(Error::invalid("reward_timeout", v, "applies to a `command` reward; set `reward command CMD` first")),
-                }
+                c.reward = c.reward.with_timeout(std::time::Duration::from_millis((s * 1e3).round() as u64))?;
             }
             "estimator" => c.estimator = Estimator::parse(v)?,
             "eps_low" => c.eps_low = num("eps_low", v)?,
@@ -176,10 +171,8 @@ impl RlConfig {
             "gen_length" => self.gen_length.to_string(),
             "block_length" => self.block_length.to_string(),
             "reward" => self.reward.describe(),
-            "reward_timeout" => match &self.reward {
-                Reward::Command { timeout_ms, .. } => format!("{} s", *timeout_ms as f64 / 1e3),
-                _ => "-".into(),
-            },
+            "reward_timeout" if self.reward.timed() => format!("{} s", self.reward.timeout().as_secs_f64()),
+            "reward_timeout" => "-".into(),
             "estimator" => self.estimator.describe(),
             "eps_low" => self.eps_low.to_string(),
             "eps_high" => self.eps_high.to_string(),
@@ -242,7 +235,6 @@ impl RlConfig {
         if !(self.clip > 0.0) {
             return bad("clip", self.clip.to_string(), "must be > 0");
         }
-        self.reward.check()?;
         self.estimator.check()
     }
 

@@ -35,7 +35,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 pub use config::{RlConfig, AUTO_PRESET, MAX_EPOCHS, MAX_EVAL, MAX_ROLLOUTS, RL_SETTINGS};
-pub use reward::{Reward, RlPrompt, DEFAULT_TIMEOUT};
+pub use reward::{register, reward_kinds, Reward, RewardFn, RewardKind, RlPrompt, DEFAULT_TIMEOUT, REWARDS};
 pub use crate::trainable::{Trainable, MAX_LORA_RANK};
 
 use crate::decode::BatchDecoder;

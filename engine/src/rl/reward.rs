@@ -1,92 +1,197 @@
-//! Rewards of RL rollouts: the task verifier, exact match with the reference answer, a regular expression, or
-//! an external command.
+//! Rewards of RL rollouts: a [`RewardFn`] (a trait: the score of one response to one prompt) made from a spec
+//! (`exact`, `regex PATTERN`) by a row of the reward registry ([`REWARDS`], plus the kinds a front-end
+//! [`register`]s). A new reward is one impl (or closure) and one row.
 //!
-//! The external command runs under `sh -c` once per rollout with a JSON object on stdin
-//! (`{"prompt", "response", "task", "answers"}`: the user text, the decoded response without EOS, the task name
-//! or null, the accepted answers or []) and must print one number on stdout and exit 0 within the timeout.
-//! Anything else (a non-zero exit, no number, a timeout) is an error that names the command and what it did;
-//! the update it belongs to is then abandoned before any parameter changes.
+//! The engine's rows do no IO. The external-command reward (`command CMD`: a process per rollout) is a row the
+//! session registers (dllm-repl's `reward_command`), so the engine never starts a process.
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::tasks::{Example, Task};
 
-/// Default timeout of an external reward command.
+/// Default timeout of a reward that runs something outside the process (`reward_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
-pub enum Reward {
-    /// 1 when the task's verifier accepts the response (any accepted answer), else 0.
-    Verifier,
-    /// 1 when the response equals the reference answer (a task's canonical answer, or the answer given with
-    /// the prompt), else 0.
-    Exact,
-    /// 1 when the pattern matches somewhere in the response (anchor it with ^...$ for a full match), else 0.
-    Regex(String),
-    /// The number an external command prints (see the module documentation).
-    Command { command: String, timeout_ms: u64 },
+/// A reward function.
+pub trait RewardFn: Send + Sync {
+    /// The reward of `response` (decoded, without EOS) to `prompt`; an error abandons the update it belongs to.
+    fn score(&self, prompt: &RlPrompt, response: &str) -> Result<f64>;
+}
+
+impl<F: Fn(&RlPrompt, &str) -> Result<f64> + Send + Sync> RewardFn for F {
+    fn score(&self, prompt: &RlPrompt, response: &str) -> Result<f64> {
+        self(prompt, response)
+    }
+}
+
+/// One kind of reward: how it is written and what it is, and how it is made from the text after its name.
+pub struct RewardKind {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    /// How it is written: `regex PATTERN`.
+    pub syntax: &'static str,
+    pub about: &'static str,
+    /// Whether it takes the text after its name (`regex PATTERN`); one that does refuses an empty one.
+    pub takes_arg: bool,
+    /// Whether `reward_timeout` applies to it.
+    pub timed: bool,
+    pub make: fn(arg: &str, timeout: Duration) -> Result<Arc<dyn RewardFn>>,
+}
+
+/// The engine's rewards.
+pub static REWARDS: &[RewardKind] = &[
+    RewardKind {
+        name: "verifier",
+        aliases: &["task"],
+        syntax: "verifier",
+        about: "1 when the task's verifier accepts the response (any accepted answer), else 0; task prompts only",
+        takes_arg: false,
+        timed: false,
+        make: |_, _| Ok(Arc::new(|p: &RlPrompt, r: &str| match p.task {
+            Some(t) => Ok(f64::from(u8::from(t.verify(&p.text, r)))),
+            None => Err(Error::invalid("reward", "verifier", format!("the prompt {:?} is not a task of the suite; use exact, regex or command", p.text))),
+        })),
+    },
+    RewardKind {
+        name: "exact",
+        aliases: &[],
+        syntax: "exact",
+        about: "1 when the response equals the reference answer (a task's canonical answer, or the one given with the prompt), else 0",
+        takes_arg: false,
+        timed: false,
+        make: |_, _| Ok(Arc::new(|p: &RlPrompt, r: &str| Ok(f64::from(u8::from(r == reference(p, "exact")?))))),
+    },
+    RewardKind {
+        name: "regex",
+        aliases: &[],
+        syntax: "regex PATTERN",
+        about: "1 when PATTERN matches somewhere in the response (anchor it with ^...$ for a full match), else 0",
+        takes_arg: true,
+        timed: false,
+        make: |pattern, _| {
+            let re = regex::Regex::new(pattern).map_err(|e| Error::invalid("reward regex", pattern, e.to_string()))?;
+            Ok(Arc::new(move |_: &RlPrompt, r: &str| Ok(f64::from(u8::from(re.is_match(r))))))
+        },
+    },
+];
+
+/// Kinds added at run time ([`register`]).
+static REGISTERED: RwLock<Vec<&'static RewardKind>> = RwLock::new(Vec::new());
+
+/// Adds a kind of reward (a front-end's: the external command); a second registration of a name is ignored.
+pub fn register(kind: &'static RewardKind) {
+    let mut r = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    if !r.iter().any(|k| k.name == kind.name) && !REWARDS.iter().any(|k| k.name == kind.name) {
+        r.push(kind);
+    }
+}
+
+/// Every kind of reward: the engine's, then the registered ones.
+pub fn reward_kinds() -> Vec<&'static RewardKind> {
+    REWARDS.iter().chain(REGISTERED.read().unwrap_or_else(|e| e.into_inner()).iter().copied()).collect()
+}
+
+/// The reference answer of a prompt, or an error naming the reward that needs it.
+fn reference<'a>(p: &'a RlPrompt, reward: &str) -> Result<&'a str> {
+    p.answer.as_deref().ok_or_else(|| Error::invalid("reward", reward, format!("the prompt {:?} has no reference answer (give it as `TEXT => ANSWER`)", p.text)))
+}
+
+/// A reward as configured: its spec (what `rl show` prints and configurations compare), its timeout, and the
+/// function its kind made.
+#[derive(Clone)]
+pub struct Reward {
+    spec: String,
+    timeout: Duration,
+    f: Arc<dyn RewardFn>,
+}
+
+impl std::fmt::Debug for Reward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reward({})", self.describe())
+    }
+}
+
+impl PartialEq for Reward {
+    fn eq(&self, other: &Reward) -> bool {
+        self.spec == other.spec && self.timeout == other.timeout
+    }
+}
+
+impl serde::Serialize for Reward {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.spec)
+    }
+}
+
+impl Default for Reward {
+    fn default() -> Reward {
+        Reward::parse("verifier").expect("the verifier reward is a registry row")
+    }
 }
 
 impl Reward {
-    /// `verifier`, `exact`, `regex PATTERN`, or `command CMD...`.
+    /// `NAME [ARG]`, a row of [`reward_kinds`]; the error lists them.
     pub fn parse(spec: &str) -> Result<Reward> {
+        Reward::parse_with(spec, DEFAULT_TIMEOUT)
+    }
+
+    fn parse_with(spec: &str, timeout: Duration) -> Result<Reward> {
         let spec = spec.trim();
-        let (kind, rest) = spec.split_once(char::is_whitespace).map_or((spec, ""), |(k, r)| (k, r.trim()));
-        let r = match kind {
-            "verifier" | "task" => Reward::Verifier,
-            "exact" => Reward::Exact,
-            "regex" if !rest.is_empty() => Reward::Regex(rest.to_string()),
-            "command" | "cmd" if !rest.is_empty() => Reward::Command { command: rest.to_string(), timeout_ms: DEFAULT_TIMEOUT.as_millis() as u64 },
-            "regex" | "command" | "cmd" => return Err(Error::invalid("reward", spec, format!("`{kind}` needs an argument: `regex PATTERN` or `command CMD`"))),
-            _ => return Err(Error::invalid("reward", spec, "expected verifier, exact, regex PATTERN, or command CMD")),
-        };
-        r.check()?;
-        Ok(r)
-    }
-
-    /// Checks what can be checked before a rollout (the regular expression compiles).
-    pub fn check(&self) -> Result<()> {
-        if let Reward::Regex(p) = self {
-            regex::Regex::new(p).map_err(|e| Error::invalid("reward regex", p, e.to_string()))?;
+        let (name, arg) = spec.split_once(char::is_whitespace).map_or((spec, ""), |(k, r)| (k, r.trim()));
+        let kinds = reward_kinds();
+        let expected = || kinds.iter().map(|k| k.syntax).collect::<Vec<_>>().join(", ");
+        let kind = kinds
+            .iter()
+            .find(|k| k.name == name || k.aliases.contains(&name))
+            .ok_or_else(|| Error::invalid("reward", spec, format!("expected one of: {}", expected())))?;
+        match (kind.takes_arg, arg.is_empty()) {
+            (true, true) => return Err(Error::invalid("reward", spec, format!("`{}` needs an argument: `{}`", kind.name, kind.syntax))),
+            (false, false) => return Err(Error::invalid("reward", spec, format!("`{}` takes no argument", kind.name))),
+            _ => {}
         }
-        Ok(())
+        let f = (kind.make)(arg, timeout)?;
+        let spec = if arg.is_empty() { kind.name.to_string() } else { format!("{} {arg}", kind.name) };
+        Ok(Reward { spec, timeout, f })
     }
 
+    /// A reward from any function (a notebook's own metric); `name` is what `rl show` prints.
+    pub fn from_fn(name: &str, f: impl RewardFn + 'static) -> Reward {
+        Reward { spec: name.to_string(), timeout: DEFAULT_TIMEOUT, f: Arc::new(f) }
+    }
+
+    /// The same reward with another timeout; refused for kinds it does not apply to.
+    pub fn with_timeout(&self, timeout: Duration) -> Result<Reward> {
+        let secs = format!("{}", timeout.as_secs_f64());
+        if !self.timed() {
+            return Err(Error::invalid("reward_timeout", secs, "applies to a reward that runs outside dllm (`reward command CMD`); set one first"));
+        }
+        Reward::parse_with(&self.spec, timeout)
+    }
+
+    /// Whether `reward_timeout` applies.
+    pub fn timed(&self) -> bool {
+        let name = self.spec.split_whitespace().next().unwrap_or("");
+        reward_kinds().iter().any(|k| k.name == name && k.timed)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The spec, with the timeout where it applies.
     pub fn describe(&self) -> String {
-        match self {
-            Reward::Verifier => "verifier".into(),
-            Reward::Exact => "exact".into(),
-            Reward::Regex(p) => format!("regex {p}"),
-            Reward::Command { command, timeout_ms } => format!("command {command} (timeout {} s)", *timeout_ms as f64 / 1e3),
+        if self.timed() {
+            format!("{} (timeout {} s)", self.spec, self.timeout.as_secs_f64())
+        } else {
+            self.spec.clone()
         }
     }
 
     /// The rewards of `responses[i]` to `prompts[i]`; the first failure is the error.
     pub fn score(&self, prompts: &[&RlPrompt], responses: &[String]) -> Result<Vec<f64>> {
-        let re = match self {
-            Reward::Regex(p) => Some(regex::Regex::new(p).map_err(|e| Error::invalid("reward regex", p, e.to_string()))?),
-            _ => None,
-        };
-        prompts
-            .iter()
-            .zip(responses)
-            .map(|(p, r)| match self {
-                Reward::Verifier => match (p.task, &p.answer) {
-                    (Some(t), _) => Ok(f64::from(u8::from(t.verify(&p.text, r)))),
-                    (None, _) => Err(Error::invalid("reward", "verifier", format!("the prompt {:?} is not a task of the suite; use exact, regex or command", p.text))),
-                },
-                Reward::Exact => match &p.answer {
-                    Some(a) => Ok(f64::from(u8::from(r == a))),
-                    None => Err(Error::invalid("reward", "exact", format!("the prompt {:?} has no reference answer (give it as `TEXT => ANSWER`)", p.text))),
-                },
-                Reward::Regex(_) => Ok(f64::from(u8::from(re.as_ref().expect("compiled").is_match(r)))),
-                Reward::Command { command, timeout_ms } => run_command(command, Duration::from_millis(*timeout_ms), p, r),
-            })
-            .collect()
+        prompts.iter().zip(responses).map(|(p, r)| self.f.score(p, r)).collect()
     }
 }
 
@@ -121,72 +226,3 @@ impl RlPrompt {
     }
 }
 
-fn run_command(command: &str, timeout: Duration, p: &RlPrompt, response: &str) -> Result<f64> {
-    let fail = |why: String| Error::invalid("reward command", command, format!("{why}; the update was not applied (nothing changed)"));
-    let input = serde_json::json!({
-        "prompt": p.text, "response": response, "task": p.task.map(Task::name), "answers": p.answers,
-    })
-    .to_string();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // Its own process group: the timeout and the clean-up reach whatever the command started, and the
-    // terminal's Ctrl-C goes to dllm, not to the reward.
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|e| fail(format!("could not start: {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let mut stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let mut stderr = child.stderr.take().expect("piped");
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait().map_err(|e| fail(e.to_string()))? {
-            Some(s) => break s,
-            None if start.elapsed() > timeout => {
-                kill_group(&mut child);
-                let _ = child.wait();
-                return Err(fail(format!("no answer within {:.1} s (timeout; `rl set reward_timeout S` allows more)", timeout.as_secs_f64())));
-            }
-            None => std::thread::sleep(Duration::from_millis(2)),
-        }
-    };
-    // What it left running in the background (`sleep 60 &`) would hold stdout open: it ends with the command.
-    kill_group(&mut child);
-    let _ = writer.join();
-    let out = reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
-    if !status.success() {
-        let tail: String = err.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
-        let said = if tail.is_empty() { String::new() } else { format!(", stderr: {tail}") };
-        return Err(fail(format!("exited with {status}{said}")));
-    }
-    let v: f64 = out.trim().parse().map_err(|_| fail(format!("printed {:?}, expected one number", out.trim())))?;
-    if !v.is_finite() {
-        return Err(fail(format!("printed {v}, expected a finite number")));
-    }
-    Ok(v)
-}
-
-/// Kills the reward command's process group (the command and everything it started).
-fn kill_group(child: &mut std::process::Child) {
-    #[cfg(unix)]
-    {
-        // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
-        unsafe {
-            libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
-        }
-    }
-    let _ = child.kill();
-}

@@ -10,12 +10,9 @@ use rustyline::hint::{Hint, Hinter};
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Helper};
 
-use dllm_engine::decode::{PRESETS, SETTINGS};
-use dllm_engine::rl::RL_SETTINGS;
-
 use crate::complete::parse;
 pub use crate::complete::{find_command, setting_values};
-use crate::{Command, Session};
+use crate::Session;
 
 pub struct ReplHelper {
     /// The session's branches, refreshed by the loop after each command.
@@ -60,11 +57,6 @@ impl Hint for ReplHint {
     }
 }
 
-/// The argument part of a usage line (`step [N]` -> `[N]`).
-fn usage_args(c: &Command) -> Vec<&'static str> {
-    c.usage.split_whitespace().skip(1).collect()
-}
-
 impl ReplHelper {
     /// The hint for `line` with the cursor at its end.
     pub fn hint_for(&self, line: &str) -> Option<ReplHint> {
@@ -81,10 +73,10 @@ impl ReplHelper {
                 m.next().is_none().then_some(first)
             })?;
             let rest = if c.name.starts_with(word) { &c.name[word.len()..] } else { "" };
-            let args = usage_args(c);
+            let args = crate::grammar::usage(&c.syntax);
             let mut display = rest.to_string();
             if !args.is_empty() {
-                display += &format!(" {}", args.join(" "));
+                display += &format!(" {args}");
             }
             display += &format!("  — {}", c.summary);
             return Some(ReplHint { display, complete: (!rest.is_empty()).then(|| rest.to_string()) });
@@ -97,20 +89,7 @@ impl ReplHelper {
             let rest = only.replacement.trim_end().strip_prefix(p.word)?;
             return (!rest.is_empty()).then(|| ReplHint { display: rest.to_string(), complete: Some(rest.to_string()) });
         }
-        let i = p.done.len();
-        let display = match (c.name, i) {
-            ("set", 1) => {
-                let (_, help) = SETTINGS.iter().find(|(n, _)| *n == p.done[0])?;
-                format!("VALUE  — {help}")
-            }
-            ("preset", 0) => PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(" | "),
-            ("rl", 2) if p.done[0] == "set" => {
-                let (_, help) = RL_SETTINGS.iter().find(|(n, _)| *n == p.done[1])?;
-                format!("VALUE  — {help}")
-            }
-            ("rl", _) => return None,
-            _ => usage_args(c).get(i..)?.join(" "),
-        };
+        let display = crate::grammar::hint(&c.syntax, &p.done)?;
         (!display.is_empty()).then_some(ReplHint { display, complete: None })
     }
 }
@@ -180,6 +159,6 @@ mod tests {
     fn tab_offers_the_shared_completion() {
         // The cases live with `crate::complete`; here only that Tab hands them to rustyline unchanged.
         assert_eq!(complete("set thr"), (4, vec!["threshold ".to_string()]));
-        assert_eq!(complete("switch q").1, vec!["q-mode "]);
+        assert_eq!(complete("switch q").1, vec!["q-mode"]);
     }
 }

@@ -139,8 +139,7 @@ pub fn banner(src: &ModelSource) -> String {
 
 /// Whether a command line waits for the model (so the terminal shows the loading spinner first).
 pub fn needs_model(line: &str) -> bool {
-    let word = line.split_whitespace().next().unwrap_or("");
-    find_command(word).is_some_and(|c| c.needs_model || c.name == "source")
+    Session::waits_for_model(line)
 }
 
 // ---------------------------------------------------------------------------------------------------------
