@@ -399,6 +399,11 @@ fn interactive_repl_in_a_pseudo_terminal() {
     t.send("\r");
     t.expect("Steps");
     t.expect("dllm> ");
+    // ... and a value from a registry: the reward `similarity`.
+    t.send("rl set reward sim\t");
+    t.send("\r");
+    t.expect("rl reward = similarity");
+    t.expect("dllm> ");
 
     // Ctrl-C at the prompt drops the line.
     t.send("garbage");

@@ -37,6 +37,14 @@ pub static ESTIMATORS: &[EstimatorKind] = &[
         parse: |_, p| counted(p, 4).map(|(n, anti)| Estimator::midpoint(n, anti)),
     },
     EstimatorKind {
+        name: "gauss",
+        aliases: &["gauss-legendre"],
+        syntax: "gauss:N[:anti]",
+        about: "N-point Gauss-Legendre levels and weights: deterministic levels, unbiased once 2N >= the block length",
+        example: "gauss:4",
+        parse: |_, p| counted(p, 4).map(|(n, anti)| Estimator::gauss(n, anti)),
+    },
+    EstimatorKind {
         name: "mc",
         aliases: &["monte-carlo", "montecarlo"],
         syntax: "mc:N[:anti]",
@@ -121,16 +129,58 @@ pub(crate) fn parse(spec: &str) -> Result<Estimator> {
     (kind.parse)(&name.to_ascii_lowercase(), &rest).map_err(|why| bad(&why))
 }
 
-/// The spec of an estimator of explicit levels that a registry row makes (`midpoint:4`, `midpoint:8:anti`).
+/// The spec of an estimator of explicit levels that a registry row makes (`midpoint:4`, `gauss:8:anti`).
 pub(crate) fn describe_levels(e: &Estimator, n: usize, antithetic: bool) -> Option<String> {
     let parts: Vec<String> = std::iter::once(n.to_string()).chain(antithetic.then(|| "anti".to_string())).collect();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     ESTIMATORS.iter().find(|k| (k.parse)(k.name, &parts).as_ref() == Ok(e)).map(|k| format!("{}:{}", k.name, parts.join(":")))
 }
 
+/// The `n`-point Gauss-Legendre rule on (0, 1): nodes (ascending) and weights (they sum to 1).
+pub fn gauss_legendre(n: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut nodes, mut weights) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        // Newton's method on P_n from the classic starting guess; the root of P_n on (-1, 1).
+        let mut x = (std::f64::consts::PI * (i as f64 + 0.75) / (n as f64 + 0.5)).cos();
+        let mut dp = 1.0;
+        for _ in 0..100 {
+            let (mut p0, mut p1) = (1.0, x);
+            for k in 2..=n {
+                let p2 = ((2 * k - 1) as f64 * x * p1 - (k - 1) as f64 * p0) / k as f64;
+                p0 = p1;
+                p1 = p2;
+            }
+            dp = n as f64 * (x * p1 - p0) / (x * x - 1.0);
+            let step = p1 / dp;
+            x -= step;
+            if step.abs() < 1e-15 {
+                break;
+            }
+        }
+        let w = 2.0 / ((1.0 - x * x) * dp * dp);
+        nodes.push((x + 1.0) / 2.0);
+        weights.push(w / 2.0);
+    }
+    let mut pairs: Vec<(f64, f64)> = nodes.into_iter().zip(weights).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pairs.into_iter().unzip()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauss_legendre_integrates_polynomials_of_degree_2n_minus_1() {
+        for n in [1, 2, 3, 5, 8, 16] {
+            let (t, w) = gauss_legendre(n);
+            assert!(t.iter().all(|t| *t > 0.0 && *t < 1.0) && t.windows(2).all(|p| p[0] < p[1]), "{n}: {t:?}");
+            for degree in 0..2 * n {
+                let integral: f64 = t.iter().zip(&w).map(|(t, w)| w * t.powi(degree as i32)).sum();
+                assert!((integral - 1.0 / (degree as f64 + 1.0)).abs() < 1e-12, "n {n} degree {degree}: {integral}");
+            }
+        }
+    }
 
     #[test]
     fn every_row_parses_its_example_and_describes_back() {
@@ -141,9 +191,9 @@ mod tests {
                 assert!(Estimator::parse(alias).is_ok(), "{alias}");
             }
         }
-        assert_eq!(Estimator::parse("midpoint:8:anti").unwrap().describe(), "midpoint:8:anti");
+        assert_eq!(Estimator::parse("gauss:8:anti").unwrap().describe(), "gauss:8:anti");
         assert_eq!(Estimator::parse("midpoint:3").unwrap().describe(), "midpoint:3");
         let e = Estimator::parse("simpson:4").unwrap_err().to_string();
-        assert!(e.contains("unknown estimator") && e.contains("midpoint:N[:anti]") && e.contains("edit:N[:R]"), "{e}");
+        assert!(e.contains("unknown estimator") && e.contains("gauss:N[:anti]") && e.contains("edit:N[:R]"), "{e}");
     }
 }

@@ -32,7 +32,9 @@
 //!   batched forward.
 //! - `Vectorised { levels, weights }`: explicit `t_n` in (0, 1] and `w_n` (for example [`Estimator::midpoint`]:
 //!   `t_n = (n - 1/2) / N`, `w_n = 1 / (N t_n)`, deterministic levels, a midpoint-rule quadrature of the
-//!   integral: lower variance, biased by the quadrature error). The noise is still random.
+//!   integral: lower variance, biased by the quadrature error; or [`Estimator::gauss`], the Gauss-Legendre
+//!   nodes and weights, unbiased once 2N >= the block length: a block's integrand is then a polynomial the
+//!   rule integrates exactly). The noise is still random.
 //! - `MonteCarlo { samples: S }` (LLaDA's `get_log_likelihood`): per sample its own `t ~ U(0,1]`, value
 //!   `(1/t) sum over masked of log p`, averaged over the S samples.
 //! - `MeanField` (d1 / diffu-GRPO's one-step estimate): every response token masked (t = 1), one forward, the
@@ -116,7 +118,7 @@ impl Default for Estimator {
 
 impl Estimator {
     /// A spec as the registry ([`crate::estimator_specs::ESTIMATORS`]) reads it: `stratified:N[:anti]`,
-    /// `midpoint:N[:anti]`, `mc:N[:anti]`, `mean-field[:P]`, `edit:N[:R]`, ...
+    /// `midpoint:N[:anti]`, `gauss:N[:anti]`, `mc:N[:anti]`, `mean-field[:P]`, `edit:N[:R]`, ...
     pub fn parse(spec: &str) -> Result<Estimator> {
         crate::estimator_specs::parse(spec)
     }
@@ -133,6 +135,17 @@ impl Estimator {
             Estimator::Vectorised { levels, antithetic, .. } => crate::estimator_specs::describe_levels(self, levels.len(), *antithetic)
                 .unwrap_or_else(|| format!("levels {levels:?}{}", a(*antithetic))),
         }
+    }
+
+    /// Gauss-Legendre levels: the `n` nodes `t_n` of the rule on (0, 1), weights `w_n = q_n / t_n` (`q_n` the
+    /// rule's weights). Deterministic levels like midpoint, but unbiased once `2n >= block length`: a block of k
+    /// response tokens masked independently at level t makes `f(t)/t` a polynomial of degree at most k - 1,
+    /// which the n-point rule integrates exactly when `2n - 1 >= k - 1`. (The rule is symmetric, so antithetic
+    /// pairs keep it exact.)
+    pub fn gauss(n: usize, antithetic: bool) -> Estimator {
+        let (levels, q) = crate::estimator_specs::gauss_legendre(n);
+        let weights = levels.iter().zip(&q).map(|(t, q)| q / t).collect();
+        Estimator::Vectorised { levels, weights, antithetic }
     }
 
     /// Midpoint levels `t_n = (n - 1/2) / N` with `w_n = 1 / (N t_n)`.

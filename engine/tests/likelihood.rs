@@ -123,6 +123,40 @@ fn exact_elbo(model: &Model, prompt: &[i64], response: &[i64]) -> f64 {
         .sum()
 }
 
+/// The expected value of an estimator with deterministic levels `t_n` and weights `w_n`: every mask M of the
+/// response drawn at level t_n with probability t_n^{|M|} (1 - t_n)^{r - |M|}.
+fn expected_value(model: &Model, prompt: &[i64], response: &[i64], est: &Estimator) -> f64 {
+    let Estimator::Vectorised { levels, weights, antithetic: false } = est else { panic!("explicit levels only") };
+    let r = response.len();
+    let masks: Vec<Vec<bool>> = (1u32..1 << r).map(|bits| (0..r).map(|i| bits >> i & 1 == 1).collect()).collect();
+    let terms = rows(&tch::no_grad(|| block_terms(model, prompt, response, MASK, EOS, BLOCK, &masks).unwrap()));
+    levels
+        .iter()
+        .zip(weights)
+        .map(|(t, w)| {
+            let each = masks.iter().zip(&terms).map(|(m, row)| {
+                let k = m.iter().filter(|&&x| x).count() as i32;
+                t.powi(k) * (1.0 - t).powi(r as i32 - k) * row.iter().sum::<f64>()
+            });
+            w * each.sum::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn gauss_levels_are_unbiased_once_the_rule_is_exact_for_the_block_and_midpoint_is_not() {
+    let model = spiky();
+    // One block of 4 response tokens: the integrand is a polynomial of degree 3 in t, which the 2-point
+    // Gauss-Legendre rule integrates exactly and the 2-point midpoint rule does not.
+    let (prompt, response) = (vec![5, 40, 41, 6], vec![50, 51, 52, EOS]);
+    let exact = exact_elbo(&model, &prompt, &response);
+    let gauss = expected_value(&model, &prompt, &response, &Estimator::gauss(2, false));
+    assert!((gauss - exact).abs() < 1e-9 * exact.abs().max(1.0), "gauss:2 expects {gauss}, the ELBO is {exact}");
+    let midpoint = expected_value(&model, &prompt, &response, &Estimator::midpoint(2, false));
+    assert!((midpoint - exact).abs() > 1e-3, "midpoint:2 expects {midpoint}: its quadrature error is a bias");
+    assert!((expected_value(&model, &prompt, &response, &Estimator::gauss(1, false)) - exact).abs() > 1e-3, "one point is not exact for degree 3");
+}
+
 #[test]
 fn estimators_agree_with_the_exact_elbo_within_their_standard_errors() {
     let model = spiky();
@@ -134,6 +168,8 @@ fn estimators_agree_with_the_exact_elbo_within_their_standard_errors() {
         Estimator::Stratified { levels: 100, antithetic: true },
         Estimator::MonteCarlo { samples: 200, antithetic: false },
         Estimator::MonteCarlo { samples: 100, antithetic: true },
+        Estimator::gauss(100, false),
+        Estimator::gauss(50, true),
     ];
     for est in ests {
         let r = likelihood::likelihood(&model, &prompt, &response, MASK, EOS, BLOCK, &est, 9).unwrap();

@@ -219,7 +219,7 @@ fn settings_parse_and_bad_values_change_nothing() {
         ("temperature", "0", "greedy"),
         ("eps_low", "1.5", "(0, 1)"),
         ("reward", "regex ([", "regex"),
-        ("reward", "bogus", "expected one of: verifier, exact, regex PATTERN"),
+        ("reward", "bogus", "expected one of: verifier, exact, similarity, regex PATTERN"),
         ("reward", "regex", "needs an argument"),
         ("reward", "exact 3", "takes no argument"),
         ("reward_timeout", "2", "command"),
@@ -243,6 +243,13 @@ fn settings_parse_and_bad_values_change_nothing() {
     assert!((a[0] - 0.5 / (1.0f64 / 3.0).sqrt()).abs() < 1e-3 && a[0] == -a[1], "{a:?}");
     assert_eq!(advantages(&[1.0, 1.0]), vec![0.0, 0.0]);
     assert_eq!(Reward::parse("regex ^1+$").unwrap().score(&[&p, &p], &["111".into(), "12".into()]).unwrap(), vec![1.0, 0.0]);
+    // similarity: 1 - edit distance / the longer length, the best over the accepted answers.
+    let sim = Reward::parse("similarity").unwrap();
+    assert_eq!(sim.score(&[&p, &p, &p], &["1348".into(), "1438".into(), "".into()]).unwrap(), vec![1.0, 0.5, 0.0]);
+    let two = RlPrompt { answers: vec!["abcd".into(), "xy".into()], ..RlPrompt::parse("q => abcd").unwrap() };
+    assert!((sim.score(&[&two], &["xyz".into()]).unwrap()[0] - 2.0 / 3.0).abs() < 1e-12, "xy is one insertion from xyz");
+    let none = sim.score(&[&RlPrompt::parse("hello").unwrap()], &["x".into()]).unwrap_err().to_string();
+    assert!(none.contains("no reference answer"), "{none}");
 }
 
 #[test]

@@ -382,6 +382,15 @@ mod tests {
         assert_eq!(i.complete("set edit_timing a", 17).matches, vec!["after-masks", "always"]);
         assert!(i.complete("switch ma", 9).matches.is_empty(), "no branches before the first decode");
         assert_eq!(i.complete("step 2 ; ca", 11).matches, vec!["canvas"]);
+        // The same candidates as the terminal's Tab, line for line (the kernel drops the trailing space).
+        let mut tab = dllm_repl::terminal::ReplHelper::new(false);
+        tab.branches = i.session.branch_names();
+        for line in ["ste", "set thr", "preset low", "likelihood gau", "rl set reward sim", "rl set estimator ", "fidelity ", "load random:m", "break t", "train d", "help rl"] {
+            let kernel = i.complete(line, line.chars().count()).matches;
+            let terminal: Vec<String> = tab.tab(line).into_iter().map(|c| c.trim_end().to_string()).collect();
+            assert_eq!(kernel, terminal, "{line}");
+            assert!(!kernel.is_empty(), "{line}");
+        }
         done(i);
     }
 

@@ -111,6 +111,8 @@ pub static TABLE: &[Command] = &[
         "The copy is independent: change settings there and compare with `diff`.\n\nExample:\n  fork q-mode\n  preset Q", true, fork),
     cmd!("switch", ["checkout"], Syntax::Params(&[one("NAME", Kind::Branch)]), "Switch to another branch", "Example:\n  switch main", false, switch),
     cmd!("branches", [], NONE, "List branches with their progress", "", false, branches),
+    cmd!("drop", [], Syntax::Params(&[many("NAME", Kind::Branch)]), "Delete branches (not the current one)",
+        "Frees the branches' decoders and caches: a session that forks a lot grows with its branches. The\ncurrent branch stays (`switch` away first); nothing is dropped if a name is wrong.\n\nExample:\n  drop q-mode after", false, drop),
     cmd!("diff", [], Syntax::Params(&[one("A", Kind::Branch), one("B", Kind::Branch)]), "Compare two branches step by step",
         "A step-aligned table of |Gamma| and |Delta| per step, the first step where they diverge, their TPF\nand final texts.\n\nExample:\n  diff main q-mode", true, diff),
     cmd!("canvas", ["show-canvas"], NONE, "Show the canvas (prompt, tokens, masks; last step's changes)", "", true, canvas),
@@ -135,7 +137,7 @@ pub static TABLE: &[Command] = &[
     cmd!("sweep", [], Syntax::Params(&[one("NAME", Kind::Setting), many("VALUE", Kind::SettingValue)]), "Decode the prompt once per value of a setting; tabulate TPF, steps, edits",
         "Each run starts fresh from the current prompt and settings with NAME set to one value.\n\nExample:\n  sweep threshold 0.5 0.7 0.9", true, sweep),
     cmd!("likelihood", ["elbo"], crate::likelihood_cmd::SYNTAX, "ELBO estimates of log p(response | prompt), one row per estimator",
-        "Scores the current branch's decoded response (through its EOS), or the pair after `--` (the prompt\ngoes through the chat template, the response gets an EOS). The estimators are listed below\n(the default is stratified:4); `edit` (LLaDA2.2 models) adds a table splitting it into M2T, keep,\nsubstitute, delete and insert parts. Each row: value, standard error, per-block terms.\nrepeat=R re-estimates with R seeds and shows the spread across them.\n\nExamples:\n  likelihood\n  likelihood stratified:4 mc:4 mean-field repeat=20\n  likelihood midpoint:8 -- sort 3814 => 1348\n  likelihood stratified:4 edit:4:0.2", true, crate::likelihood_cmd::likelihood_cmd),
+        "Scores the current branch's decoded response (through its EOS), or the pair after `--` (the prompt\ngoes through the chat template, the response gets an EOS). The estimators are listed below\n(the default is stratified:4); `edit` (LLaDA2.2 models) adds a table splitting it into M2T, keep,\nsubstitute, delete and insert parts. Each row: value, standard error, per-block terms.\nrepeat=R re-estimates with R seeds and shows the spread across them.\n\nExamples:\n  likelihood\n  likelihood stratified:4 mc:4 mean-field repeat=20\n  likelihood midpoint:8 gauss:8 -- sort 3814 => 1348\n  likelihood stratified:4 edit:4:0.2", true, crate::likelihood_cmd::likelihood_cmd),
     cmd!("rl", [], crate::rl_cmd::SYNTAX, "EBPO: configure and run RL updates on the resident model",
         "rl show              the RL settings (rl set NAME VALUE changes one)\nrl prompt TEXT => A   train on given prompts (with a reference answer) instead of the task suite\nrl snapshot [NAME]    keep a copy of the trainable parameters (default name `before`)\nrl update [N]         N updates: rollouts, rewards, clipped surrogate, AdamW (live progress)\nrl stats              every update's reward, loss, clip fraction, KL, gradient norm, time\nrl eval [N]           greedy held-out reward on N instances per task (or the given prompts)\nrl restore [NAME]     put a snapshot back\nrl save DIR           write the policy as a checkpoint (LoRA merged); `load DIR` reads it. DIR must be\n                      new, empty or a checkpoint, which is replaced atomically\nrl merge              fold LoRA adapters into the weights\nrl reset              drop the run (weights stay)\nA failing update (reward command error, non-finite loss) changes nothing. docs/rl.md has the\ndefaults and the measured demo.\n\nExample:\n  rl set tasks order\n  rl set reward exact\n  rl snapshot\n  rl update 20\n  rl eval", true, crate::rl_cmd::rl_cmd),
     cmd!("train", ["finetune"], crate::finetune::SYNTAX, "Fine-tune the resident model on a JSONL file (M2T + T2T), a few steps at a time",
@@ -604,6 +606,23 @@ fn branches(s: &mut Session, _: &Args) -> CmdResult {
         })
         .collect();
     Ok(vec![Value::Table(Table { title: "Branches".into(), columns: ["branch", "steps", "block", "finished", "TPF"].map(String::from).to_vec(), rows })])
+}
+
+fn drop(s: &mut Session, a: &Args) -> CmdResult {
+    let names = a.texts("NAME");
+    for n in &names {
+        if !s.branches.contains_key(*n) {
+            return Err(CommandError::Failed(format!("no branch `{n}` (nothing was dropped); `branches` lists them")));
+        }
+        if *n == s.current {
+            return Err(CommandError::Failed(format!("`{n}` is the current branch (nothing was dropped); `switch` to another first")));
+        }
+    }
+    for n in &names {
+        s.branches.remove(*n);
+    }
+    let left = s.branch_names().join(", ");
+    Ok(vec![msg(format!("dropped {}; branches left: {left}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")))])
 }
 
 fn diff(s: &mut Session, a: &Args) -> CmdResult {

@@ -221,6 +221,12 @@ mod tests {
         assert_eq!(complete_all("fidelity f").1, vec!["fp8"]);
         assert_eq!(complete_all("redecode q8 quantize=i").1, vec!["quantize=int8"]);
         assert_eq!(complete_all("load builtin quantize=f").1, vec!["quantize=fp8"]);
+        // From the registries: a preset, a branch list, an estimator, a reward.
+        assert_eq!(complete_all("preset low").1, vec!["lowconf"]);
+        assert_eq!(complete_all("drop main q").1, vec!["q-mode "], "drop takes several branches");
+        assert_eq!(complete_all("likelihood gau").1, vec!["gauss:4 "]);
+        assert_eq!(complete_all("rl set reward sim").1, vec!["similarity "], "the rest of the line is the value: `regex PATTERN`");
+        assert_eq!(complete_all("rl set estimator gau").1, vec!["gauss:4 "]);
     }
 
     #[test]

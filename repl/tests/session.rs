@@ -126,6 +126,21 @@ fn settings_presets_and_failed_commands_change_nothing() {
 }
 
 #[test]
+fn the_lowconf_preset_unmasks_one_token_per_forward_and_never_edits() {
+    let mut s = session();
+    ok(&mut s, "set gen_length 16");
+    ok(&mut s, "set block_length 8");
+    ok(&mut s, "preset one-per-step");
+    ok(&mut s, "chat sort 3814");
+    ok(&mut s, "run");
+    let st = &ok(&mut s, "stats")[0]["data"];
+    assert_eq!(st["unmasked"], st["forwards"], "{st}");
+    assert_eq!(st["edits"], 0, "{st}");
+    let trace = ok(&mut s, "trace");
+    assert!(trace[0]["reports"].as_array().unwrap().iter().all(|r| r["gamma"].as_array().unwrap().len() == 1), "one write a step");
+}
+
+#[test]
 fn unknown_commands_suggest_the_nearest() {
     let mut s = session();
     match s.execute("stpe 2") {
@@ -195,6 +210,13 @@ fn rewind_fork_switch_diff_and_hand_edits() {
     let d = ok(&mut s, "diff main other");
     assert!(text(&d).contains("first diverging step") || text(&d).contains("identical"));
     assert!(err(&mut s, "diff main").contains("usage: diff A B"));
+    // Dropping branches: never the current one, nothing at all when a name is wrong.
+    assert!(err(&mut s, "drop main").contains("current branch"));
+    assert!(err(&mut s, "drop other nowhere").contains("no branch `nowhere`"));
+    assert_eq!(ok(&mut s, "branches")[0]["rows"].as_array().unwrap().len(), 2, "nothing was dropped");
+    assert!(text(&ok(&mut s, "drop other")).contains("branches left: main"));
+    assert!(err(&mut s, "switch other").contains("no branch"));
+    assert!(err(&mut s, "drop").contains("missing NAME"));
     // Hand edits on a fresh decode.
     ok(&mut s, "prompt-ids 10,11,12");
     ok(&mut s, "step");

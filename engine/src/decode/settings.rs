@@ -3,6 +3,9 @@
 //!
 //! Sources of the presets (see shared/reference/llada2.md section 2):
 //! - `Q` / `S`: the LLaDA2.1 model card's quality and speed modes (0.7 / 0.5 and 0.5 / 0.0, 16 post steps).
+//! - `lowconf`: LLaDA's low-confidence remasking (Nie et al. 2025) with as many steps as tokens: no
+//!   probability exceeds a threshold of 1, so each step's fallback unmasks the one most confident mask; no
+//!   editing. The one-token-per-forward baseline that parallel decoding is measured against.
 //! - `llada2.0`: LLaDA2.0's `generate`: threshold 0.95, no editing, its fallback schedule (the block's
 //!   length spread over `steps` = 32 steps: with block 32, one token per step), stop once a block holds EOS.
 //! - `sglang`: SGLang `JointThreshold` defaults: threshold 0.5, edit_threshold 0 (always edit), 16 post steps,
@@ -226,6 +229,12 @@ pub const PRESETS: &[Preset] = &[
         aliases: &["official"],
         about: "LLaDA2.1 generate defaults (HF signature, the settings a session starts from): 0.95 / 0.9 / 16",
         settings: &[("threshold", "0.95"), ("edit_threshold", "0.9"), ("max_post_steps", "16"), ("edit_timing", "always")],
+    },
+    Preset {
+        name: "lowconf",
+        aliases: &["one-per-step"],
+        about: "LLaDA's low-confidence remasking, one token per forward (steps = gen length), no editing: the baseline of parallel decoding",
+        settings: &[("threshold", "1"), ("edit_threshold", "off"), ("max_post_steps", "0"), ("edit_timing", "always")],
     },
     Preset {
         name: "llada2.0",

@@ -51,7 +51,7 @@ pub static REWARDS: &[RewardKind] = &[
         timed: false,
         make: |_, _| Ok(Arc::new(|p: &RlPrompt, r: &str| match p.task {
             Some(t) => Ok(f64::from(u8::from(t.verify(&p.text, r)))),
-            None => Err(Error::invalid("reward", "verifier", format!("the prompt {:?} is not a task of the suite; use exact, regex or command", p.text))),
+            None => Err(Error::invalid("reward", "verifier", format!("the prompt {:?} is not a task of the suite; use exact, similarity, regex or command", p.text))),
         })),
     },
     RewardKind {
@@ -62,6 +62,15 @@ pub static REWARDS: &[RewardKind] = &[
         takes_arg: false,
         timed: false,
         make: |_, _| Ok(Arc::new(|p: &RlPrompt, r: &str| Ok(f64::from(u8::from(r == reference(p, "exact")?))))),
+    },
+    RewardKind {
+        name: "similarity",
+        aliases: &["levenshtein"],
+        syntax: "similarity",
+        about: "partial credit: 1 - (character edit distance to the nearest accepted answer) / (the longer length), in [0, 1]",
+        takes_arg: false,
+        timed: false,
+        make: |_, _| Ok(Arc::new(similarity)),
     },
     RewardKind {
         name: "regex",
@@ -96,6 +105,37 @@ pub fn reward_kinds() -> Vec<&'static RewardKind> {
 /// The reference answer of a prompt, or an error naming the reward that needs it.
 fn reference<'a>(p: &'a RlPrompt, reward: &str) -> Result<&'a str> {
     p.answer.as_deref().ok_or_else(|| Error::invalid("reward", reward, format!("the prompt {:?} has no reference answer (give it as `TEXT => ANSWER`)", p.text)))
+}
+
+/// `similarity`: the best over the accepted answers (the reference answer when none are listed).
+fn similarity(p: &RlPrompt, r: &str) -> Result<f64> {
+    let answers: Vec<&str> = if p.answers.is_empty() { vec![reference(p, "similarity")?] } else { p.answers.iter().map(String::as_str).collect() };
+    let r: Vec<char> = r.chars().collect();
+    Ok(answers
+        .iter()
+        .map(|a| {
+            let a: Vec<char> = a.chars().collect();
+            let longer = a.len().max(r.len());
+            if longer == 0 {
+                1.0
+            } else {
+                1.0 - edit_distance(&a, &r) as f64 / longer as f64
+            }
+        })
+        .fold(0.0, f64::max))
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), two rows.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// A reward as configured: its spec (what `rl show` prints and configurations compare), its timeout, and the

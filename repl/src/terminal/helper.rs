@@ -26,6 +26,11 @@ impl ReplHelper {
         ReplHelper { branches: Vec::new(), color }
     }
 
+    /// What Tab offers at the end of `line`: the replacements.
+    pub fn tab(&self, line: &str) -> Vec<String> {
+        self.complete_line(line, line.len()).1.into_iter().map(|p| p.replacement).collect()
+    }
+
     /// Tab: the shared completion (`crate::complete`), as rustyline pairs.
     fn complete_line(&self, line: &str, pos: usize) -> (usize, Vec<Pair>) {
         let (start, v) = crate::complete::complete(line, pos, &self.branches);
