@@ -115,7 +115,8 @@ pub static TABLE: &[Command] = &[
         "Frees the branches' decoders and caches: a session that forks a lot grows with its branches. The\ncurrent branch stays (`switch` away first); nothing is dropped if a name is wrong.\n\nExample:\n  drop q-mode after", false, drop),
     cmd!("diff", [], Syntax::Params(&[one("A", Kind::Branch), one("B", Kind::Branch)]), "Compare two branches step by step",
         "A step-aligned table of |Gamma| and |Delta| per step, the first step where they diverge, their TPF\nand final texts.\n\nExample:\n  diff main q-mode", true, diff),
-    cmd!("canvas", ["show-canvas"], NONE, "Show the canvas (prompt, tokens, masks; last step's changes)", "", true, canvas),
+    cmd!("canvas", ["show-canvas"], Syntax::Params(&[opt("all", Kind::OneOf(&["all"]))]), "Show the canvas (prompt, tokens, masks; last step's changes)",
+        "A canvas of more than 8 blocks is folded: the current block, its neighbours and the blocks the last step\nchanged are shown, the rest collapsed into a line (in Jupyter, a click opens them). `canvas all` shows every\nblock.\n\nExamples:\n  canvas\n  canvas all", true, canvas),
     cmd!("gamma", [], NONE, "Show the last step's unmask set Gamma_t", "", true, gamma),
     cmd!("delta", [], NONE, "Show the last step's edit set Delta_t", "", true, delta),
     cmd!("topk", [], Syntax::Params(&[one("POS", POS), opt("K", int(1, 1_000_000))]), "Top-K candidates at a position under the last forward",
@@ -661,8 +662,12 @@ fn diff(s: &mut Session, a: &Args) -> CmdResult {
     ])
 }
 
-fn canvas(s: &mut Session, _: &Args) -> CmdResult {
-    Ok(vec![s.canvas_value("canvas")?])
+fn canvas(s: &mut Session, a: &Args) -> CmdResult {
+    let mut v = s.canvas_value("canvas")?;
+    if let Value::Canvas(c) = &mut v {
+        c.fold = a.text("all").is_none();
+    }
+    Ok(vec![v])
 }
 
 fn last_report(s: &Session) -> Result<dllm_engine::decode::StepReport, CommandError> {

@@ -484,6 +484,7 @@ pub(crate) fn canvas_of(d: &Decoder, tok: &dllm_engine::Tokenizer, title: &str) 
         cells,
         low_confidence: 0.5,
         removed,
+        fold: true,
     })
 }
 

@@ -165,6 +165,37 @@ pub struct Canvas {
     /// Tokens the last Levenshtein step deleted or cut off the block's tail (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<Removed>,
+    /// Fold a long canvas: only the current block, its neighbours and blocks the last step changed are shown
+    /// (the rest collapsed; HTML keeps them a click away). The JSON always has every cell.
+    #[serde(default)]
+    pub fold: bool,
+}
+
+/// A canvas of more blocks than this is folded (when its `fold` is set).
+pub const FOLD_OVER: i64 = 8;
+
+impl Canvas {
+    /// Whether block `b` is shown unfolded.
+    pub fn block_shown(&self, b: i64) -> bool {
+        let bl = self.block_length.max(1);
+        let blocks = self.cells.iter().map(|c| c.pos.div_euclid(bl)).max().unwrap_or(0) + 1;
+        if !self.fold || blocks <= FOLD_OVER || (b - self.current_block).abs() <= 1 {
+            return true;
+        }
+        let changed = |c: &CanvasCell| !matches!(c.kind, CellKind::Prompt | CellKind::Token | CellKind::Mask) || c.moved_from.is_some();
+        self.cells.iter().any(|c| c.pos.div_euclid(bl) == b && changed(c)) || self.removed.iter().any(|r| r.pos.div_euclid(bl) == b)
+    }
+
+    /// From the block at cell `i` (sorted cells), the index past the run of folded blocks and the run's last block.
+    pub(crate) fn folded_run(&self, cells: &[&CanvasCell], mut i: usize) -> (usize, i64) {
+        let bl = self.block_length.max(1);
+        let mut last = cells[i].pos.div_euclid(bl);
+        while i < cells.len() && !self.block_shown(cells[i].pos.div_euclid(bl)) {
+            last = cells[i].pos.div_euclid(bl);
+            i += 1;
+        }
+        (i, last)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

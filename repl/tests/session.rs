@@ -141,6 +141,20 @@ fn the_lowconf_preset_unmasks_one_token_per_forward_and_never_edits() {
 }
 
 #[test]
+fn a_long_canvas_is_folded_until_canvas_all() {
+    let mut s = session();
+    ok(&mut s, "set gen_length 64");
+    ok(&mut s, "set block_length 4");
+    ok(&mut s, "prompt-ids 10,11,12");
+    let v = ok(&mut s, "step 2");
+    let canvas = v.iter().find(|x| x["type"] == "canvas").unwrap();
+    assert_eq!(canvas["fold"], true);
+    assert_eq!(ok(&mut s, "canvas")[0]["fold"], true);
+    assert_eq!(ok(&mut s, "canvas all")[0]["fold"], false);
+    assert!(err(&mut s, "canvas some").contains("one of all"));
+}
+
+#[test]
 fn unknown_commands_suggest_the_nearest() {
     let mut s = session();
     match s.execute("stpe 2") {

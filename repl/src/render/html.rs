@@ -175,8 +175,16 @@ fn canvas(c: &Canvas) -> String {
         c.low_confidence,
     );
     let mut i = 0;
+    // The end of the folded run being drawn (its rows sit in a <details> a click opens).
+    let mut fold_end = None;
     while i < cells.len() {
         let block = cells[i].pos.div_euclid(bl);
+        if fold_end.is_none() && !c.block_shown(block) {
+            let (next, last) = c.folded_run(&cells, i);
+            let which = if last == block { format!("block {block}") } else { format!("blocks {block}–{last}") };
+            let _ = write!(h, "<details><summary style=\"color:#888;cursor:pointer\">{which} folded</summary>");
+            fold_end = Some(next);
+        }
         let bar = if block == c.current_block { "#e0a000" } else { "transparent" };
         let _ = write!(
             h,
@@ -198,6 +206,10 @@ fn canvas(c: &Canvas) -> String {
             cut.iter().for_each(|r| h.push_str(&removed(r)));
         }
         h.push_str("</div>");
+        if fold_end == Some(i) {
+            h.push_str("</details>");
+            fold_end = None;
+        }
     }
     h.push_str("</div>");
     h

@@ -62,6 +62,7 @@ fn sample_canvas() -> Value {
         current_block: 1,
         low_confidence: 0.3,
         removed: Vec::new(),
+        fold: true,
         cells: vec![
             cell(0, "<role>HUMAN</role>", CellKind::Prompt, None),
             cell(1, "Hi", CellKind::Prompt, None),
@@ -260,7 +261,7 @@ fn lev_canvas() -> Value {
         .enumerate()
         .map(|(i, (kind, moved_from))| CanvasCell { pos: i as i64, id: tokens[i], text: text(tokens[i]), kind, p: None, top: vec![], moved_from })
         .collect();
-    Value::Canvas(Canvas { title: "decode".into(), block_length: 8, current_block: 0, cells, low_confidence: 0.3, removed })
+    Value::Canvas(Canvas { title: "decode".into(), block_length: 8, current_block: 0, cells, low_confidence: 0.3, removed, fold: true })
 }
 
 #[test]
@@ -321,4 +322,40 @@ fn chart_ticks_read_apart_and_long_legends_wrap() {
     // The legend breaks at a space instead of cutting "masks left in blo…".
     assert!(svg.contains(">masks left in</text>") && svg.contains(">block</text>"), "{svg}");
     assert!(svg.contains("…</text>"), "a name longer than two lines is cut on the second");
+}
+
+/// Twelve blocks of 2 (prompt in block 0), the decode at block 6 with a write in block 2 (an MBE revision).
+fn long_canvas(fold: bool) -> Canvas {
+    let cells = (0..24)
+        .map(|pos| {
+            let kind = match pos {
+                0 | 1 => CellKind::Prompt,
+                4 => CellKind::Edited { old: "x".into() },
+                p if p >= 14 => CellKind::Mask,
+                _ => CellKind::Token,
+            };
+            cell(pos, "t", kind, Some(0.9))
+        })
+        .collect();
+    Canvas { title: "long".into(), block_length: 2, current_block: 6, cells, low_confidence: 0.3, removed: Vec::new(), fold }
+}
+
+#[test]
+fn a_long_canvas_folds_all_but_the_current_block_its_neighbours_and_changed_blocks() {
+    let c = long_canvas(true);
+    let shown: Vec<i64> = (0..12).filter(|&b| c.block_shown(b)).collect();
+    assert_eq!(shown, vec![2, 5, 6, 7]);
+    let text = render(&Value::Canvas(c.clone())).plain;
+    for folded in ["blocks 0-1 folded", "blocks 3-4 folded", "blocks 8-11 folded"] {
+        assert!(text.contains(folded), "{folded}:\n{text}");
+    }
+    assert_eq!(text.matches(" │ ").count(), 4, "four block rows:\n{text}");
+    let html = render(&Value::Canvas(c)).html;
+    assert_eq!(html.matches("<details>").count(), 3);
+    assert_eq!(html.matches("<details>").count(), html.matches("</details>").count());
+    assert!(html.contains("blocks 8–11 folded"));
+    // Unfolded, or short: every block.
+    let all = render(&Value::Canvas(long_canvas(false))).plain;
+    assert!(!all.contains("folded") && all.matches(" │ ").count() == 12, "{all}");
+    assert!(!render(&sample_canvas()).plain.contains("folded"));
 }

@@ -207,6 +207,13 @@ fn canvas(c: &Canvas, ansi: bool) -> String {
     let mut i = 0;
     while i < cells.len() {
         let block = cells[i].pos.div_euclid(bl);
+        if !c.block_shown(block) {
+            let (next, last) = c.folded_run(&cells, i);
+            let which = if last == block { format!("block {block}") } else { format!("blocks {block}-{last}") };
+            out.push(paint(&format!(" {:>idx_width$} ⋯ {which} folded (`canvas all` shows every block)", ""), DIM, ansi));
+            i = next;
+            continue;
+        }
         let mut line = String::new();
         let mut prev_mask = None;
         let mut push = |line: &mut String, s: String, is_mask: bool| {
