@@ -34,6 +34,8 @@ run: libtorch
 
 test: libtorch venv browser
 	DLLM_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
+	# Doc tests run from a temporary folder, where the rpath of .cargo/config.toml does not reach libtorch.
+	LD_LIBRARY_PATH=$(abspath .libtorch/lib) $(CARGO) test --workspace --doc
 
 # Retrains both embedded models from scratch into target/model/tiny and target/model/tiny-2.2 (an interrupted run
 # resumes there) and installs them into engine/assets/, which the binary embeds: builtin:tiny (LLaDA2.1, about

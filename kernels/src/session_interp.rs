@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dllm_repl::render::{render, render_all, Bundle};
+use dllm_repl::render::render;
 use dllm_repl::complete::find_command as find;
 use dllm_repl::script::script_items;
 use dllm_repl::value::Value as DValue;
@@ -35,8 +35,8 @@ use crate::interpreter::{
 
 /// The display that shows the model loading while the first command waits for it.
 const LOAD_DISPLAY: &str = "dllm-model-load";
-/// MIME type of a value's JSON when `application/json` would hide its HTML (see the module docs).
-pub const VALUE_MIME: &str = "application/vnd.dllm.value+json";
+#[cfg(test)]
+use dllm_repl::render::VALUE_MIME;
 
 pub struct SessionInterpreter {
     session: Session,
@@ -73,55 +73,19 @@ fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// A command's values as the outputs a notebook shows: each run of values other than charts as one bundle
-/// ([`bundle`]), and every chart as a bundle of its own: its SVG and the same chart as PNG, with text/plain and
-/// the JSON, and no HTML. An untrusted notebook (opened from a file rather than run here) strips SVG from HTML
-/// and does not render `image/svg+xml`, but shows a PNG; a trusted one prefers the SVG
-/// (`dllm_repl::render::png`, checked in a real JupyterLab by tests/kernel/browser_check.py).
+/// A command's values as the outputs a notebook shows ([`dllm_repl::render::outputs`], shared with the Rust
+/// API's notebook display).
 pub fn bundles(values: &[DValue]) -> Vec<MimeBundle> {
-    let mut out = Vec::new();
-    let mut run: Vec<DValue> = Vec::new();
-    for v in values {
-        if matches!(v, DValue::Chart(_)) {
-            if !run.is_empty() {
-                out.push(bundle(&std::mem::take(&mut run)));
-            }
-            out.push(chart_bundle(v));
-        } else {
-            run.push(v.clone());
-        }
-    }
-    if !run.is_empty() {
-        out.push(bundle(&run));
-    }
-    out
+    dllm_repl::render::outputs(values).into_iter().map(to_bundle).collect()
 }
 
-fn chart_bundle(v: &DValue) -> MimeBundle {
-    let b = render(v);
-    let mut m = MimeBundle::new();
-    m.insert("text/plain".into(), Value::String(b.plain));
-    m.insert(VALUE_MIME.into(), b.json);
-    if let Some(svg) = b.svg {
-        if let Some(png) = dllm_repl::render::png_base64(&svg) {
-            m.insert("image/png".into(), Value::String(png));
-        }
-        m.insert("image/svg+xml".into(), Value::String(svg));
-    }
-    m
-}
-
-/// Values as a MIME bundle (see the module docs for the JSON rule).
+/// Values as one MIME bundle ([`dllm_repl::render::output`]).
 pub fn bundle(values: &[DValue]) -> MimeBundle {
-    let b: Bundle = if values.len() == 1 { render(&values[0]) } else { render_all(values) };
-    let mut m = MimeBundle::new();
-    m.insert("text/plain".into(), Value::String(b.plain));
-    m.insert("text/html".into(), Value::String(b.html));
-    m.insert(VALUE_MIME.into(), b.json);
-    if let Some(svg) = b.svg {
-        m.insert("image/svg+xml".into(), Value::String(svg));
-    }
-    m
+    to_bundle(dllm_repl::render::output(values))
+}
+
+fn to_bundle(o: dllm_repl::render::Output) -> MimeBundle {
+    o.into_iter().map(|(mime, data)| (mime.to_string(), data)).collect()
 }
 
 /// A progress display: the values' HTML (and JSON) for notebooks, and one line of text/plain (`… step 3: block

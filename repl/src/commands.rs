@@ -233,7 +233,7 @@ fn info(s: &mut Session, _: &Args) -> CmdResult {
 
 fn start(s: &mut Session, ids: Vec<i64>) -> CmdResult {
     let n = ids.len();
-    s.start_decode(ids)?;
+    let canvas = s.prompt_ids(&ids)?;
     let d = s.decoder()?;
     let text = format!(
         "prompt: {n} tokens; decoding {} tokens in blocks of {} from block {} on branch `{}`",
@@ -242,7 +242,7 @@ fn start(s: &mut Session, ids: Vec<i64>) -> CmdResult {
         d.cursor().block,
         s.current
     );
-    Ok(vec![msg(text), s.canvas_value("canvas")?])
+    Ok(vec![msg(text), Value::Canvas(canvas)])
 }
 
 /// The TEXT of `prompt`/`chat`: the rest of the line as typed, or the one quoted word without its quotes.
@@ -314,13 +314,26 @@ fn check_with_model(s: &Session, st: &DecodeSettings) -> Result<(), CommandError
     Ok(())
 }
 
-fn set(s: &mut Session, a: &Args) -> CmdResult {
-    let (Some(name), Some(value)) = (a.text("NAME"), a.text("VALUE")) else { return Err(usage("set", "expected NAME VALUE")) };
+/// `set NAME VALUE` ([`Session::set`]).
+pub(crate) fn set_setting(s: &mut Session, name: &str, value: &str) -> Result<(), CommandError> {
     change_settings(s, |st| st.set(name, value))?;
     // Presets leave layout, seed and sampling alone, so setting those is not choosing decoding rules.
     if !matches!(name, "gen_length" | "block_length" | "seed" | "temperature" | "top_k" | "top_p" | "attention" | "mbe_window") {
         s.settings_chosen = true;
     }
+    Ok(())
+}
+
+/// `preset NAME` ([`Session::preset`]).
+pub(crate) fn apply_preset(s: &mut Session, name: &str) -> Result<(), CommandError> {
+    change_settings(s, |st| st.apply_preset(name))?;
+    s.settings_chosen = true;
+    Ok(())
+}
+
+fn set(s: &mut Session, a: &Args) -> CmdResult {
+    let (Some(name), Some(value)) = (a.text("NAME"), a.text("VALUE")) else { return Err(usage("set", "expected NAME VALUE")) };
+    s.set(name, value)?;
     let layout = matches!(name, "block_length" | "gen_length") && s.decoder().is_ok();
     Ok(vec![msg(format!("{name} = {}{}", s.settings.get(name).unwrap_or_default(), if layout { " (from the next prompt: the canvas layout is fixed)" } else { "" }))])
 }
@@ -332,8 +345,7 @@ fn preset(s: &mut Session, a: &Args) -> CmdResult {
         let columns = ["preset", "what it is", "settings it writes (after resetting the rules no preset keeps)"];
         return Ok(vec![Value::Table(Table { title: "Presets".into(), columns: columns.map(String::from).to_vec(), rows })]);
     };
-    change_settings(s, |st| st.apply_preset(name))?;
-    s.settings_chosen = true;
+    s.preset(name)?;
     Ok(vec![msg(format!("preset {name} applied"))])
 }
 
@@ -378,9 +390,16 @@ fn lev_facts(l: &LevStep, edit_ids: Option<(i64, i64)>) -> String {
     f.join(" · ")
 }
 
-/// The steps table; a `Levenshtein` column appears only when some step is a Levenshtein step (LLaDA2.1
-/// tables stay as they were). Its JSON also carries the complete reports.
+/// The steps table titled `title` ([`steps`]).
 fn steps_table(title: &str, reports: &[StepReport], edit_ids: Option<(i64, i64)>) -> Value {
+    let mut s = steps(reports, edit_ids);
+    s.table.title = title.into();
+    Value::Steps(s)
+}
+
+/// The steps table of `reports` (titled "Steps"); a `Levenshtein` column appears only when some step is a
+/// Levenshtein step (LLaDA2.1 tables stay as they were). Its JSON also carries the complete reports.
+pub(crate) fn steps(reports: &[StepReport], edit_ids: Option<(i64, i64)>) -> Steps {
     let lev = reports.iter().any(|r| r.lev.is_some());
     let rows = reports
         .iter()
@@ -408,7 +427,7 @@ fn steps_table(title: &str, reports: &[StepReport], edit_ids: Option<(i64, i64)>
     if lev {
         columns.push("Levenshtein".into());
     }
-    Value::Steps(Steps { table: Table { title: title.into(), columns, rows }, reports: reports.to_vec() })
+    Steps { table: Table { title: "Steps".into(), columns, rows }, reports: reports.to_vec() }
 }
 
 /// "DELETE" / "SPLIT" when `id` is one of the model's edit operations (`edit_ids`): real checkpoints have only
@@ -566,28 +585,20 @@ fn watch(s: &mut Session, a: &Args) -> CmdResult {
 
 fn rewind(s: &mut Session, a: &Args) -> CmdResult {
     let t = checked(a, "STEP");
-    s.decoder_mut()?.rewind(t)?;
+    s.rewind(t)?;
     Ok(vec![msg(format!("rewound to before step {t}")), s.canvas_value("canvas")?])
 }
 
 fn fork(s: &mut Session, a: &Args) -> CmdResult {
-    let name = a.text("NAME").unwrap_or_default().to_string();
-    if s.branches.contains_key(&name) {
-        return Err(CommandError::Failed(format!("branch `{name}` exists; `switch {name}` or pick another name")));
-    }
-    let copy = s.decoder()?.fork();
-    s.branches.insert(name.clone(), copy);
-    let from = std::mem::replace(&mut s.current, name.clone());
+    let name = a.text("NAME").unwrap_or_default();
+    let from = s.current.clone();
+    s.fork(name)?;
     Ok(vec![msg(format!("forked `{from}` into `{name}` (now current)"))])
 }
 
 fn switch(s: &mut Session, a: &Args) -> CmdResult {
     let name = a.text("NAME").unwrap_or_default();
-    if !s.branches.contains_key(name) {
-        let known: Vec<&str> = s.branches.keys().map(String::as_str).collect();
-        return Err(CommandError::Failed(format!("no branch `{name}`; branches: {}", known.join(", "))));
-    }
-    s.current = name.into();
+    s.switch(name)?;
     Ok(vec![msg(format!("on branch `{name}`"))])
 }
 

@@ -1,11 +1,13 @@
 //! dllm-repl: the `Session` that keeps a model resident and drives the decoder, its ONE command table
 //! (`commands`), typed results (`value`) rendered in one place (`render`), and the terminal front-end.
 
+mod api;
 mod commands;
 mod fidelity;
 mod finetune;
 pub mod grammar;
 mod likelihood_cmd;
+pub mod notebook;
 mod parse;
 mod persist;
 mod research;

@@ -38,9 +38,7 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
         Some(p) => {
             let (x, y) = p.split_once("=>").ok_or_else(|| usage("likelihood", "give the pair as `-- PROMPT => RESPONSE`"))?;
             let (x, y) = (x.trim(), y.trim());
-            let prompt = l.tokenizer.encode(&l.tokenizer.chat(&[(Role::Human, x)], true)?)?;
-            let mut response = l.tokenizer.encode(y)?;
-            response.push(l.tokenizer.eos_id);
+            let (prompt, response) = pair_ids(&l.tokenizer, x, y)?;
             (prompt, response, format!("log p({y:?} | {x:?})"), s.settings.block_length)
         }
         None => {
@@ -78,6 +76,14 @@ pub(crate) fn likelihood_cmd(s: &mut Session, a: &Args) -> CmdResult {
     })];
     out.extend(parts);
     Ok(out)
+}
+
+/// The ids of a scored pair: the prompt through the chat template, the response with its EOS.
+pub(crate) fn pair_ids(tok: &Tokenizer, prompt: &str, response: &str) -> Result<(Vec<i64>, Vec<i64>), CommandError> {
+    let p = tok.encode(&tok.chat(&[(Role::Human, prompt)], true)?)?;
+    let mut r = tok.encode(response)?;
+    r.push(tok.eos_id);
+    Ok((p, r))
 }
 
 /// The `edit` estimator's contributions by part (means over the seeds), or `None` for a masking estimator.

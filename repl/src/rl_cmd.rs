@@ -59,9 +59,7 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
         "show" => Ok(vec![rl_table(s)]),
         "set" => {
             let (name, value) = (a.text("NAME").unwrap_or_default(), a.text("VALUE").unwrap_or_default());
-            let mut c = s.rl.config.clone();
-            c.set(name, value)?;
-            apply_config(s, c)?;
+            set(s, name, value)?;
             Ok(vec![msg(format!("rl {name} = {}", s.rl.config.get(name)))])
         }
         "prompt" => {
@@ -147,6 +145,13 @@ pub(crate) fn rl_cmd(s: &mut Session, a: &Args) -> CmdResult {
     }
 }
 
+/// `rl set NAME VALUE` ([`Session::rl_set`]).
+pub(crate) fn set(s: &mut Session, name: &str, value: &str) -> Result<(), CommandError> {
+    let mut c = s.rl.config.clone();
+    c.set(name, value)?;
+    apply_config(s, c)
+}
+
 /// Installs a new configuration: a change of the trainable set ends the run (a new one starts on the next
 /// `rl snapshot` / `rl update`); other changes go to the running optimizer.
 fn apply_config(s: &mut Session, c: RlConfig) -> Result<(), CommandError> {
@@ -219,15 +224,34 @@ fn undo_start(s: &mut Session, start: RunStart) {
 }
 
 fn update(s: &mut Session, n: usize, a: &Args) -> CmdResult {
+    let (done, stop) = updates(s, n, &mut |m| {
+        if let Some(hook) = &a.progress {
+            (hook.borrow_mut())(&[msg(progress_line(m))]);
+        }
+    })?;
+    let mut out = vec![Value::Table(metrics_table(&format!("{} RL update{}", done.len(), if done.len() == 1 { "" } else { "s" }), &done))];
+    if let Some(last) = done.last() {
+        let rows = last.sample.iter().map(|r| vec![r.response.clone().into(), r.reward.into(), r.advantage.into()]).collect();
+        out.push(Value::Table(Table { title: format!("update {}: the rollouts of its first prompt", last.update), columns: ["response", "reward", "advantage"].map(String::from).to_vec(), rows }));
+    }
+    if let Some(m) = stop {
+        out.push(msg(m));
+    }
+    Ok(out)
+}
+
+/// Up to `n` updates, calling `each` after every one; the metrics, and why it stopped early. The first failing
+/// update is the error (nothing changed); a later one stops the run, the earlier updates kept.
+pub(crate) fn updates(s: &mut Session, n: usize, each: &mut dyn FnMut(&UpdateMetrics)) -> Result<(Vec<UpdateMetrics>, Option<String>), CommandError> {
     let started = start_run(s)?;
-    let result = run_updates(s, n, a);
+    let result = run_updates(s, n, each);
     if let (Err(_), Some(start)) = (&result, started) {
         undo_start(s, start); // the first update failed: as if the command had not run
     }
     result
 }
 
-fn run_updates(s: &mut Session, n: usize, a: &Args) -> CmdResult {
+fn run_updates(s: &mut Session, n: usize, each: &mut dyn FnMut(&UpdateMetrics)) -> Result<(Vec<UpdateMetrics>, Option<String>), CommandError> {
     let flag = s.interrupt_flag();
     let mut done: Vec<UpdateMetrics> = Vec::new();
     let mut stop = None;
@@ -241,9 +265,7 @@ fn run_updates(s: &mut Session, n: usize, a: &Args) -> CmdResult {
         clear_caches(s);
         match result {
             Ok(m) => {
-                if let Some(hook) = &a.progress {
-                    (hook.borrow_mut())(&[msg(progress_line(&m))]);
-                }
+                each(&m);
                 done.push(m);
             }
             Err(dllm_engine::Error::Interrupted(why)) => {
@@ -257,15 +279,7 @@ fn run_updates(s: &mut Session, n: usize, a: &Args) -> CmdResult {
             }
         }
     }
-    let mut out = vec![Value::Table(metrics_table(&format!("{} RL update{}", done.len(), if done.len() == 1 { "" } else { "s" }), &done))];
-    if let Some(last) = done.last() {
-        let rows = last.sample.iter().map(|r| vec![r.response.clone().into(), r.reward.into(), r.advantage.into()]).collect();
-        out.push(Value::Table(Table { title: format!("update {}: the rollouts of its first prompt", last.update), columns: ["response", "reward", "advantage"].map(String::from).to_vec(), rows }));
-    }
-    if let Some(m) = stop {
-        out.push(msg(m));
-    }
-    Ok(out)
+    Ok((done, stop))
 }
 
 fn progress_line(m: &UpdateMetrics) -> String {

@@ -364,13 +364,15 @@ impl Session {
         self.branches.keys().cloned().collect()
     }
 
-    pub(crate) fn decoder(&self) -> Result<&Decoder, CommandError> {
+    /// The current branch's decoder: its canvas, cursor, reports, `top_k_at`, statistics.
+    pub fn decoder(&self) -> Result<&Decoder, CommandError> {
         self.branches
             .get(&self.current)
             .ok_or_else(|| CommandError::Failed("no decode yet: set a prompt with `prompt TEXT` or `chat TEXT`".into()))
     }
 
-    pub(crate) fn decoder_mut(&mut self) -> Result<&mut Decoder, CommandError> {
+    /// The current branch's decoder, to edit by hand (`set_tokens`, `remask`, `rewind`).
+    pub fn decoder_mut(&mut self) -> Result<&mut Decoder, CommandError> {
         let current = self.current.clone();
         self.branches
             .get_mut(&current)

@@ -52,6 +52,8 @@ const SEEDS: &[&str] = &[
     "rl update 1", "rl eval 2", "rl set gen_length 16", "rl set tasks copy,sort", "rl set estimator edit:2",
     "likelihood edit:2:0.2 repeat=2 -- copy ab => ab", "set gen_length 64", "run",
     "fidelity int8", "fidelity fp8", "redecode q quantize=int8", "load builtin quantize=fp8", "load builtin",
+    "drop b", "canvas all", "preset lowconf", "likelihood gauss:2:anti", "rl set reward similarity", "break text ab",
+    "watch off", "rl set estimator gauss:2", "help likelihood",
 ];
 
 /// Seeds that take a second or more (a whole RL update, held-out decodes): `DLLM_FUZZ_HEAVY=0` leaves them out

@@ -59,6 +59,55 @@ pub fn render_all(vs: &[Value]) -> Bundle {
     }
 }
 
+/// MIME type of a value's JSON in a notebook output (`application/json` would outrank its HTML).
+pub const VALUE_MIME: &str = "application/vnd.dllm.value+json";
+
+/// One notebook output: MIME type and data (strings, and the values' JSON under [`VALUE_MIME`]).
+pub type Output = Vec<(&'static str, serde_json::Value)>;
+
+/// A command's values as the outputs a notebook shows, for every notebook front-end (the dllm kernel, the Rust
+/// API under evcxr): each run of values other than charts as one output ([`output`]), and every chart as an
+/// output of its own: its SVG and the same chart as PNG, with text/plain and the JSON, and no HTML. An untrusted
+/// notebook (opened from a file rather than run here) strips SVG from HTML and does not render
+/// `image/svg+xml`, but shows a PNG; a trusted one prefers the SVG (checked in a real JupyterLab by
+/// tests/kernel/browser_check.py).
+pub fn outputs(values: &[Value]) -> Vec<Output> {
+    let mut out = Vec::new();
+    let mut run: Vec<Value> = Vec::new();
+    for v in values {
+        if let Value::Chart(_) = v {
+            if !run.is_empty() {
+                out.push(output(&std::mem::take(&mut run)));
+            }
+            let b = render(v);
+            let mut o: Output = vec![("text/plain", b.plain.into()), (VALUE_MIME, b.json)];
+            if let Some(svg) = b.svg {
+                if let Some(png) = png_base64(&svg) {
+                    o.push(("image/png", png.into()));
+                }
+                o.push(("image/svg+xml", svg.into()));
+            }
+            out.push(o);
+        } else {
+            run.push(v.clone());
+        }
+    }
+    if !run.is_empty() {
+        out.push(output(&run));
+    }
+    out
+}
+
+/// Values as one output: text/plain, text/html, the JSON, and a chart's SVG if there is one.
+pub fn output(values: &[Value]) -> Output {
+    let b = if values.len() == 1 { render(&values[0]) } else { render_all(values) };
+    let mut o: Output = vec![("text/plain", b.plain.into()), ("text/html", b.html.into()), (VALUE_MIME, b.json)];
+    if let Some(svg) = b.svg {
+        o.push(("image/svg+xml", svg.into()));
+    }
+    o
+}
+
 /// A data value that is a flat object (every field a number, string, bool or null) as a two-column table, so
 /// text and HTML show it like every other table; `None` for nested data (shown as JSON).
 pub(crate) fn data_table(title: &str, data: &serde_json::Value) -> Option<Table> {
