@@ -1,13 +1,13 @@
 # dllm: the two commands of the README do all set-up on a fresh machine.
 #   make run    sets up libtorch, builds, starts dllm on the embedded default model
-#   make test   sets up libtorch, the test Python environment and Chromium, builds, runs every test
+#   make test   sets up libtorch, the test Python environment, Chromium and evcxr, builds, runs every test
 #   make model  retrains the embedded models from scratch
 SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test libtorch venv browser build release bench gpu-check model clean
+.PHONY: run test libtorch venv browser evcxr rust-kernel build release bench gpu-check model clean
 
 libtorch:
 	@./scripts/setup-libtorch.sh
@@ -23,6 +23,15 @@ venv: $(VENV)/.installed
 browser:
 	@./scripts/setup-browser.sh
 
+# evcxr's Jupyter kernel, once per user (cargo install, about 15 minutes on two cores), for the Rust API
+# notebook's test (kernels/tests/notebooks.rs). `make rust-kernel` also installs the "Rust (dllm)" kernelspec
+# for JupyterLab (docs/rust-api.md).
+evcxr: libtorch
+	@./scripts/setup-evcxr.sh
+
+rust-kernel: libtorch
+	@./scripts/setup-evcxr.sh --user
+
 build: libtorch
 	$(CARGO) build --workspace --all-targets
 
@@ -32,7 +41,7 @@ release: libtorch
 run: libtorch
 	$(CARGO) run --release --quiet --
 
-test: libtorch venv browser
+test: libtorch venv browser evcxr
 	DLLM_PYTHON=$(abspath $(PY)) $(CARGO) test --workspace --all-targets
 	# Doc tests run from a temporary folder, where the rpath of .cargo/config.toml does not reach libtorch.
 	LD_LIBRARY_PATH=$(abspath .libtorch/lib) $(CARGO) test --workspace --doc

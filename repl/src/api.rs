@@ -91,6 +91,14 @@ impl Session {
         Ok(self.advance(usize::MAX, false, &crate::parse::Args::default())?.0)
     }
 
+    /// Every step of the current branch so far, with the tokens' texts filled in.
+    pub fn reports(&mut self) -> Result<Vec<StepReport>, CommandError> {
+        let mut reports: Vec<StepReport> = self.decoder()?.reports().cloned().collect();
+        let tok = &self.model()?.tokenizer;
+        reports.iter_mut().for_each(|r| r.annotate(tok));
+        Ok(reports)
+    }
+
     /// The current branch's decoded text (through the first EOS).
     pub fn output(&mut self) -> Result<String, CommandError> {
         let ids = self.decoder()?.output();

@@ -22,3 +22,5 @@ pub mod value;
 
 pub use commands::{markdown as commands_markdown, Command, BREAK_EVENTS};
 pub use session::{CmdResult, CommandError, ModelSource, Session};
+/// The engine (model, decoder, likelihoods, RL, tasks), for code of your own beside the session.
+pub use dllm_engine as engine;
