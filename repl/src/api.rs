@@ -80,6 +80,19 @@ impl Session {
 
     /// Up to `n` forward passes of the current branch (fewer when the decode ends): the steps as a table, with
     /// every [`StepReport`] (Gamma_t, Delta_t, and a LLaDA2.2 step's Levenshtein facts) in `reports`.
+    ///
+    /// ```
+    /// let mut s = dllm_repl::Session::open("builtin:tiny-2.2", "cpu")?;
+    /// s.chat("rle oooorxmm")?;
+    /// let steps = s.step(4)?;
+    /// for r in &steps.reports {
+    ///     let written: Vec<String> = r.gamma.iter().map(|u| format!("{}:{}", u.pos, u.text)).collect();
+    ///     let lev = r.lev.as_ref().map(|l| format!(", deleted {:?}, split {:?}", l.deleted, l.split)).unwrap_or_default();
+    ///     println!("step {}: Gamma {written:?}, |Delta| {}{lev}", r.step, r.delta.len());
+    /// }
+    /// assert!(steps.reports.iter().all(|r| r.lev.is_some()), "a LLaDA2.2 model decodes with Levenshtein steps");
+    /// # Ok::<(), dllm_repl::CommandError>(())
+    /// ```
     pub fn step(&mut self, n: usize) -> Result<Steps, CommandError> {
         let (reports, _) = self.advance(n, false, &crate::parse::Args::default())?;
         let edit_ids = self.ready()?.model.edit_tokens();
@@ -161,6 +174,15 @@ impl Session {
 
     /// An ELBO estimate of log p(`response` | `prompt`) as `likelihood ESTIMATOR -- PROMPT => RESPONSE` computes
     /// it: the prompt through the chat template, the response with an EOS, the session's block length.
+    ///
+    /// ```
+    /// let mut s = dllm_repl::Session::open("builtin", "cpu")?;
+    /// let right = s.likelihood("sort 3814", "1348", "gauss:4", 0)?;
+    /// let wrong = s.likelihood("sort 3814", "8431", "gauss:4", 0)?;
+    /// assert!(right.value > wrong.value + 3.0);
+    /// assert!(s.likelihood("sort 3814", "1348", "simpson:4", 0).is_err(), "not an estimator of the registry");
+    /// # Ok::<(), dllm_repl::CommandError>(())
+    /// ```
     pub fn likelihood(&mut self, prompt: &str, response: &str, estimator: &str, seed: u64) -> Result<LikelihoodReport, CommandError> {
         let est = Estimator::parse(estimator)?;
         let block = self.settings.block_length;
