@@ -103,7 +103,7 @@ pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Cand
         out.sort_by(|a, b| a.display.cmp(&b.display));
     }
     if let Some(param) = at.param {
-        let vs = values(param.kind, at.previous, branches);
+        let vs = values(param.kind, grammar::named_setting(param.kind, &p.done).or(at.previous), branches);
         out.extend(names(p.word, vs.iter().map(String::as_str), at.more));
         if matches!(param.kind, Kind::Path | Kind::Model) {
             out.extend(paths(p.word));
@@ -204,6 +204,7 @@ mod tests {
         assert_eq!(complete_all("set thr"), (4, vec!["threshold ".to_string()]));
         assert_eq!(complete_all("set edit_timing a"), (16, vec!["after-masks".to_string(), "always".to_string()]));
         assert_eq!(complete_all("set top_k o").1, vec!["off"]);
+        assert_eq!(complete_all("sweep edit_timing always a").1, vec!["after-masks ", "always "], "every value of a sweep");
         assert_eq!(complete_all("preset sg").1, vec!["sglang", "sglang-indel"]);
         assert_eq!(complete_all("break de").1, vec!["delete"], "no argument follows");
         assert_eq!(complete_all("break t").1, vec!["text ", "token ", "truncate"]);

@@ -380,6 +380,16 @@ pub fn position<'a>(syntax: &Syntax, done: &[&'a str]) -> Position<'a> {
     Position { subs: None, param: None, previous, more, keys }
 }
 
+/// The setting whose value an argument of `kind` is, after the complete words `done`: `set NAME VALUE` and
+/// `sweep NAME VALUE...` name it first, `rl set NAME VALUE` second.
+pub fn named_setting<'a>(kind: Kind, done: &[&'a str]) -> Option<&'a str> {
+    match kind {
+        Kind::SettingValue => done.first().copied(),
+        Kind::RlValue if done.len() == 2 => Some(done[1]),
+        _ => None,
+    }
+}
+
 /// The terminal's hint after the complete words `done`: the parameters still to come (`POS [K]`), or for a
 /// setting's value its meaning.
 pub fn hint(syntax: &Syntax, done: &[&str]) -> Option<String> {
@@ -388,7 +398,8 @@ pub fn hint(syntax: &Syntax, done: &[&str]) -> Option<String> {
         return Some(usage(syntax));
     }
     let p = pos.param?;
-    let meaning = |table: &[(&str, &str)]| table.iter().find(|(n, _)| Some(*n) == pos.previous).map(|(_, h)| format!("VALUE  — {h}"));
+    let name = pos.param.and_then(|p| named_setting(p.kind, done));
+    let meaning = |table: &[(&str, &str)]| table.iter().find(|(n, _)| Some(*n) == name).map(|(_, h)| format!("VALUE  — {h}"));
     match p.kind {
         Kind::SettingValue => meaning(SETTINGS),
         Kind::RlValue => meaning(dllm_engine::rl::RL_SETTINGS),

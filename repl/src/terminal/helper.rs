@@ -154,6 +154,8 @@ mod tests {
         assert_eq!(s.display(), "NAME VALUE");
         assert_eq!(s.completion(), None);
         assert!(h.hint_for("set threshold ").unwrap().display().contains("tau_mask"));
+        assert!(h.hint_for("sweep threshold 0.5 ").unwrap().display().contains("tau_mask"), "every value of a sweep");
+        assert!(h.hint_for("rl set kl ").unwrap().display().contains("KL"));
         assert_eq!(h.hint_for("set thresh").unwrap().completion(), Some("old"));
         assert!(h.hint_for("preset ").unwrap().display().contains("llada2.0"));
         assert!(h.hint_for("step 3").is_none());
