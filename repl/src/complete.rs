@@ -103,7 +103,7 @@ pub fn complete(line: &str, pos: usize, branches: &[String]) -> (usize, Vec<Cand
         out.sort_by(|a, b| a.display.cmp(&b.display));
     }
     if let Some(param) = at.param {
-        let vs = values(param.kind, grammar::named_setting(param.kind, &p.done).or(at.previous), branches);
+        let vs = values(param.kind, grammar::named_setting(param.kind, &p.done), branches);
         out.extend(names(p.word, vs.iter().map(String::as_str), at.more));
         if matches!(param.kind, Kind::Path | Kind::Model) {
             out.extend(paths(p.word));
@@ -122,15 +122,15 @@ fn estimators() -> Vec<String> {
     dllm_engine::estimator_specs::ESTIMATORS.iter().map(|k| k.example.to_string()).collect()
 }
 
-/// The words an argument of `kind` takes (`previous`: the word before it, a setting's name before its value).
-fn values(kind: Kind, previous: Option<&str>, branches: &[String]) -> Vec<String> {
+/// The words an argument of `kind` takes (`setting`: the setting whose value it is, [`grammar::named_setting`]).
+fn values(kind: Kind, setting: Option<&str>, branches: &[String]) -> Vec<String> {
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
     match kind {
         Kind::OneOf(words) => strs(words),
         Kind::Setting => SETTINGS.iter().map(|s| s.0.to_string()).collect(),
-        Kind::SettingValue => previous.map(setting_values).unwrap_or_default(),
+        Kind::SettingValue => setting.map(setting_values).unwrap_or_default(),
         Kind::RlSetting => RL_SETTINGS.iter().map(|s| s.0.to_string()).collect(),
-        Kind::RlValue => match previous {
+        Kind::RlValue => match setting {
             Some("preset") => std::iter::once("auto".to_string()).chain(PRESETS.iter().map(|p| p.name.to_string())).collect(),
             Some("estimator") => estimators(),
             Some("reward") => crate::reward_command::reward_kinds().iter().map(|k| k.name.to_string()).collect(),

@@ -266,7 +266,7 @@ pub fn parse(syntax: &Syntax, args: &mut Args) -> Result<(), String> {
         match p.arity {
             Arity::One | Arity::Optional => match next.next() {
                 Some(i) => {
-                    let v = check(p, &args.words[i].clone())?;
+                    let v = check(p, &args.words[i])?;
                     args.values.push((p.name, v));
                 }
                 None if p.arity == Arity::One => return Err(format!("missing {}", p.name)),
@@ -278,7 +278,7 @@ pub fn parse(syntax: &Syntax, args: &mut Args) -> Result<(), String> {
                     return Err(format!("missing {}", p.name));
                 }
                 for i in rest {
-                    let v = check(p, &args.words[i].clone())?;
+                    let v = check(p, &args.words[i])?;
                     args.values.push((p.name, v));
                 }
             }
@@ -325,12 +325,10 @@ fn check(p: &Param, w: &str) -> Result<Val, String> {
 
 /// Where the word under the cursor stands: the parameter it fills (`None` where nothing is expected), whether
 /// the subcommand word is being typed, and whether another argument may follow it.
-pub struct Position<'a> {
+pub struct Position {
     /// The subcommands to offer (the first word of a command with subcommands).
     pub subs: Option<&'static [Sub]>,
     pub param: Option<Param>,
-    /// The word before it (a setting's name before its value).
-    pub previous: Option<&'a str>,
     /// Another argument may follow (completion then adds a space).
     pub more: bool,
     /// `KEY=` parameters not given yet, offered beside positional candidates.
@@ -338,13 +336,12 @@ pub struct Position<'a> {
 }
 
 /// What the word after the complete words `done` is, under `syntax`.
-pub fn position<'a>(syntax: &Syntax, done: &[&'a str]) -> Position<'a> {
-    let previous = done.last().copied();
+pub fn position(syntax: &Syntax, done: &[&str]) -> Position {
     let (params, done): (&'static [Param], &[&str]) = match syntax {
         Syntax::Params(ps) => (ps, done),
         Syntax::Subs { subs, otherwise, .. } => match done.first() {
             None => {
-                let mut p = Position { subs: Some(subs), param: None, previous, more: true, keys: Vec::new() };
+                let mut p = Position { subs: Some(subs), param: None, more: true, keys: Vec::new() };
                 p.param = otherwise.first().copied();
                 return p;
             }
@@ -360,7 +357,7 @@ pub fn position<'a>(syntax: &Syntax, done: &[&'a str]) -> Position<'a> {
         .copied()
         .collect();
     if done.contains(&"--") && params.iter().any(|p| p.arity == Arity::AfterDashes) {
-        return Position { subs: None, param: None, previous, more: true, keys: Vec::new() };
+        return Position { subs: None, param: None, more: true, keys: Vec::new() };
     }
     let positional = done.iter().filter(|w| !w.split_once('=').is_some_and(|(k, _)| params.iter().any(|p| p.is_key(k)))).count();
     let mut seen = 0;
@@ -369,15 +366,15 @@ pub fn position<'a>(syntax: &Syntax, done: &[&'a str]) -> Position<'a> {
         let last = i + 1 == order.len();
         match p.arity {
             Arity::One | Arity::Optional if seen == positional => {
-                return Position { subs: None, param: Some(**p), previous, more: !last || !keys.is_empty(), keys };
+                return Position { subs: None, param: Some(**p), more: !last || !keys.is_empty(), keys };
             }
             Arity::One | Arity::Optional => seen += 1,
-            Arity::Many | Arity::Any | Arity::Rest => return Position { subs: None, param: Some(**p), previous, more: true, keys },
+            Arity::Many | Arity::Any | Arity::Rest => return Position { subs: None, param: Some(**p), more: true, keys },
             _ => {}
         }
     }
     let more = !keys.is_empty();
-    Position { subs: None, param: None, previous, more, keys }
+    Position { subs: None, param: None, more, keys }
 }
 
 /// The setting whose value an argument of `kind` is, after the complete words `done`: `set NAME VALUE` and

@@ -144,6 +144,7 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
 pub struct Reward {
     spec: String,
     timeout: Duration,
+    timed: bool,
     f: Arc<dyn RewardFn>,
 }
 
@@ -193,12 +194,12 @@ impl Reward {
         }
         let f = (kind.make)(arg, timeout)?;
         let spec = if arg.is_empty() { kind.name.to_string() } else { format!("{} {arg}", kind.name) };
-        Ok(Reward { spec, timeout, f })
+        Ok(Reward { spec, timeout, timed: kind.timed, f })
     }
 
     /// A reward from any function (a notebook's own metric); `name` is what `rl show` prints.
     pub fn from_fn(name: &str, f: impl RewardFn + 'static) -> Reward {
-        Reward { spec: name.to_string(), timeout: DEFAULT_TIMEOUT, f: Arc::new(f) }
+        Reward { spec: name.to_string(), timeout: DEFAULT_TIMEOUT, timed: false, f: Arc::new(f) }
     }
 
     /// The same reward with another timeout; refused for kinds it does not apply to.
@@ -210,10 +211,9 @@ impl Reward {
         Reward::parse_with(&self.spec, timeout)
     }
 
-    /// Whether `reward_timeout` applies.
+    /// Whether `reward_timeout` applies (its kind runs something outside the process).
     pub fn timed(&self) -> bool {
-        let name = self.spec.split_whitespace().next().unwrap_or("");
-        reward_kinds().iter().any(|k| k.name == name && k.timed)
+        self.timed
     }
 
     pub fn timeout(&self) -> Duration {
