@@ -134,6 +134,21 @@ fn table_columns_align() {
 }
 
 #[test]
+fn a_number_among_text_stays_by_its_neighbours() {
+    // A key-value table (the session's `info`): one column holds text and numbers; a long text must not push
+    // the numbers to its far edge.
+    let t = Table {
+        title: "Model".into(),
+        columns: vec!["".into(), "".into()],
+        rows: vec![vec!["parameters".into(), 1757568i64.into()], vec!["by part".into(), "routed experts 4.50, attention 0.75".into()]],
+    };
+    let plain = render(&Value::Table(t)).plain;
+    let lines: Vec<&str> = plain.lines().collect();
+    assert_eq!(lines[3], "parameters  1757568");
+    assert_eq!(lines[4], "by part     routed experts 4.50, attention 0.75");
+}
+
+#[test]
 fn canvas_text_shows_each_status() {
     let b = render(&sample_canvas());
     let lines: Vec<&str> = b.plain.lines().collect();

@@ -54,18 +54,15 @@ fn pad(s: &str, width: usize, right: bool) -> String {
     }
 }
 
-/// Title, header, a rule, then rows. Numbers are right-aligned, text left-aligned; rows shorter than the header
-/// are padded with blanks, longer ones widen the table instead of losing cells.
+/// Title, header, a rule, then rows. A column of numbers is right-aligned, any other column left-aligned (a number
+/// among text, as in a key-value table, stays by its neighbours); rows shorter than the header are padded with
+/// blanks, longer ones widen the table instead of losing cells.
 fn table(t: &Table, ansi: bool) -> String {
     let ncols = t.rows.iter().map(Vec::len).chain([t.columns.len()]).max().unwrap_or(0);
     let header: Vec<String> = (0..ncols).map(|i| t.columns.get(i).map(|c| one_line(c)).unwrap_or_default()).collect();
-    let body: Vec<Vec<(String, bool)>> = t
-        .rows
-        .iter()
-        .map(|r| (0..ncols).map(|i| r.get(i).map(|c| (fmt_cell(c), is_numeric(c))).unwrap_or_default()).collect())
-        .collect();
+    let body: Vec<Vec<String>> = t.rows.iter().map(|r| (0..ncols).map(|i| r.get(i).map(fmt_cell).unwrap_or_default()).collect()).collect();
     let widths: Vec<usize> = (0..ncols)
-        .map(|i| body.iter().map(|r| display_width(&r[i].0)).chain([display_width(&header[i])]).max().unwrap_or(0))
+        .map(|i| body.iter().map(|r| display_width(&r[i])).chain([display_width(&header[i])]).max().unwrap_or(0))
         .collect();
     // A column is right-aligned when all its non-blank cells are numbers, so its header lines up with them.
     let numeric: Vec<bool> = (0..ncols)
@@ -83,7 +80,7 @@ fn table(t: &Table, ansi: bool) -> String {
     let rule: Vec<String> = widths.iter().map(|w| "─".repeat(*w)).collect();
     lines.push(paint(&rule.join("  "), DIM, ansi));
     for row in &body {
-        let cells: Vec<String> = row.iter().enumerate().map(|(i, (s, num))| pad(s, widths[i], *num)).collect();
+        let cells: Vec<String> = row.iter().enumerate().map(|(i, s)| pad(s, widths[i], numeric[i])).collect();
         lines.push(cells.join("  ").trim_end().to_string());
     }
     if body.is_empty() {
