@@ -16,9 +16,9 @@ BIN=target/release/dllm
 [ -x "$BIN" ] || { echo "gpu-check: no $BIN; build it here with 'make release' and carry it" >&2; exit 1; }
 
 if [ -n "${DRY_RUN:-}" ]; then
-  device=cpu; preset=micro; dtype=f32; prefix=64; block=8; iters=3
+  device=cpu; preset=micro; dtype=f32; prefix=64; block=8; iters=3; qshape=tiny; qrows=1
 else
-  device=cuda; preset=llada2-mini; dtype=bf16; prefix=1024; block=32; iters=20
+  device=cuda; preset=llada2-mini; dtype=bf16; prefix=1024; block=32; iters=20; qshape=mid; qrows=8
 fi
 
 echo "== libtorch"
@@ -101,11 +101,33 @@ print(f"{sys.argv[3]}: max |p_cpu - p_dev| = {worst:.2e}; against the full model
 assert worst < 1e-3
 PY
 done
+echo "== fp8 fast path on $device: torch _scaled_mm (1x128 fp8 activations x 128x128 fp8 weights) against the"
+echo "   dequantize path and against its own arithmetic emulated in f32 (random $qshape, $dtype)"
+"$BIN" bench quantize --shape "$qshape" --device "$device" --dtype "$dtype" --rows "$qrows" --length 512 --iters 3 --json \
+  >"$OUT/bench-quantize.json"
+python3 - "$OUT/bench-quantize.json" "$device" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+print("fp8 fast path:", b["fp8_fast_path"])
+for r in b["results"]:
+    print(f'{r["experts"]:>5} {str(r.get("fp8_matmul") or ""):>10}: forward / full {r.get("forward_over_full", 1):.2f}, '
+          f'top-1 vs full {r["fidelity"]["top1_agreement"] if r.get("fidelity") else 1:.3f}, '
+          f'KL vs dequantize {(r.get("against_dequantize") or {}).get("kl_mean", "-")}, KL vs emulated {(r.get("against_emulated") or {}).get("kl_mean", "-")}')
+scaled = [r for r in b["results"] if r.get("fp8_matmul") == "scaled"]
+if sys.argv[2] == "cuda":
+    assert scaled, "the fast path's probe failed on this GPU: " + b["fp8_fast_path"]["why"]
+    s = scaled[0]
+    # Closer to its own arithmetic than to the dequantize path (which skips the activations' fp8 rounding).
+    assert s["against_emulated"]["kl_mean"] <= s["against_dequantize"]["kl_mean"], s
+PY
 echo "== $preset ($dtype) with int8 and fp8 experts: block forward latency and memory (compare the bf16 line above)"
 for q in int8 fp8; do
   "$BIN" bench forward --shape "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
     --iters "$iters" --quantize $q --json | tee "$OUT/bench-forward-$q.json"
 done
+echo "== $preset fp8 with its experts dequantized (the line above took the fast path where its probe passed)"
+"$BIN" bench forward --shape "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
+  --iters "$iters" --quantize fp8 --fp8-matmul dequantize --json | tee "$OUT/bench-forward-fp8-dequantize.json"
 echo "== EBPO: update time by phase on the embedded model; memory of an update (all vs LoRA) on a random model"
 if [ -n "${DRY_RUN:-}" ]; then rl_updates=1; rl_preset=micro; else rl_updates=3; rl_preset=mid; fi
 "$BIN" bench rl --device "$device" --updates "$rl_updates" --memory "$rl_preset" --json | tee "$OUT/bench-rl.json"

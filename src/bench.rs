@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use dllm_engine::{shapes, BlockMask, DType, KvCache};
 use serde_json::json;
@@ -93,6 +93,9 @@ pub struct ForwardBench {
     /// Hold the routed experts quantized: int8 or fp8.
     #[arg(long)]
     quantize: Option<String>,
+    /// How fp8 experts multiply: auto, dequantize, scaled or emulated.
+    #[arg(long)]
+    fp8_matmul: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -202,7 +205,10 @@ fn routed(a: &ForwardBench, base: &dllm_engine::Config, block: bool) -> Result<d
 fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, dtype: DType) -> Result<serde_json::Value> {
     let mem_before = gpu_memory_used(device);
     let t0 = Instant::now();
-    let model = shapes::random_model(config, 0, device, dtype)?;
+    let mut model = shapes::random_model(config, 0, device, dtype)?;
+    if let Some(choice) = a.fp8_matmul.as_deref() {
+        model.set_fp8_matmul(choice.parse()?).context("--fp8-matmul")?;
+    }
     sync(device);
     let build_s = t0.elapsed().as_secs_f64();
     let mask = BlockMask::block_causal(a.block);
@@ -255,6 +261,7 @@ fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, d
         "device": format!("{device:?}").to_lowercase(),
         "dtype": dtype.to_string(),
         "quantize": config.quantization.map(|q| q.to_string()),
+        "fp8_matmul": model.fp8_matmul().filter(|_| config.quantization == Some(dllm_engine::Quantization::Fp8)),
         "threads": tch::get_num_threads(),
         "parameters": model.num_parameters(),
         "weight_bytes": model.weight_bytes(),
@@ -406,7 +413,7 @@ fn session(a: &SessionBench) -> Result<()> {
     use dllm_engine::decode::Decoder;
     use dllm_repl::{ModelSource, Session};
     let t0 = Instant::now();
-    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None });
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None, fp8_matmul: None });
     let session_new_ms = t0.elapsed().as_secs_f64() * 1e3;
     let gen = (a.steps as i64 + 8) * 8;
     let setup = [format!("set gen_length {gen}"), "set block_length 8".into(), "set threshold 1.0".into(), "prompt-ids 10,11,12".into()];

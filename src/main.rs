@@ -54,6 +54,9 @@ struct SessionArgs {
     /// Hold the routed experts quantized: int8 or fp8 (default: as the checkpoint stores them).
     #[arg(long)]
     quantize: Option<String>,
+    /// How fp8 experts multiply: auto (fp8 tensor cores where the GPU has them), dequantize, scaled or emulated.
+    #[arg(long)]
+    fp8_matmul: Option<String>,
     /// Print one JSON object per command: {"command", "ok", "result"} or {"command", "ok": false, "error"}.
     #[arg(long)]
     json: bool,
@@ -70,13 +73,14 @@ impl SessionArgs {
             device: self.device.or_else(|| outer.device.clone()),
             dtype: self.dtype.or_else(|| outer.dtype.clone()),
             quantize: self.quantize.or_else(|| outer.quantize.clone()),
+            fp8_matmul: self.fp8_matmul.or_else(|| outer.fp8_matmul.clone()),
             json: self.json || outer.json,
             keep_going: self.keep_going || outer.keep_going,
         }
     }
 
     fn source(&self) -> ModelSource {
-        ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone(), quantize: self.quantize.clone() }
+        ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone(), quantize: self.quantize.clone(), fp8_matmul: self.fp8_matmul.clone() }
     }
 
     fn options(&self, vi: bool) -> terminal::Options {

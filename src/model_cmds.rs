@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use dllm_engine::fp8_matmul::Fp8MatmulChoice;
 use dllm_engine::quant::Fidelity;
 use dllm_engine::{checkpoint::SaveOptions, shapes, BlockMask, DType, KvCache, Loaded, MaskKind, Quantization};
 use serde_json::json;
@@ -26,11 +27,15 @@ pub struct ModelArgs {
     /// 128 x 128 block); default: as the checkpoint stores them.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// How fp8 experts multiply: auto (the GPU's fp8 tensor cores where its probe passes, else dequantized),
+    /// dequantize, scaled (the tensor cores, or an error) or emulated (their arithmetic in f32, any device).
+    #[arg(long)]
+    pub fp8_matmul: Option<String>,
 }
 
 impl Default for ModelArgs {
     fn default() -> Self {
-        ModelArgs { model: None, device: "auto".into(), dtype: None, quantize: None }
+        ModelArgs { model: None, device: "auto".into(), dtype: None, quantize: None, fp8_matmul: None }
     }
 }
 
@@ -44,7 +49,12 @@ impl ModelArgs {
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose()?;
         let quantize = Quantization::parse_option(self.quantize.as_deref())?;
         let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(dllm_engine::BUILTIN));
-        dllm_engine::load_with(&dir, device, dtype, quantize).with_context(|| format!("loading {}", dir.display()))
+        let fp8 = self.fp8_matmul.as_deref().map(str::parse::<Fp8MatmulChoice>).transpose()?;
+        let mut l = dllm_engine::load_with(&dir, device, dtype, quantize).with_context(|| format!("loading {}", dir.display()))?;
+        if let Some(choice) = fp8 {
+            l.model.set_fp8_matmul(choice).context("--fp8-matmul")?;
+        }
+        Ok(l)
     }
 }
 
@@ -70,6 +80,7 @@ pub fn summary(l: &Loaded) -> serde_json::Value {
         "weight_bytes": m.weight_bytes(),
         "weight_bytes_by_part": m.weight_bytes_by_part().into_iter().map(|(p, b)| (p.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
         "quantization": m.quantization().map(|q| q.to_string()),
+        "fp8_matmul": m.fp8_matmul().filter(|_| m.quantization() == Some(Quantization::Fp8)),
         "load_seconds": l.load_time.as_secs_f64(),
         "layers": c.num_hidden_layers,
         "hidden_size": c.hidden_size,
@@ -148,6 +159,9 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     println!("weights    MiB: {}", parts.join(", "));
     if let Some(q) = m.quantization() {
         println!("quantized  {}", q.about());
+    }
+    if let (Some(Quantization::Fp8), Some(p)) = (m.quantization(), m.fp8_matmul()) {
+        println!("fp8 matmul {}: {}", p.path, p.why);
     }
     println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
     if let Some(b) = memory_budget(m) {
@@ -242,8 +256,11 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     // Compared: the full model is loaded, and the quantized one is its copy with quantized experts.
     let (l, full) = match (a.compare, quantize) {
         (true, Some(q)) => {
-            let full = ModelArgs { quantize: None, ..margs.clone() }.load()?;
-            let quantized = full.model.quantized(q)?;
+            let full = ModelArgs { quantize: None, fp8_matmul: None, ..margs.clone() }.load()?;
+            let mut quantized = full.model.quantized(q)?;
+            if let Some(choice) = margs.fp8_matmul.as_deref().map(str::parse::<Fp8MatmulChoice>).transpose()? {
+                quantized.set_fp8_matmul(choice).context("--fp8-matmul")?;
+            }
             let l = Loaded { model: quantized, tokenizer: full.tokenizer.clone(), dir: full.dir.clone(), checkpoint_bytes: full.checkpoint_bytes, load_time: full.load_time };
             (l, Some(full))
         }
@@ -278,6 +295,9 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         let mut v = json!({ "positions": out });
         if let Some(f) = fidelity {
             v["fidelity"] = json!(f);
+        }
+        if let (Some(Quantization::Fp8), Some(p)) = (l.model.quantization(), l.model.fp8_matmul()) {
+            v["fp8_matmul"] = json!(p);
         }
         println!("{v}");
     } else {

@@ -1,12 +1,14 @@
 //! Quantized experts from the command line: `dllm quantize` (a quantized checkpoint, written once), what the
-//! released shapes need in memory with each option (`dllm info --quantize`), and `dllm bench quantize` (memory, fidelity and forward time of int8 / fp8
-//! against the unquantized model, in one run).
+//! released shapes need in memory with each option (`dllm info --quantize`), and `dllm bench quantize` (memory,
+//! fidelity and forward time of int8 / fp8 against the unquantized model, fp8 along each matmul path the device
+//! has, in one run).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use dllm_engine::fp8_matmul::{ExpertMatmul, Fp8MatmulChoice};
 use dllm_engine::quant::Fidelity;
 use dllm_engine::{memory, shapes, BlockMask, Config, DType, KvCache, Model, Quantization};
 use serde_json::json;
@@ -152,24 +154,52 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
         "weight_bytes": full.model.weight_bytes(),
         "load": load_memory(&dir, &a.device, &a.dtype, None)?,
     })];
+    let mut fast_path = None;
     for q in [Quantization::Int8, Quantization::Fp8] {
-        let m = full.model.quantized(q)?;
-        let (logits, secs) = timed(&m, &ids, a.iters)?;
-        let f = Fidelity::of(&reference, &logits);
+        let mut m = full.model.quantized(q)?;
         let experts = m.weight_bytes_by_part()[0].1 as f64;
         let load = load_memory(&dir, &a.device, &a.dtype, Some(q))?;
-        results.push(json!({
-            "experts": q.to_string(),
-            "forward_seconds": secs,
-            "forward_over_full": secs / full_s,
-            "experts_bytes": experts,
-            "experts_over_full": experts / experts_full,
-            "weight_bytes": experts + (full.model.weight_bytes() as f64 - experts_full),
-            // What loading added to the process (after - before), the quantized load over the full one.
-            "resident_over_full": grown(&load) / grown(&results[0]["load"]),
-            "load": load,
-            "fidelity": f,
-        }));
+        // fp8 along each path this device has: dequantized, the fast path's arithmetic emulated, and the fast
+        // path itself where its probe passed; each also against the dequantize path.
+        let paths = match m.fp8_matmul() {
+            Some(p) if q == Quantization::Fp8 => {
+                fast_path = Some(p.clone());
+                let mut v = vec![ExpertMatmul::Dequantize, ExpertMatmul::Emulated];
+                v.extend((p.path == ExpertMatmul::Scaled).then_some(ExpertMatmul::Scaled));
+                v.into_iter().map(Some).collect()
+            }
+            _ => vec![None],
+        };
+        let (mut dequantized, mut emulated) = (None, None);
+        for path in paths {
+            if let Some(p) = path {
+                m.set_fp8_matmul(Fp8MatmulChoice::Exactly(p))?;
+            }
+            let (logits, secs) = timed(&m, &ids, a.iters)?;
+            let against_dequantize = dequantized.as_ref().map(|d| Fidelity::of(d, &logits));
+            // The fast path against its own arithmetic in f32: only accumulation order and rounding differ.
+            let against_emulated = (path == Some(ExpertMatmul::Scaled)).then(|| emulated.as_ref().map(|e| Fidelity::of(e, &logits))).flatten();
+            results.push(json!({
+                "experts": q.to_string(),
+                "fp8_matmul": path,
+                "forward_seconds": secs,
+                "forward_over_full": secs / full_s,
+                "experts_bytes": experts,
+                "experts_over_full": experts / experts_full,
+                "weight_bytes": experts + (full.model.weight_bytes() as f64 - experts_full),
+                // What loading added to the process (after - before), the quantized load over the full one.
+                "resident_over_full": grown(&load) / grown(&results[0]["load"]),
+                "load": load,
+                "fidelity": Fidelity::of(&reference, &logits),
+                "against_dequantize": against_dequantize,
+                "against_emulated": against_emulated,
+            }));
+            match path {
+                Some(ExpertMatmul::Dequantize) => dequantized = Some(logits),
+                Some(ExpertMatmul::Emulated) => emulated = Some(logits),
+                _ => {}
+            }
+        }
     }
     let out = json!({
         "bench": "quantize",
@@ -178,6 +208,8 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
         "dtype": dtype.to_string(),
         "threads": tch::get_num_threads(),
         "positions": a.rows * a.length,
+        // The fp8 fast path's probe on this device: taken, or why not.
+        "fp8_fast_path": fast_path,
         "results": results,
     });
     if a.json {

@@ -450,12 +450,25 @@ fn quantize_writes_a_checkpoint_that_loads_as_it_is_and_info_projects_the_releas
     // The benchmark on a small shape: memory, fidelity and time of each format against the full model.
     let b: serde_json::Value = serde_json::from_str(&ok(&["bench", "quantize", "--shape", "micro", "--dtype", "f32", "--rows", "1", "--length", "16", "--iters", "1", "--json"])).unwrap();
     let results = b["results"].as_array().unwrap();
-    assert_eq!(results.iter().map(|r| r["experts"].as_str().unwrap()).collect::<Vec<_>>(), ["f32", "int8", "fp8"]);
+    // fp8 twice on a CPU: dequantized, and the GPU fast path's arithmetic emulated (its probe says why it is not taken).
+    let rows: Vec<(&str, &str)> = results.iter().map(|r| (r["experts"].as_str().unwrap(), r["fp8_matmul"].as_str().unwrap_or("-"))).collect();
+    assert_eq!(rows, [("f32", "-"), ("int8", "-"), ("fp8", "dequantize"), ("fp8", "emulated")]);
     for r in &results[1..] {
         assert!(r["experts_over_full"].as_f64().unwrap() < 0.4, "one byte against four: {r}");
         assert_eq!(r["fidelity"]["positions"], 16);
         assert!(r["load"]["quantize"] == r["experts"], "the child process loaded it quantized: {r}");
     }
+    let emulated = &results[3]["against_dequantize"];
+    assert!(emulated["max_abs_dp"].as_f64().unwrap() > 0.0 && emulated["kl_mean"].as_f64().unwrap() < 0.01, "{emulated}");
+    assert_eq!(b["fp8_fast_path"]["path"], "dequantize");
+    assert!(b["fp8_fast_path"]["why"].as_str().unwrap().contains("CUDA GPU"), "{b}");
+    // --fp8-matmul: shown by info and forward, refused with the probe's reason where the device has no fast path.
+    let e: serde_json::Value = serde_json::from_str(&ok(&["forward", "--ids", ids, "--block-length", "8", "--quantize", "fp8", "--fp8-matmul", "emulated", "--compare", "--json"])).unwrap();
+    assert_eq!(e["fp8_matmul"]["path"], "emulated");
+    assert!(e["fidelity"] != c["fidelity"], "the emulated fast path moves the distributions: {e}");
+    assert!(fails(&["info", "--device", "cpu", "--quantize", "fp8", "--fp8-matmul", "scaled"]).contains("needs a CUDA GPU of compute capability 9.x"));
+    assert!(fails(&["info", "--device", "cpu", "--fp8-matmul", "emulated"]).contains("not held in fp8"));
+    assert!(fails(&["info", "--device", "cpu", "--quantize", "fp8", "--fp8-matmul", "turbo"]).contains("expected auto, dequantize, scaled or emulated"));
     // The projection: bf16 mini does not fit a 24 GB card, int8 mini does; fp8 flash fits one H200.
     let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--device", "cpu", "--quantize", "none", "--json"])).unwrap();
     let rows = info["projection"].as_array().unwrap();

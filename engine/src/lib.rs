@@ -14,6 +14,7 @@ pub mod edit_labels;
 pub mod edit_likelihood;
 pub mod edit_noise;
 pub mod estimator_specs;
+pub mod fp8_matmul;
 pub mod eval;
 pub mod likelihood;
 pub mod rl;

@@ -20,6 +20,7 @@ use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::lora::{Adapters, FfnLora, LayerLora};
 use crate::moe::{Moe, RoutingGroups};
+use crate::fp8_matmul::{ExpertMatmul, Fp8MatmulChoice, MatmulPath};
 use crate::quant::{ExpertWeights, QTensor, Quantization};
 use crate::weights::{Role, WeightSource};
 
@@ -271,11 +272,17 @@ impl Mlp {
 /// SwiGLU with optional LoRA adapters on its three projections.
 pub(crate) fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor, lora: Option<(&FfnLora, f64)>) -> Tensor {
     let none = None::<&Tensor>;
+    swiglu_with(x, [&|x| x.linear(gate, none), &|x| x.linear(up, none), &|x| x.linear(down, none)], lora)
+}
+
+/// SwiGLU with the gate, up and down projections given as functions (`x -> x @ W^T`), for weights that are not
+/// plain tensors (quantized experts).
+pub(crate) fn swiglu_with(x: &Tensor, [gate, up, down]: [&dyn Fn(&Tensor) -> Tensor; 3], lora: Option<(&FfnLora, f64)>) -> Tensor {
     match lora {
-        None => (x.linear(gate, none).silu() * x.linear(up, none)).linear(down, none),
+        None => down(&(gate(x).silu() * up(x))),
         Some((l, s)) => {
-            let h = (x.linear(gate, none) + l.gate.delta(x, s)).silu() * (x.linear(up, none) + l.up.delta(x, s));
-            h.linear(down, none) + l.down.delta(&h, s)
+            let h = (gate(x) + l.gate.delta(x, s)).silu() * (up(x) + l.up.delta(x, s));
+            down(&h) + l.down.delta(&h, s)
         }
     }
 }
@@ -368,6 +375,8 @@ pub struct Model {
     lm_head: Tensor,
     dtype: DType,
     lora: Option<Adapters>,
+    /// How fp8 routed experts multiply, and why; `None` unless the experts are held in fp8.
+    fp8_matmul: Option<MatmulPath>,
 }
 
 impl std::fmt::Debug for Model {
@@ -413,7 +422,9 @@ impl Model {
             w.get("lm_head.weight", &[c.vocab_size, c.hidden_size], Role::Matrix)?
         };
         source.finish()?;
-        Ok(Model { config: c.clone(), vs, embed, layers, norm, lm_head, dtype, lora: None })
+        let mut model = Model { config: c.clone(), vs, embed, layers, norm, lm_head, dtype, lora: None, fp8_matmul: None };
+        model.set_fp8_matmul(Fp8MatmulChoice::Auto)?;
+        Ok(model)
     }
 
     pub fn config(&self) -> &Config {
@@ -487,6 +498,52 @@ impl Model {
         let config = Config { quantization: Some(format), ..self.config.clone() };
         let mut source = crate::weights::Shared { tensors: self.merged_variables().into_iter().collect() };
         Model::build(&config, &mut source, self.device(), self.dtype)
+    }
+
+    /// How the fp8 routed experts multiply (dequantized, or fp8 on the tensor cores) and why; `None` unless the
+    /// experts are held in fp8.
+    pub fn fp8_matmul(&self) -> Option<&MatmulPath> {
+        self.fp8_matmul.as_ref()
+    }
+
+    /// Chooses how fp8 experts multiply ([`crate::fp8_matmul`]). `auto` takes the fast path where its probe
+    /// passes on this device and dequantizes elsewhere; `scaled` is an error where the probe fails (the
+    /// model keeps its path). Only `auto` is accepted by a model without fp8 experts.
+    pub fn set_fp8_matmul(&mut self, choice: Fp8MatmulChoice) -> Result<&MatmulPath> {
+        if self.quantization() != Some(Quantization::Fp8) {
+            return match choice {
+                Fp8MatmulChoice::Auto => Ok(self.fp8_matmul.insert(MatmulPath::dequantize("the experts are not in fp8"))),
+                Fp8MatmulChoice::Exactly(p) => Err(Error::invalid(
+                    "fp8 matmul",
+                    p,
+                    "the routed experts are not held in fp8: load the model with quantize fp8 first",
+                )),
+            };
+        }
+        let path = match choice {
+            Fp8MatmulChoice::Auto => crate::fp8_matmul::probe(&self.probe_experts(), self.device()),
+            Fp8MatmulChoice::Exactly(ExpertMatmul::Scaled) => match crate::fp8_matmul::probe(&self.probe_experts(), self.device()) {
+                p if p.path == ExpertMatmul::Scaled => p,
+                p => return Err(Error::invalid("fp8 matmul", "scaled", format!("{}; use dequantize, or emulated to see its arithmetic", p.why))),
+            },
+            Fp8MatmulChoice::Exactly(ExpertMatmul::Dequantize) => MatmulPath::dequantize("asked for"),
+            Fp8MatmulChoice::Exactly(ExpertMatmul::Emulated) => {
+                MatmulPath { path: ExpertMatmul::Emulated, why: "asked for: the fast path's fp8 activations, computed in f32".into() }
+            }
+        };
+        for l in &mut self.layers {
+            if let Ffn::Moe(m) = &mut l.ffn {
+                m.fp8_matmul = path.path;
+            }
+        }
+        Ok(self.fp8_matmul.insert(path))
+    }
+
+    /// Expert 0's gate and down projections of the first MoE layer: both shapes an expert multiplies by.
+    fn probe_experts(&self) -> Vec<QTensor> {
+        let Some((_, m)) = self.moes().next() else { return Vec::new() };
+        let [gate, _, down] = m.expert_weights();
+        [gate, down].into_iter().filter_map(|w| w.quantized(0)).collect()
     }
 
     /// The routed experts held quantized (not VarStore variables, so counted apart).

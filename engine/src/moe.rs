@@ -16,14 +16,16 @@
 //! stable descending sort, so ties go to the lower expert id (as minnow does; `topk`'s tie order is unspecified).
 //!
 //! Dispatch groups tokens by expert: one gather, one SwiGLU and one scatter-add per active expert, never a
-//! per-token loop. Quantized experts ([`crate::quant`]) are dequantized one at a time, just before their SwiGLU.
+//! per-token loop. Quantized experts ([`crate::quant`]) are dequantized one at a time, just before their SwiGLU,
+//! or multiplied in fp8 on the GPU ([`crate::fp8_matmul`]).
 
 use tch::{Kind, Tensor};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lora::{FfnLora, LayerLora};
-use crate::model::{swiglu, Mlp, Weights};
+use crate::fp8_matmul::ExpertMatmul;
+use crate::model::{swiglu_with, Mlp, Weights};
 use crate::quant::ExpertWeights;
 use crate::weights::Role;
 
@@ -38,6 +40,8 @@ pub(crate) struct Moe {
     down_proj: ExpertWeights,
     shared: Option<Mlp>,
     router: Router,
+    /// How fp8 experts multiply ([`crate::fp8_matmul`]); set for the whole model by `Model::set_fp8_matmul`.
+    pub(crate) fp8_matmul: ExpertMatmul,
     /// When Some, every forward appends its chosen experts `[B, L, top_k]` (diagnostics: [`crate::Model::experts_per_group`]).
     trace: std::sync::Mutex<Option<Vec<Tensor>>>,
 }
@@ -175,7 +179,7 @@ impl Moe {
         } else {
             None
         };
-        Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c), trace: Default::default() })
+        Ok(Moe { gate, expert_bias, gate_proj, up_proj, down_proj, shared, router: Router::from_config(c), fp8_matmul: ExpertMatmul::Dequantize, trace: Default::default() })
     }
 
     /// The fused routed experts' gate, up and down weights.
@@ -271,8 +275,10 @@ impl Moe {
             let xe = x.index_select(0, &tok);
             let e = e as i64;
             let ad = lora.map(|(l, s)| (l.expert(e), s));
-            let (kind, ad) = (xe.kind(), ad.as_ref().map(|(l, s)| (l, *s)));
-            let ye = swiglu(&xe, &self.gate_proj.expert(e, kind), &self.up_proj.expert(e, kind), &self.down_proj.expert(e, kind), ad);
+            let ad = ad.as_ref().map(|(l, s)| (l, *s));
+            let fp8 = self.fp8_matmul;
+            let (gate, up, down) = (&self.gate_proj, &self.up_proj, &self.down_proj);
+            let ye = swiglu_with(&xe, [&|x| gate.linear(e, x, fp8), &|x| up.linear(e, x, fp8), &|x| down.linear(e, x, fp8)], ad);
             out = out.index_add(0, &tok, &(ye.to_kind(Kind::Float) * weights.narrow(0, start, n).unsqueeze(1)));
             start += n;
         }

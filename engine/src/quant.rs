@@ -20,6 +20,7 @@ use std::str::FromStr;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::fp8_matmul::ExpertMatmul;
 
 /// Rows and columns of one fp8 scale block.
 pub const FP8_BLOCK: i64 = 128;
@@ -211,12 +212,21 @@ pub(crate) enum ExpertWeights {
 }
 
 impl ExpertWeights {
-    /// Expert `e`'s `[rows, cols]` weight for a matmul in `kind`: a view of the full tensor, or dequantized
-    /// (a fresh tensor, dropped after the matmul).
-    pub(crate) fn expert(&self, e: i64, kind: Kind) -> Tensor {
+    /// `x @ W_e^T` for expert `e`, in `x`'s dtype: a view of the full tensor, or the quantized expert
+    /// dequantized just for this matmul (a fresh tensor, dropped after it), or fp8 along `fp8` ([`crate::fp8_matmul`]).
+    pub(crate) fn linear(&self, e: i64, x: &Tensor, fp8: ExpertMatmul) -> Tensor {
         match self {
-            ExpertWeights::Full(t) => t.get(e),
-            ExpertWeights::Quantized(q) => q.get(e).dequantize(kind),
+            ExpertWeights::Full(t) => x.linear(&t.get(e), None::<&Tensor>),
+            ExpertWeights::Quantized(q) if q.format == Quantization::Fp8 => crate::fp8_matmul::linear(x, &q.get(e), fp8),
+            ExpertWeights::Quantized(q) => x.linear(&q.get(e).dequantize(x.kind()), None::<&Tensor>),
+        }
+    }
+
+    /// Expert `e`'s quantized weights, if it is held quantized.
+    pub(crate) fn quantized(&self, e: i64) -> Option<QTensor> {
+        match self {
+            ExpertWeights::Full(_) => None,
+            ExpertWeights::Quantized(q) => Some(q.get(e)),
         }
     }
 

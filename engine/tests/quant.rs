@@ -241,3 +241,36 @@ fn random_models_of_a_preset_shape_load_by_name_and_quantize() {
     let e = load_q(Path::new("random:llada2-flash"), None).unwrap_err().to_string();
     assert!(e.contains("needs about") && e.contains("nothing was allocated"), "{e}");
 }
+
+/// fp8 experts along each matmul path (engine/src/fp8_matmul.rs): on a CPU the model dequantizes and says why;
+/// `emulated` runs the fast path's arithmetic (fp8 activations) and stays close to the dequantize path, but
+/// not identical; `scaled` is refused with the probe's reason and the model keeps its path; a model without
+/// fp8 experts takes no path but `auto`.
+#[test]
+fn fp8_matmul_paths_on_the_cpu() {
+    use dllm_engine::fp8_matmul::{ExpertMatmul, Fp8MatmulChoice};
+    let dir = tiny_checkpoint(f32_opts());
+    let mut l = load_q(dir.path(), Some(Quantization::Fp8)).unwrap();
+    let p = l.model.fp8_matmul().unwrap().clone();
+    assert_eq!(p.path, ExpertMatmul::Dequantize);
+    assert!(p.why.contains("CUDA GPU") && p.why.contains("on cpu"), "{}", p.why);
+    let ids = ids(l.model.config(), 4, 32, 2);
+    let dequantized = logits(&l, &ids);
+
+    let emulated = l.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Emulated)).unwrap();
+    assert_eq!(emulated.path, ExpertMatmul::Emulated);
+    let f = Fidelity::of(&dequantized, &logits(&l, &ids));
+    assert!(f.max_abs_dp > 0.0 && f.kl_mean < 2e-3 && f.top1_agreement >= 0.9, "{f:?}");
+
+    let e = l.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Scaled)).unwrap_err().to_string();
+    assert!(e.contains("CUDA GPU") && e.contains("use dequantize, or emulated"), "{e}");
+    assert_eq!(l.model.fp8_matmul().unwrap().path, ExpertMatmul::Emulated, "a refused choice changes nothing");
+
+    l.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Dequantize)).unwrap();
+    assert!(logits(&l, &ids).equal(&dequantized), "back on the dequantize path, bit for bit");
+
+    let mut int8 = load_q(dir.path(), Some(Quantization::Int8)).unwrap();
+    let e = int8.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Emulated)).unwrap_err().to_string();
+    assert!(e.contains("not held in fp8"), "{e}");
+    assert_eq!(int8.model.set_fp8_matmul(Fp8MatmulChoice::Auto).unwrap().path, ExpertMatmul::Dequantize);
+}

@@ -41,11 +41,14 @@ pub struct ModelArgs {
     /// Routed experts quantized on load: int8 or fp8.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// How fp8 experts multiply: auto, dequantize, scaled or emulated.
+    #[arg(long)]
+    pub fp8_matmul: Option<String>,
 }
 
 impl ModelArgs {
     pub fn source(&self) -> dllm_repl::ModelSource {
-        dllm_repl::ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone(), quantize: self.quantize.clone() }
+        dllm_repl::ModelSource { dir: self.model.clone(), device: self.device.clone().unwrap_or_else(|| "auto".into()), dtype: self.dtype.clone(), quantize: self.quantize.clone(), fp8_matmul: self.fp8_matmul.clone() }
     }
 
     /// The same options as arguments for kernel.json (the folder made absolute).
@@ -63,6 +66,9 @@ impl ModelArgs {
         }
         if let Some(q) = &self.quantize {
             a.extend(["--quantize".to_string(), q.clone()]);
+        }
+        if let Some(p) = &self.fp8_matmul {
+            a.extend(["--fp8-matmul".to_string(), p.clone()]);
         }
         Ok(a)
     }

@@ -38,7 +38,7 @@ impl Session {
     /// load, so an error says what was wrong with the model.
     pub fn open(model: &str, device: &str) -> Result<Session, CommandError> {
         let dir = (model != "builtin").then(|| model.into());
-        let mut s = Session::new(ModelSource { dir, device: device.into(), dtype: None, quantize: None });
+        let mut s = Session::new(ModelSource { dir, device: device.into(), dtype: None, quantize: None, fp8_matmul: None });
         s.model()?;
         Ok(s)
     }

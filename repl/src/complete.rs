@@ -146,6 +146,7 @@ fn values(kind: Kind, setting: Option<&str>, branches: &[String]) -> Vec<String>
             .collect(),
         Kind::Estimator => estimators(),
         Kind::Quantization => strs(&["int8", "fp8"]),
+        Kind::Fp8Matmul => strs(&["auto", "dequantize", "scaled", "emulated"]),
         Kind::Device => strs(&["auto", "cpu", "cuda"]),
         Kind::Dtype => strs(&["f32", "bf16", "f16"]),
         Kind::Command => command_words().map(String::from).collect(),
@@ -219,9 +220,11 @@ mod tests {
         assert_eq!(complete_all("train set tr").1, vec!["trainable "]);
         assert!(complete_all("likelihood mid").1.contains(&"midpoint:4 ".to_string()));
         assert!(complete_all("frobnicate x").1.is_empty());
-        assert_eq!(complete_all("fidelity f").1, vec!["fp8"]);
+        assert_eq!(complete_all("fidelity f").1, vec!["fp8 ", "fp8_matmul="], "the format, or the key that may come first");
+        assert_eq!(complete_all("fidelity i").1, vec!["int8 "]);
         assert_eq!(complete_all("redecode q8 quantize=i").1, vec!["quantize=int8"]);
         assert_eq!(complete_all("load builtin quantize=f").1, vec!["quantize=fp8"]);
+        assert_eq!(complete_all("load builtin quantize=fp8 fp8_matmul=e").1, vec!["fp8_matmul=emulated"]);
         // From the registries: a preset, a branch list, an estimator, a reward.
         assert_eq!(complete_all("preset low").1, vec!["lowconf"]);
         assert_eq!(complete_all("drop main q").1, vec!["q-mode "], "drop takes several branches");

@@ -25,7 +25,7 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
     };
     let branch = s.current.clone();
     let l = s.ready()?;
-    let copy = l.model.quantized(format)?;
+    let copy = crate::research::quantized_copy(&l.model, format, a.text("auto|dequantize|scaled|emulated"))?;
     let ids = tch::Tensor::from_slice(&canvas).view([1, -1]);
     let mask = BlockMask::block_causal(block);
     let full = l.model.forward(&ids, &mut KvCache::new(), 0, mask)?;
@@ -34,6 +34,7 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
         (Some(a), Some(b)) => Some((a.step(&l.model)?, b.step(&copy)?)),
         _ => None,
     };
+    let path = copy.fp8_matmul().filter(|_| format == Quantization::Fp8).map(|p| format!("{}: {}", p.path, p.why));
     drop(copy);
     let f = Fidelity::of(&full, &quant);
     let (pf, pq) = (full.get(0).softmax(-1, Kind::Float), quant.get(0).softmax(-1, Kind::Float));
@@ -47,6 +48,9 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
         vec!["KL mean (nats)".into(), f.kl_mean.into()],
         vec!["KL max (nats)".into(), f.kl_max.into()],
     ];
+    if let Some(p) = path {
+        rows.push(vec!["fp8 matmul".into(), p.into()]);
+    }
     for &p in differs.iter().take(MAX_LISTED) {
         let (a, b) = (top_f.int64_value(&[p]), top_q.int64_value(&[p]));
         let (pa, pb) = (pf.double_value(&[p, a]), pq.double_value(&[p, b]));

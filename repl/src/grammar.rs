@@ -46,6 +46,8 @@ pub enum Kind {
     Estimator,
     /// `int8` or `fp8` (`none` where a load may also mean full precision).
     Quantization,
+    /// How fp8 experts multiply: auto, dequantize, scaled or emulated.
+    Fp8Matmul,
     Device,
     Dtype,
     /// A token: its text, or `#ID`.

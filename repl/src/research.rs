@@ -69,10 +69,26 @@ pub(crate) fn save_policy(l: &Loaded, dir: &Path) -> Result<(), CommandError> {
     r
 }
 
+/// A copy of `model` with its routed experts quantized as `format`, its fp8 experts multiplying as `fp8_matmul`
+/// says (`auto` when absent); `fp8_matmul` with int8 is a usage error.
+pub(crate) fn quantized_copy(model: &dllm_engine::Model, format: dllm_engine::Quantization, fp8_matmul: Option<&str>) -> Result<dllm_engine::Model, CommandError> {
+    let choice = match fp8_matmul {
+        None => None,
+        Some(_) if format != dllm_engine::Quantization::Fp8 => return Err(CommandError::Failed(format!("fp8_matmul= goes with fp8, not {format}"))),
+        Some(c) => Some(c.parse::<dllm_engine::fp8_matmul::Fp8MatmulChoice>()?),
+    };
+    let mut copy = model.quantized(format)?;
+    if let Some(c) = choice {
+        copy.set_fp8_matmul(c)?;
+    }
+    Ok(copy)
+}
+
 /// `redecode NAME`: a fresh decode of the current branch's prompt on a new branch, run to the end.
 pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
     let name = a.text("NAME").unwrap_or_default().to_string();
     let quantize = dllm_engine::Quantization::parse_option(a.text("int8|fp8")).map_err(|e| usage("redecode", e.to_string()))?;
+    let fp8_matmul = a.text("auto|dequantize|scaled|emulated");
     if s.branches.contains_key(&name) {
         return Err(CommandError::Failed(format!("branch `{name}` exists; pick another name")));
     }
@@ -81,7 +97,11 @@ pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
     let from = s.current.clone();
     let flag = s.interrupt_flag();
     let l = s.ready()?;
-    let copy = quantize.map(|q| l.model.quantized(q)).transpose()?;
+    let copy = match quantize {
+        Some(q) => Some(quantized_copy(&l.model, q, fp8_matmul)?),
+        None if fp8_matmul.is_some() => return Err(usage("redecode", "fp8_matmul= goes with quantize=fp8")),
+        None => None,
+    };
     let model = copy.as_ref().unwrap_or(&l.model);
     let mut d = Decoder::new(&prompt, settings, l.tokenizer.mask_id, l.tokenizer.eos_id, model)?;
     while d.step(model)?.is_some() {
@@ -97,6 +117,7 @@ pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
     }
     s.branches.insert(name.clone(), d);
     s.current = name.clone();
-    let with = quantize.map(|q| format!(" with {q} routed experts (stepping it further uses the resident model)")).unwrap_or_default();
+    let path = copy.as_ref().and_then(|m| m.fp8_matmul()).filter(|_| quantize == Some(dllm_engine::Quantization::Fp8)).map(|p| format!(", {} matmuls", p.path));
+    let with = quantize.map(|q| format!(" with {q} routed experts{} (stepping it further uses the resident model)", path.unwrap_or_default())).unwrap_or_default();
     Ok(vec![msg(format!("decoded `{from}`'s prompt afresh on `{name}` (now current){with}: {out:?}, {} forwards, TPF {:.2}; `diff {from} {name}` compares", st.forwards, st.tpf))])
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use dllm_engine::decode::{DecodeSettings, Decoder, Event, LevStep, StepReport, WriteKind};
+use dllm_engine::fp8_matmul::Fp8MatmulChoice;
 use dllm_engine::{DType, Loaded, Quantization};
 
 use crate::commands::{self, Command};
@@ -57,11 +58,13 @@ pub struct ModelSource {
     pub dtype: Option<String>,
     /// Routed experts quantized on load: `int8`, `fp8` or `none` ([`dllm_engine::quant`]).
     pub quantize: Option<String>,
+    /// How fp8 experts multiply: `auto`, `dequantize`, `scaled` or `emulated` ([`dllm_engine::fp8_matmul`]).
+    pub fp8_matmul: Option<String>,
 }
 
 impl Default for ModelSource {
     fn default() -> Self {
-        ModelSource { dir: None, device: "auto".into(), dtype: None, quantize: None }
+        ModelSource { dir: None, device: "auto".into(), dtype: None, quantize: None, fp8_matmul: None }
     }
 }
 
@@ -75,7 +78,11 @@ impl ModelSource {
         let dtype = self.dtype.as_deref().map(str::parse::<DType>).transpose().map_err(|e| e.to_string())?;
         let quantize = Quantization::parse_option(self.quantize.as_deref()).map_err(|e| e.to_string())?;
         let dir = self.dir.clone().unwrap_or_else(|| PathBuf::from(dllm_engine::BUILTIN));
-        let loaded = dllm_engine::load_with(&dir, device, dtype, quantize).map_err(|e| e.to_string())?;
+        let fp8 = self.fp8_matmul.as_deref().map(str::parse::<Fp8MatmulChoice>).transpose().map_err(|e| e.to_string())?;
+        let mut loaded = dllm_engine::load_with(&dir, device, dtype, quantize).map_err(|e| e.to_string())?;
+        if let Some(choice) = fp8 {
+            loaded.model.set_fp8_matmul(choice).map_err(|e| e.to_string())?;
+        }
         small_model_threads(&loaded);
         Ok(loaded)
     }

@@ -52,6 +52,7 @@ const SEEDS: &[&str] = &[
     "rl update 1", "rl eval 2", "rl set gen_length 16", "rl set tasks copy,sort", "rl set estimator edit:2",
     "likelihood edit:2:0.2 repeat=2 -- copy ab => ab", "set gen_length 64", "run",
     "fidelity int8", "fidelity fp8", "redecode q quantize=int8", "load builtin quantize=fp8", "load builtin",
+    "fidelity fp8 fp8_matmul=emulated", "redecode e quantize=fp8 fp8_matmul=emulated", "load builtin quantize=fp8 fp8_matmul=scaled",
     "drop b", "canvas all", "preset lowconf", "likelihood gauss:2:anti", "rl set reward similarity", "break text ab",
     "watch off", "rl set estimator gauss:2", "help likelihood",
 ];
@@ -139,7 +140,7 @@ fn mutated_command_lines_never_abort_and_failures_change_nothing() {
     if std::env::var_os("DLLM_MEMORY_LIMIT").is_none() {
         std::env::set_var("DLLM_MEMORY_LIMIT", "2GB"); // before the session's loading thread starts
     }
-    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None });
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None, fp8_matmul: None });
     for setup in ["set gen_length 16", "set block_length 4", "chat sort 3142", "step"] {
         s.execute(setup).unwrap();
     }

@@ -5,7 +5,7 @@ use dllm_repl::{CommandError, ModelSource, Session};
 use serde_json::Value as Json;
 
 fn session() -> Session {
-    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None });
+    let mut s = Session::new(ModelSource { dir: None, device: "cpu".into(), dtype: None, quantize: None, fp8_matmul: None });
     s.execute("set gen_length 16").unwrap();
     s.execute("set block_length 4").unwrap();
     s
@@ -677,7 +677,7 @@ fn a_chosen_preset_survives_loading_a_llada22_model() {
     let st = &ok(&mut s, "stats")[0]["data"];
     assert!(st.get("deletions").is_none(), "Levenshtein counters stay out of a substitution decode: {st}");
     // A session started on the checkpoint (background load) says what it applied with its first command.
-    let mut s = Session::new(ModelSource { dir: Some(dir.path().into()), device: "cpu".into(), dtype: None, quantize: None });
+    let mut s = Session::new(ModelSource { dir: Some(dir.path().into()), device: "cpu".into(), dtype: None, quantize: None, fp8_matmul: None });
     ok(&mut s, "set gen_length 8");
     let v = ok(&mut s, "prompt-ids 10,11,12");
     assert!(v[0]["text"].as_str().unwrap().contains("preset llada2.2 applied"), "{v:?}");
@@ -907,11 +907,40 @@ fn quantized_experts_fidelity_redecode_and_load() {
     assert!(text(&ok(&mut s, "info")).contains("fp8 (quantized)"), "a failed load keeps the resident model");
 }
 
+/// How fp8 experts multiply, in the session: `fidelity` and `redecode` take `fp8_matmul=` for their copy, `load`
+/// for the resident model, and `info` shows the path and why; on a CPU the tensor cores' path is refused with
+/// the reason and nothing changes.
+#[test]
+fn fp8_matmul_paths_in_the_session() {
+    let mut s = session();
+    ok(&mut s, "chat sort dcba");
+    ok(&mut s, "step 2");
+    let row = |v: &[serde_json::Value], name: &str| v[0]["rows"].as_array().unwrap().iter().find(|r| r[0] == name).map(|r| r[1].clone());
+    let dequantized = ok(&mut s, "fidelity fp8");
+    assert!(row(&dequantized, "fp8 matmul").unwrap().as_str().unwrap().starts_with("dequantize: the fp8 fast path needs a CUDA GPU"));
+    let emulated = ok(&mut s, "fidelity fp8 fp8_matmul=emulated");
+    assert!(row(&emulated, "fp8 matmul").unwrap().as_str().unwrap().starts_with("emulated"));
+    let kl = |v: &[serde_json::Value]| row(v, "KL mean (nats)").unwrap().as_f64().unwrap();
+    assert!(kl(&emulated) != kl(&dequantized) && kl(&emulated) < 0.01, "fp8 activations move the distributions a little more");
+    let before = state(&mut s);
+    assert!(err(&mut s, "fidelity fp8 fp8_matmul=scaled").contains("needs a CUDA GPU of compute capability 9.x"));
+    assert!(err(&mut s, "fidelity int8 fp8_matmul=emulated").contains("goes with fp8, not int8"));
+    assert!(err(&mut s, "redecode x fp8_matmul=emulated").contains("goes with quantize=fp8"));
+    assert!(err(&mut s, "fidelity fp8 fp8_matmul=warp").contains("expected auto, dequantize, scaled or emulated"));
+    assert_eq!(state(&mut s), before);
+    assert!(text(&ok(&mut s, "redecode tc quantize=fp8 fp8_matmul=emulated")).contains("with fp8 routed experts, emulated matmuls"));
+    let v = text(&ok(&mut s, "load builtin quantize=fp8 fp8_matmul=emulated"));
+    assert!(v.contains("emulated: asked for"), "{v}");
+    assert!(err(&mut s, "load builtin quantize=fp8 fp8_matmul=scaled").contains("needs a CUDA GPU"));
+    assert!(text(&ok(&mut s, "info")).contains("emulated: asked for"), "a failed load keeps the resident model");
+    assert!(err(&mut s, "load builtin fp8_matmul=emulated").contains("not held in fp8"));
+}
+
 #[test]
 fn fidelity_shows_the_next_steps_writes_under_both_models() {
     // The notebook 10 example: on the embedded LLaDA2.2 model, the first digit of `order 9182736` has p 0.501
     // before the first step, just above the llada2.2 preset's threshold 0.5; int8 experts put it just below.
-    let mut s = Session::new(ModelSource { dir: Some("builtin:tiny-2.2".into()), device: "cpu".into(), dtype: None, quantize: None });
+    let mut s = Session::new(ModelSource { dir: Some("builtin:tiny-2.2".into()), device: "cpu".into(), dtype: None, quantize: None, fp8_matmul: None });
     ok(&mut s, "set gen_length 24");
     ok(&mut s, "chat order 9182736");
     let row = |v: &[Json], name: &str| {

@@ -94,8 +94,8 @@ const COUNT: Kind = int(1, 1_000_000_000);
 pub static TABLE: &[Command] = &[
     cmd!("help", ["?"], Syntax::Params(&[opt("COMMAND", Kind::Command)]), "List the commands, or explain one",
         "Without an argument, lists every command with its summary. With one, shows its usage, aliases and\nexamples.\n\nExamples:\n  help\n  help step", false, help),
-    cmd!("load", [], Syntax::Params(&[opt("PATH|builtin|builtin:NAME|random:SHAPE", Kind::Model), key("device", "D", Kind::Device), key("dtype", "T", Kind::Dtype), key("quantize", "int8|fp8", Kind::Quantization)]), "Load a model (replaces the resident one)",
-        "Loads a checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or an\nembedded model (`builtin` = builtin:tiny, LLaDA2.1; builtin:tiny-2.2, LLaDA2.2), on `device`\n(auto, cpu, cuda, cuda:N) in `dtype` (f32, bf16, f16). `random:SHAPE[:SEED]` builds a seeded\nrandom model of a named shape in memory (micro, tiny, mid, llada2-mini, ... as `dllm init-model --shape`):\nits outputs are noise, its shapes, memory and speed are real. `quantize=int8|fp8` holds the routed\nexperts quantized (docs/quantization.md). Branches are dropped: their tokens belong to the old\nvocabulary. If loading fails, the old model stays.\n\nExamples:\n  load builtin\n  load builtin:tiny-2.2\n  load random:mid quantize=int8\n  load /models/llada2-mini device=cuda dtype=bf16 quantize=fp8", false, load),
+    cmd!("load", [], Syntax::Params(&[opt("PATH|builtin|builtin:NAME|random:SHAPE", Kind::Model), key("device", "D", Kind::Device), key("dtype", "T", Kind::Dtype), key("quantize", "int8|fp8", Kind::Quantization), key("fp8_matmul", "auto|dequantize|scaled|emulated", Kind::Fp8Matmul)]), "Load a model (replaces the resident one)",
+        "Loads a checkpoint folder (config.json, model.safetensors[.index.json], tokenizer.json) or an\nembedded model (`builtin` = builtin:tiny, LLaDA2.1; builtin:tiny-2.2, LLaDA2.2), on `device`\n(auto, cpu, cuda, cuda:N) in `dtype` (f32, bf16, f16). `random:SHAPE[:SEED]` builds a seeded\nrandom model of a named shape in memory (micro, tiny, mid, llada2-mini, ... as `dllm init-model --shape`):\nits outputs are noise, its shapes, memory and speed are real. `quantize=int8|fp8` holds the routed\nexperts quantized (docs/quantization.md); `fp8_matmul=` chooses how fp8 experts multiply: `auto` (fp8\ntensor cores where the device has them, else dequantized), `dequantize`, `scaled` (the tensor cores, or\nan error) or `emulated` (the tensor cores' arithmetic in f32, on any device). Branches are dropped: their tokens belong to the old\nvocabulary. If loading fails, the old model stays.\n\nExamples:\n  load builtin\n  load builtin:tiny-2.2\n  load random:mid quantize=int8\n  load /models/llada2-mini device=cuda dtype=bf16 quantize=fp8\n  load random:mid quantize=fp8 fp8_matmul=emulated", false, load),
     cmd!("info", ["model"], NONE, "Show the model's summary: shape, parameters, device, memory",
         "Shows the resident model's shape, parameter count, device, dtype, weight memory and special ids.", true, info),
     cmd!("prompt", [], Syntax::Params(&[rest("TEXT", Kind::Text)]), "Set a raw prompt and start a fresh decode on this branch",
@@ -160,10 +160,10 @@ pub static TABLE: &[Command] = &[
         "rl show              the RL settings (rl set NAME VALUE changes one)\nrl prompt TEXT => A   train on given prompts (with a reference answer) instead of the task suite\nrl snapshot [NAME]    keep a copy of the trainable parameters (default name `before`)\nrl update [N]         N updates: rollouts, rewards, clipped surrogate, AdamW (live progress)\nrl stats              every update's reward, loss, clip fraction, KL, gradient norm, time\nrl eval [N]           greedy held-out reward on N instances per task (or the given prompts)\nrl restore [NAME]     put a snapshot back\nrl save DIR           write the policy as a checkpoint (LoRA merged); `load DIR` reads it. DIR must be\n                      new, empty or a checkpoint, which is replaced atomically\nrl merge              fold LoRA adapters into the weights\nrl reset              drop the run (weights stay)\nA failing update (reward command error, non-finite loss) changes nothing. docs/rl.md has the\ndefaults and the measured demo.\n\nExample:\n  rl set tasks order\n  rl set reward exact\n  rl snapshot\n  rl update 20\n  rl eval", true, crate::rl_cmd::rl_cmd),
     cmd!("train", ["finetune"], crate::finetune::SYNTAX, "Fine-tune the resident model on a JSONL file (M2T + T2T), a few steps at a time",
         "train data FILE      read a JSONL file: {\"messages\": [...]} or {\"prompt\", \"response\"} per line, through\n                     the model's chat template; only assistant turns are supervised\ntrain show           the settings (train set NAME VALUE: trainable all|lora:R|layers:A-B, lr, batch,\n                     held_out, max_response, seed)\ntrain N              N steps (live progress; interruptible between steps, the model kept)\ntrain eval [N]       held-out losses and exact answers of N greedy decodes (default 100)\ntrain save DIR       write the model as a checkpoint (LoRA merged, adapters alone in DIR/lora)\ntrain reset          drop the run (weights stay)\nBranches decode with the new weights after `train N`: `redecode` + `diff` show what changed.\n`dllm train --data` runs the same objective from the command line (docs/training.md).\n\nExample:\n  train data data/rot.jsonl\n  train set trainable lora:8\n  train 100\n  train eval", true, crate::finetune::train_cmd),
-    cmd!("redecode", [], Syntax::Params(&[one("NAME", Kind::Name), key("quantize", "int8|fp8", Kind::Quantization)]), "Decode this branch's prompt afresh on a new branch (e.g. after `rl update`)",
-        "Starts a new branch NAME from the current branch's prompt and settings under the current weights\nand runs it to the end; `diff` then compares it with the branch decoded before.\nWith quantize=, the decode runs on a copy of the model with int8 or fp8 routed experts (dropped\nafterwards; stepping NAME further uses the resident model): `diff` shows how quantization changes\nGamma_t and Delta_t.\n\nExamples:\n  redecode after\n  diff main after\n  redecode q8 quantize=int8\n  diff main q8", true, crate::research::redecode),
-    cmd!("fidelity", [], Syntax::Params(&[one("int8|fp8", Kind::OneOf(&["int8", "fp8"]))]), "How int8 or fp8 routed experts change the next-token distributions on this canvas",
-        "Runs this branch's canvas through the resident model and through a copy with quantized routed\nexperts (one forward each): the largest |dp|, top-1 agreement and KL, and the positions whose most\nlikely token changes. `redecode NAME quantize=...` shows the effect on a whole decode.\n\nExample:\n  fidelity fp8", true, crate::fidelity::fidelity),
+    cmd!("redecode", [], Syntax::Params(&[one("NAME", Kind::Name), key("quantize", "int8|fp8", Kind::Quantization), key("fp8_matmul", "auto|dequantize|scaled|emulated", Kind::Fp8Matmul)]), "Decode this branch's prompt afresh on a new branch (e.g. after `rl update`)",
+        "Starts a new branch NAME from the current branch's prompt and settings under the current weights\nand runs it to the end; `diff` then compares it with the branch decoded before.\nWith quantize=, the decode runs on a copy of the model with int8 or fp8 routed experts (dropped\nafterwards; stepping NAME further uses the resident model): `diff` shows how quantization changes\nGamma_t and Delta_t. With quantize=fp8, fp8_matmul= chooses how its experts multiply (as `load`):\n`emulated` shows on any device what the GPU's fp8 tensor cores change.\n\nExamples:\n  redecode after\n  diff main after\n  redecode q8 quantize=int8\n  diff main q8\n  redecode tc quantize=fp8 fp8_matmul=emulated", true, crate::research::redecode),
+    cmd!("fidelity", [], Syntax::Params(&[one("int8|fp8", Kind::OneOf(&["int8", "fp8"])), key("fp8_matmul", "auto|dequantize|scaled|emulated", Kind::Fp8Matmul)]), "How int8 or fp8 routed experts change the next-token distributions on this canvas",
+        "Runs this branch's canvas through the resident model and through a copy with quantized routed\nexperts (one forward each): the largest |dp|, top-1 agreement and KL, and the positions whose most\nlikely token changes. `redecode NAME quantize=...` shows the effect on a whole decode.\nWith fp8, fp8_matmul= chooses how the copy's experts multiply (as `load`).\n\nExamples:\n  fidelity fp8\n  fidelity fp8 fp8_matmul=emulated", true, crate::fidelity::fidelity),
 ];
 
 pub fn find(name: &str) -> Option<&'static Command> {
@@ -216,12 +216,13 @@ fn help(_: &mut Session, a: &Args) -> CmdResult {
 }
 
 fn load(s: &mut Session, a: &Args) -> CmdResult {
-    let mut src = ModelSource { dir: None, device: s.source.device.clone(), dtype: None, quantize: None };
+    let mut src = ModelSource { dir: None, device: s.source.device.clone(), dtype: None, quantize: None, fp8_matmul: None };
     if let Some(d) = a.text("D") {
         src.device = d.into();
     }
     src.dtype = a.text("T").map(String::from);
     src.quantize = a.text("int8|fp8").map(String::from);
+    src.fp8_matmul = a.text("auto|dequantize|scaled|emulated").map(String::from);
     src.dir = a.text("PATH|builtin|builtin:NAME|random:SHAPE").filter(|m| *m != "builtin").map(PathBuf::from);
     let note = s.replace_model(src)?;
     let mut out = info(s, a)?;
@@ -232,7 +233,7 @@ fn load(s: &mut Session, a: &Args) -> CmdResult {
 fn info(s: &mut Session, _: &Args) -> CmdResult {
     let l = s.model()?;
     let (m, c) = (&l.model, l.model.config());
-    let rows: Vec<Vec<Cell>> = vec![
+    let mut rows: Vec<Vec<Cell>> = vec![
         vec!["model".into(), l.dir.display().to_string().into()],
         vec!["shape".into(), format!("{} layers, hidden {}, {} experts top-{}, vocab {}", c.num_hidden_layers, c.hidden_size, c.num_experts, c.num_experts_per_tok, c.vocab_size).into()],
         vec!["parameters".into(), m.num_parameters().into()],
@@ -241,9 +242,14 @@ fn info(s: &mut Session, _: &Args) -> CmdResult {
         vec!["weight MiB".into(), (m.weight_bytes() as f64 / (1 << 20) as f64).into()],
         vec!["by part (MiB)".into(), m.weight_bytes_by_part().into_iter().filter(|p| p.1 > 0).map(|(p, b)| format!("{p} {:.2}", b as f64 / (1 << 20) as f64)).collect::<Vec<_>>().join(", ").into()],
         vec!["routed experts".into(), m.quantization().map_or_else(|| format!("{} (not quantized)", m.dtype()), |q| format!("{q} (quantized)")).into()],
+    ];
+    if let (Some(dllm_engine::Quantization::Fp8), Some(p)) = (m.quantization(), m.fp8_matmul()) {
+        rows.push(vec!["fp8 matmul".into(), format!("{}: {}", p.path, p.why).into()]);
+    }
+    rows.extend([
         vec!["mask / eos id".into(), format!("{} / {}", l.tokenizer.mask_id, l.tokenizer.eos_id).into()],
         vec!["DELETE / SPLIT id".into(), m.edit_tokens().map(|(d, s)| format!("{d} / {s} (LLaDA2.2 Levenshtein editing)")).unwrap_or_else(|| "none (substitution only)".into()).into()],
         vec!["load seconds".into(), l.load_time.as_secs_f64().into()],
-    ];
+    ]);
     Ok(vec![Value::Table(Table { title: "Model".into(), columns: vec!["".into(), "".into()], rows })])
 }
