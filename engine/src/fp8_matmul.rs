@@ -153,16 +153,26 @@ impl Operands {
 }
 
 /// `x @ w^T` with one expert's fp8 weights `w`, along `path`, in `x`'s dtype.
+///
+/// `_scaled_mm` has no backward, and the activations' rounding has no useful one: where `x` needs a gradient
+/// (LoRA training on fp8 experts), the fast paths pass it straight through, as the dequantize path's, while the
+/// values stay theirs.
 pub fn linear(x: &Tensor, w: &QTensor, path: ExpertMatmul) -> Tensor {
-    match path {
-        ExpertMatmul::Dequantize => x.linear(&w.dequantize(x.kind()), None::<&Tensor>),
+    let dequantized = || x.linear(&w.dequantize(x.kind()), None::<&Tensor>);
+    let y = match path {
+        ExpertMatmul::Dequantize => return dequantized(),
         ExpertMatmul::Scaled => match Operands::new(x, w).scaled_mm() {
             Ok(y) => y.to_kind(x.kind()),
             // The probe at build time ran this very call on this device; failing now is a bug, not an input.
             Err(e) => panic!("the fp8 fast path failed after its probe passed: {e}"),
         },
         ExpertMatmul::Emulated => Operands::new(x, w).reference().to_kind(x.kind()),
+    };
+    if x.requires_grad() {
+        let d = dequantized();
+        return y.detach() + (&d - d.detach());
     }
+    y
 }
 
 /// `a`'s distance from `b`, relative: `||a - b|| / ||b||` (f64).
@@ -292,6 +302,24 @@ mod tests {
         assert!(s.eq(1.0).all().int64_value(&[]) == 1 && q.to_kind(Kind::Float).equal(&exact));
         let err = relative(&linear(&exact, &w, ExpertMatmul::Emulated), &exact.linear(&w.dequantize(Kind::Float), None::<&Tensor>));
         assert!(err < 4e-3, "only the bf16 output rounding remains: {err}");
+    }
+
+    #[test]
+    fn gradients_pass_straight_through_the_fast_paths() {
+        let w = QTensor::quantize(&randn(&[256, 256], 11), Quantization::Fp8);
+        let x0 = randn(&[5, 256], 12);
+        let grad = |path| {
+            let x = x0.copy().set_requires_grad(true);
+            let y = linear(&x, &w, path);
+            y.sum(Kind::Float).backward();
+            (y.detach(), x.grad())
+        };
+        let (yd, gd) = grad(ExpertMatmul::Dequantize);
+        let (ye, ge) = grad(ExpertMatmul::Emulated);
+        assert!(ye.equal(&linear(&x0, &w, ExpertMatmul::Emulated)), "the values are the emulated path's");
+        assert!(!ye.equal(&yd));
+        assert!(ge.equal(&gd), "the gradient is the dequantize path's");
+        assert!(gd.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 
     /// tch's binding takes the arguments in torch's order and `scale` multiplies: checked with the one recipe
