@@ -261,7 +261,7 @@ fn forward_one(a: &ForwardBench, config: &dllm_engine::Config, device: Device, d
         "device": format!("{device:?}").to_lowercase(),
         "dtype": dtype.to_string(),
         "quantize": config.quantization.map(|q| q.to_string()),
-        "fp8_matmul": model.fp8_matmul().filter(|_| config.quantization == Some(dllm_engine::Quantization::Fp8)),
+        "fp8_matmul": model.fp8_matmul(),
         "threads": tch::get_num_threads(),
         "parameters": model.num_parameters(),
         "weight_bytes": model.weight_bytes(),

@@ -80,7 +80,7 @@ pub fn summary(l: &Loaded) -> serde_json::Value {
         "weight_bytes": m.weight_bytes(),
         "weight_bytes_by_part": m.weight_bytes_by_part().into_iter().map(|(p, b)| (p.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
         "quantization": m.quantization().map(|q| q.to_string()),
-        "fp8_matmul": m.fp8_matmul().filter(|_| m.quantization() == Some(Quantization::Fp8)),
+        "fp8_matmul": m.fp8_matmul(),
         "load_seconds": l.load_time.as_secs_f64(),
         "layers": c.num_hidden_layers,
         "hidden_size": c.hidden_size,
@@ -160,7 +160,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     if let Some(q) = m.quantization() {
         println!("quantized  {}", q.about());
     }
-    if let (Some(Quantization::Fp8), Some(p)) = (m.quantization(), m.fp8_matmul()) {
+    if let Some(p) = m.fp8_matmul() {
         println!("fp8 matmul {}: {}", p.path, p.why);
     }
     println!("placed on  {:?}, {}; loaded in {:.2} s", m.device(), m.dtype(), l.load_time.as_secs_f64());
@@ -296,7 +296,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
         if let Some(f) = fidelity {
             v["fidelity"] = json!(f);
         }
-        if let (Some(Quantization::Fp8), Some(p)) = (l.model.quantization(), l.model.fp8_matmul()) {
+        if let Some(p) = l.model.fp8_matmul() {
             v["fp8_matmul"] = json!(p);
         }
         println!("{v}");

@@ -162,7 +162,7 @@ pub fn bench(a: &QuantizeBench) -> Result<()> {
         // fp8 along each path this device has: dequantized, the fast path's arithmetic emulated, and the fast
         // path itself where its probe passed; each also against the dequantize path.
         let paths = match m.fp8_matmul() {
-            Some(p) if q == Quantization::Fp8 => {
+            Some(p) => {
                 fast_path = Some(p.clone());
                 let mut v = vec![ExpertMatmul::Dequantize, ExpertMatmul::Emulated];
                 v.extend((p.path == ExpertMatmul::Scaled).then_some(ExpertMatmul::Scaled));

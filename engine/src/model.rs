@@ -508,11 +508,11 @@ impl Model {
 
     /// Chooses how fp8 experts multiply ([`crate::fp8_matmul`]). `auto` takes the fast path where its probe
     /// passes on this device and dequantizes elsewhere; `scaled` is an error where the probe fails (the
-    /// model keeps its path). Only `auto` is accepted by a model without fp8 experts.
-    pub fn set_fp8_matmul(&mut self, choice: Fp8MatmulChoice) -> Result<&MatmulPath> {
+    /// model keeps its path). Only `auto` is accepted by a model without fp8 experts (it changes nothing).
+    pub fn set_fp8_matmul(&mut self, choice: Fp8MatmulChoice) -> Result<()> {
         if self.quantization() != Some(Quantization::Fp8) {
             return match choice {
-                Fp8MatmulChoice::Auto => Ok(self.fp8_matmul.insert(MatmulPath::dequantize("the experts are not in fp8"))),
+                Fp8MatmulChoice::Auto => Ok(()),
                 Fp8MatmulChoice::Exactly(p) => Err(Error::invalid(
                     "fp8 matmul",
                     p,
@@ -536,7 +536,8 @@ impl Model {
                 m.fp8_matmul = path.path;
             }
         }
-        Ok(self.fp8_matmul.insert(path))
+        self.fp8_matmul = Some(path);
+        Ok(())
     }
 
     /// Expert 0's gate and down projections of the first MoE layer: both shapes an expert multiplies by.

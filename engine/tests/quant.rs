@@ -257,8 +257,8 @@ fn fp8_matmul_paths_on_the_cpu() {
     let ids = ids(l.model.config(), 4, 32, 2);
     let dequantized = logits(&l, &ids);
 
-    let emulated = l.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Emulated)).unwrap();
-    assert_eq!(emulated.path, ExpertMatmul::Emulated);
+    l.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Emulated)).unwrap();
+    assert_eq!(l.model.fp8_matmul().unwrap().path, ExpertMatmul::Emulated);
     let f = Fidelity::of(&dequantized, &logits(&l, &ids));
     assert!(f.max_abs_dp > 0.0 && f.kl_mean < 2e-3 && f.top1_agreement >= 0.9, "{f:?}");
 
@@ -272,5 +272,6 @@ fn fp8_matmul_paths_on_the_cpu() {
     let mut int8 = load_q(dir.path(), Some(Quantization::Int8)).unwrap();
     let e = int8.model.set_fp8_matmul(Fp8MatmulChoice::Exactly(ExpertMatmul::Emulated)).unwrap_err().to_string();
     assert!(e.contains("not held in fp8"), "{e}");
-    assert_eq!(int8.model.set_fp8_matmul(Fp8MatmulChoice::Auto).unwrap().path, ExpertMatmul::Dequantize);
+    int8.model.set_fp8_matmul(Fp8MatmulChoice::Auto).unwrap();
+    assert!(int8.model.fp8_matmul().is_none(), "no fp8 experts, no fp8 path");
 }

@@ -34,7 +34,7 @@ pub(crate) fn fidelity(s: &mut Session, a: &Args) -> CmdResult {
         (Some(a), Some(b)) => Some((a.step(&l.model)?, b.step(&copy)?)),
         _ => None,
     };
-    let path = copy.fp8_matmul().filter(|_| format == Quantization::Fp8).map(|p| format!("{}: {}", p.path, p.why));
+    let path = copy.fp8_matmul().map(|p| format!("{}: {}", p.path, p.why));
     drop(copy);
     let f = Fidelity::of(&full, &quant);
     let (pf, pq) = (full.get(0).softmax(-1, Kind::Float), quant.get(0).softmax(-1, Kind::Float));

@@ -243,7 +243,7 @@ fn info(s: &mut Session, _: &Args) -> CmdResult {
         vec!["by part (MiB)".into(), m.weight_bytes_by_part().into_iter().filter(|p| p.1 > 0).map(|(p, b)| format!("{p} {:.2}", b as f64 / (1 << 20) as f64)).collect::<Vec<_>>().join(", ").into()],
         vec!["routed experts".into(), m.quantization().map_or_else(|| format!("{} (not quantized)", m.dtype()), |q| format!("{q} (quantized)")).into()],
     ];
-    if let (Some(dllm_engine::Quantization::Fp8), Some(p)) = (m.quantization(), m.fp8_matmul()) {
+    if let Some(p) = m.fp8_matmul() {
         rows.push(vec!["fp8 matmul".into(), format!("{}: {}", p.path, p.why).into()]);
     }
     rows.extend([
