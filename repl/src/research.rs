@@ -117,7 +117,7 @@ pub(crate) fn redecode(s: &mut Session, a: &Args) -> CmdResult {
     }
     s.branches.insert(name.clone(), d);
     s.current = name.clone();
-    let path = copy.as_ref().and_then(|m| m.fp8_matmul()).map(|p| format!(", {} matmuls", p.path));
+    let path = copy.as_ref().and_then(|m| m.fp8_matmul()).map(|p| format!(" ({} path)", p.path));
     let with = quantize.map(|q| format!(" with {q} routed experts{} (stepping it further uses the resident model)", path.unwrap_or_default())).unwrap_or_default();
     Ok(vec![msg(format!("decoded `{from}`'s prompt afresh on `{name}` (now current){with}: {out:?}, {} forwards, TPF {:.2}; `diff {from} {name}` compares", st.forwards, st.tpf))])
 }

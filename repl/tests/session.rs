@@ -928,7 +928,7 @@ fn fp8_matmul_paths_in_the_session() {
     assert!(err(&mut s, "redecode x fp8_matmul=emulated").contains("goes with quantize=fp8"));
     assert!(err(&mut s, "fidelity fp8 fp8_matmul=warp").contains("expected auto, dequantize, scaled or emulated"));
     assert_eq!(state(&mut s), before);
-    assert!(text(&ok(&mut s, "redecode tc quantize=fp8 fp8_matmul=emulated")).contains("with fp8 routed experts, emulated matmuls"));
+    assert!(text(&ok(&mut s, "redecode tc quantize=fp8 fp8_matmul=emulated")).contains("with fp8 routed experts (emulated path)"));
     let v = text(&ok(&mut s, "load builtin quantize=fp8 fp8_matmul=emulated"));
     assert!(v.contains("emulated: asked for"), "{v}");
     assert!(err(&mut s, "load builtin quantize=fp8 fp8_matmul=scaled").contains("needs a CUDA GPU"));
