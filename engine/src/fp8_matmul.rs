@@ -7,7 +7,7 @@
 //! their 128 x 128 block scales ([`crate::quant`]), and the product comes back in bf16:
 //! `out[m, n] = sum_kb sa[m, kb] * sw[n / 128, kb] * sum_{k in kb} qa[m, k] * qw[n, k]`.
 //! So the fast path adds one rounding the dequantize path does not have: the activations' to 3 mantissa bits.
-//! [`reference`] computes the same sum in f32 from the same operands; it is what `emulated` runs and what the
+//! [`Operands::reference`] computes the same sum in f32 from the same operands; it is what `emulated` runs and what the
 //! fast path is checked against.
 //!
 //! `_scaled_mm` wants its operands laid out just so ([`Operands`]): `a` row-major `[M, K]`; `b` the weights
@@ -17,7 +17,7 @@
 //!
 //! Whether the fast path runs is decided by a probe when the model is built ([`probe`]): on a CUDA device, one
 //! expert's projections are multiplied both ways on random activations, and the fast path is kept only if it
-//! agrees with [`reference`]. Everywhere else, and whenever the probe fails, the experts are dequantized; the
+//! agrees with [`Operands::reference`]. Everywhere else, and whenever the probe fails, the experts are dequantized; the
 //! reason is kept for `info`.
 
 use std::str::FromStr;
@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::quant::{QTensor, Quantization, FP8_BLOCK, FP8_MAX};
 
-/// The largest relative error (Frobenius) of the fast path against [`reference`] that the probe accepts: bf16
+/// The largest relative error (Frobenius) of the fast path against [`Operands::reference`] that the probe accepts: bf16
 /// output rounding is 2^-9 relative per element; a wrong layout or scale is off by far more than a percent.
 pub const PROBE_TOLERANCE: f64 = 1e-2;
 
@@ -186,6 +186,9 @@ fn relative(a: &Tensor, b: &Tensor) -> f64 {
 pub fn probe(weights: &[QTensor], device: Device) -> MatmulPath {
     if !device.is_cuda() {
         return MatmulPath::dequantize(format!("the fp8 fast path needs a CUDA GPU of compute capability 9.x (H100/H200); this model is on {}", format!("{device:?}").to_lowercase()));
+    }
+    if weights.is_empty() {
+        return MatmulPath::dequantize("the model has no routed experts to multiply");
     }
     let mut worst = (0.0f64, 0.0f64);
     for w in weights {
