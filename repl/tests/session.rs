@@ -221,6 +221,13 @@ fn rewind_fork_switch_diff_and_hand_edits() {
     ok(&mut s, "run");
     let b = ok(&mut s, "branches");
     assert_eq!(b[0]["rows"].as_array().unwrap().len(), 2);
+    // What each branch holds (its KV cache and last distributions), and the total `drop` would free.
+    for row in b[0]["rows"].as_array().unwrap() {
+        let held = row[5].as_str().unwrap();
+        assert!(held.ends_with(" kB") && held != "0 kB", "{row:?}");
+    }
+    let title = b[0]["title"].as_str().unwrap().to_string();
+    assert!(title.starts_with("Branches (holding ") && title.contains("of caches"), "{title}");
     let d = ok(&mut s, "diff main other");
     assert!(text(&d).contains("first diverging step") || text(&d).contains("identical"));
     assert!(err(&mut s, "diff main").contains("usage: diff A B"));
@@ -229,6 +236,8 @@ fn rewind_fork_switch_diff_and_hand_edits() {
     assert!(err(&mut s, "drop other nowhere").contains("no branch `nowhere`"));
     assert_eq!(ok(&mut s, "branches")[0]["rows"].as_array().unwrap().len(), 2, "nothing was dropped");
     assert!(text(&ok(&mut s, "drop other")).contains("branches left: main"));
+    let after = ok(&mut s, "branches")[0]["title"].as_str().unwrap().to_string();
+    assert!(after != title, "dropping a branch frees what it held: {title} -> {after}");
     assert!(err(&mut s, "switch other").contains("no branch"));
     assert!(err(&mut s, "drop").contains("missing NAME"));
     // Hand edits on a fresh decode.

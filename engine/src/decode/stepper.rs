@@ -577,6 +577,12 @@ impl Decoder {
         }
     }
 
+    /// Bytes of tensors this decoder holds: its KV cache and the last forward's distributions (what `drop`
+    /// frees; the canvas and journal are small beside them).
+    pub fn tensor_bytes(&self) -> usize {
+        self.cache.bytes() + self.last.as_ref().map_or(0, |l| l.dist.numel() * l.dist.kind().elt_size_in_bytes())
+    }
+
     /// Forwards, unmasked tokens, edits, fallbacks, TPF and time so far.
     pub fn stats(&self) -> Stats {
         let mut st = Stats { tokens: self.decoded_tokens(), tpf: self.tpf(), ..Stats::default() };

@@ -37,10 +37,14 @@ pub(super) fn branches(s: &mut Session, _: &Args) -> CmdResult {
                 d.cursor().block.into(),
                 d.is_finished().into(),
                 st.tpf.into(),
+                dllm_engine::memory::human(d.tensor_bytes() as u64).into(),
             ]
         })
         .collect();
-    Ok(vec![Value::Table(Table { title: "Branches".into(), columns: ["branch", "steps", "block", "finished", "TPF"].map(String::from).to_vec(), rows })])
+    // What the branches hold on the model's device (KV caches, last distributions): what `drop` would free.
+    let held: usize = s.branches.values().map(|d| d.tensor_bytes()).sum();
+    let title = format!("Branches (holding {} of caches; `drop NAME` frees a branch's)", dllm_engine::memory::human(held as u64));
+    Ok(vec![Value::Table(Table { title, columns: ["branch", "steps", "block", "finished", "TPF", "memory"].map(String::from).to_vec(), rows })])
 }
 
 pub(super) fn drop(s: &mut Session, a: &Args) -> CmdResult {

@@ -127,7 +127,7 @@ pub static TABLE: &[Command] = &[
     cmd!("fork", [], Syntax::Params(&[one("NAME", Kind::Name)]), "Copy this branch to a new branch and switch to it",
         "The copy is independent: change settings there and compare with `diff`.\n\nExample:\n  fork q-mode\n  preset Q", true, fork),
     cmd!("switch", ["checkout"], Syntax::Params(&[one("NAME", Kind::Branch)]), "Switch to another branch", "Example:\n  switch main", false, switch),
-    cmd!("branches", [], NONE, "List branches with their progress", "", false, branches),
+    cmd!("branches", [], NONE, "List branches with their progress and the memory they hold", "Each branch holds its KV cache and its last forward's distributions on the model's device; the title sums\nthem. `drop NAME` frees a branch.", false, branches),
     cmd!("drop", [], Syntax::Params(&[many("NAME", Kind::Branch)]), "Delete branches (not the current one)",
         "Frees the branches' decoders and caches: a session that forks a lot grows with its branches. The\ncurrent branch stays (`switch` away first); nothing is dropped if a name is wrong.\n\nExample:\n  drop q-mode after", false, drop),
     cmd!("diff", [], Syntax::Params(&[one("A", Kind::Branch), one("B", Kind::Branch)]), "Compare two branches step by step",
