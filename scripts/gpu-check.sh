@@ -16,9 +16,9 @@ BIN=target/release/dllm
 [ -x "$BIN" ] || { echo "gpu-check: no $BIN; build it here with 'make release' and carry it" >&2; exit 1; }
 
 if [ -n "${DRY_RUN:-}" ]; then
-  device=cpu; preset=micro; dtype=f32; prefix=64; block=8; iters=3; qshape=tiny; qrows=1
+  device=cpu; preset=micro; dtype=f32; prefix=64; block=8; iters=3; qshapes=tiny; qrows=1
 else
-  device=cuda; preset=llada2-mini; dtype=bf16; prefix=1024; block=32; iters=20; qshape=mid; qrows=8
+  device=cuda; preset=llada2-mini; dtype=bf16; prefix=1024; block=32; iters=20; qshapes="tiny mid"; qrows=8
 fi
 
 echo "== libtorch"
@@ -101,14 +101,17 @@ print(f"{sys.argv[3]}: max |p_cpu - p_dev| = {worst:.2e}; against the full model
 assert worst < 1e-3
 PY
 done
+# tiny's experts hold one 128 x 128 scale block each; mid's down projection has two scale columns, an 8-byte
+# stride cuBLASLt may refuse (then its probe says so, and tiny still checks the fast path).
+for qshape in $qshapes; do
 echo "== fp8 fast path on $device: torch _scaled_mm (1x128 fp8 activations x 128x128 fp8 weights) against the"
 echo "   dequantize path and against its own arithmetic emulated in f32 (random $qshape, $dtype)"
 "$BIN" bench quantize --shape "$qshape" --device "$device" --dtype "$dtype" --rows "$qrows" --length 512 --iters 3 --json \
-  >"$OUT/bench-quantize.json"
-python3 - "$OUT/bench-quantize.json" "$device" <<'PY'
+  >"$OUT/bench-quantize-$qshape.json"
+python3 - "$OUT/bench-quantize-$qshape.json" "$device" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1]))
-print("fp8 fast path:", b["fp8_fast_path"])
+print(b["model"], "fp8 fast path:", b["fp8_fast_path"])
 for r in b["results"]:
     print(f'{r["experts"]:>5} {str(r.get("fp8_matmul") or ""):>10}: forward / full {r.get("forward_over_full", 1):.2f}, '
           f'top-1 vs full {r["fidelity"]["top1_agreement"] if r.get("fidelity") else 1:.3f}, '
@@ -122,6 +125,7 @@ elif sys.argv[2] == "cuda":
     # Not fatal: the rest of the run still measures the dequantize path; the reason is what to fix next.
     print("FP8 FAST PATH NOT TAKEN on this GPU:", b["fp8_fast_path"]["why"])
 PY
+done
 echo "== $preset ($dtype) with int8 and fp8 experts: block forward latency and memory (compare the bf16 line above)"
 for q in int8 fp8; do
   "$BIN" bench forward --shape "$preset" --device "$device" --dtype "$dtype" --prefix "$prefix" --block "$block" \
