@@ -129,6 +129,12 @@ impl Operands {
         Operands { a, b: w.data.tr(), scale_a: scale.tr().contiguous().tr(), scale_b: w.scale.tr(), rows }
     }
 
+    /// The same activations against other fp8 weights (the gate and up projections read one `x`): the
+    /// activations are quantized once.
+    pub fn with_weights(&self, w: &QTensor) -> Operands {
+        Operands { a: self.a.shallow_clone(), b: w.data.tr(), scale_a: self.scale_a.shallow_clone(), scale_b: w.scale.tr(), rows: self.rows }
+    }
+
     /// `_scaled_mm` on the device: `[rows, N]` in bf16. An error (torch's) where the device or build has no
     /// block-scaled fp8 GEMM (every CPU, GPUs before compute capability 9.0, cuBLASLt before 12.9).
     pub fn scaled_mm(&self) -> Result<Tensor> {
@@ -158,21 +164,38 @@ impl Operands {
 /// (LoRA training on fp8 experts), the fast paths pass it straight through, as the dequantize path's, while the
 /// values stay theirs.
 pub fn linear(x: &Tensor, w: &QTensor, path: ExpertMatmul) -> Tensor {
-    let dequantized = || x.linear(&w.dequantize(x.kind()), None::<&Tensor>);
-    let y = match path {
-        ExpertMatmul::Dequantize => return dequantized(),
-        ExpertMatmul::Scaled => match Operands::new(x, w).scaled_mm() {
-            Ok(y) => y.to_kind(x.kind()),
-            // The probe at build time ran this very call on this device; failing now is a bug, not an input.
-            Err(e) => panic!("the fp8 fast path failed after its probe passed: {e}"),
-        },
-        ExpertMatmul::Emulated => Operands::new(x, w).reference().to_kind(x.kind()),
-    };
-    if x.requires_grad() {
-        let d = dequantized();
-        return y.detach() + (&d - d.detach());
-    }
+    let [y] = linear_many(x, [w], path);
     y
+}
+
+/// [`linear`] of one `x` against several fp8 weights (an expert's gate and up projections): on the fast
+/// paths `x` is quantized once.
+pub fn linear_many<const N: usize>(x: &Tensor, ws: [&QTensor; N], path: ExpertMatmul) -> [Tensor; N] {
+    let dequantized = |w: &QTensor| x.linear(&w.dequantize(x.kind()), None::<&Tensor>);
+    if path == ExpertMatmul::Dequantize {
+        return ws.map(dequantized);
+    }
+    let mut ops: Option<Operands> = None;
+    ws.map(|w| {
+        let o = match &ops {
+            Some(first) => first.with_weights(w),
+            None => Operands::new(x, w),
+        };
+        let y = match path {
+            ExpertMatmul::Scaled => match o.scaled_mm() {
+                Ok(y) => y.to_kind(x.kind()),
+                // The probe at build time ran this very call on this device; failing now is a bug, not an input.
+                Err(e) => panic!("the fp8 fast path failed after its probe passed: {e}"),
+            },
+            _ => o.reference().to_kind(x.kind()),
+        };
+        ops.get_or_insert(o);
+        if x.requires_grad() {
+            let d = dequantized(w);
+            return y.detach() + (&d - d.detach());
+        }
+        y
+    })
 }
 
 /// `a`'s distance from `b`, relative: `||a - b|| / ||b||` (f64).
@@ -305,6 +328,20 @@ mod tests {
         assert!(s.eq(1.0).all().int64_value(&[]) == 1 && q.to_kind(Kind::Float).equal(&exact));
         let err = relative(&linear(&exact, &w, ExpertMatmul::Emulated), &exact.linear(&w.dequantize(Kind::Float), None::<&Tensor>));
         assert!(err < 4e-3, "only the bf16 output rounding remains: {err}");
+    }
+
+    #[test]
+    fn gate_and_up_share_one_quantization_of_x() {
+        let (g, u) = (QTensor::quantize(&randn(&[256, 384], 13), Quantization::Fp8), QTensor::quantize(&randn(&[256, 384], 14), Quantization::Fp8));
+        let x = randn(&[21, 384], 15);
+        for path in [ExpertMatmul::Dequantize, ExpertMatmul::Emulated] {
+            let [a, b] = linear_many(&x, [&g, &u], path);
+            assert!(a.equal(&linear(&x, &g, path)) && b.equal(&linear(&x, &u, path)), "{path}");
+        }
+        let o = Operands::new(&x, &g).with_weights(&u);
+        let fresh = Operands::new(&x, &u);
+        assert!(o.a.to_kind(Kind::Float).equal(&fresh.a.to_kind(Kind::Float)) && o.scale_a.equal(&fresh.scale_a));
+        assert_eq!((o.scale_a.stride(), o.b.stride(), o.scale_b.size()), (fresh.scale_a.stride(), fresh.b.stride(), fresh.scale_b.size()));
     }
 
     #[test]

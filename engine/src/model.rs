@@ -272,16 +272,23 @@ impl Mlp {
 /// SwiGLU with optional LoRA adapters on its three projections.
 pub(crate) fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor, lora: Option<(&FfnLora, f64)>) -> Tensor {
     let none = None::<&Tensor>;
-    swiglu_with(x, [&|x| x.linear(gate, none), &|x| x.linear(up, none), &|x| x.linear(down, none)], lora)
+    swiglu_with(x, &|x| [x.linear(gate, none), x.linear(up, none)], &|h| h.linear(down, none), lora)
 }
 
-/// SwiGLU with the gate, up and down projections given as functions (`x -> x @ W^T`), for weights that are not
-/// plain tensors (quantized experts).
-pub(crate) fn swiglu_with(x: &Tensor, [gate, up, down]: [&dyn Fn(&Tensor) -> Tensor; 3], lora: Option<(&FfnLora, f64)>) -> Tensor {
+/// SwiGLU with its projections given as functions, for weights that are not plain tensors (quantized experts):
+/// `gate_up(x)` is `[x @ W_gate^T, x @ W_up^T]` (one function, so fp8 quantizes `x` once for both), `down(h)` is
+/// `h @ W_down^T`.
+pub(crate) fn swiglu_with(
+    x: &Tensor,
+    gate_up: &dyn Fn(&Tensor) -> [Tensor; 2],
+    down: &dyn Fn(&Tensor) -> Tensor,
+    lora: Option<(&FfnLora, f64)>,
+) -> Tensor {
+    let [g, u] = gate_up(x);
     match lora {
-        None => down(&(gate(x).silu() * up(x))),
+        None => down(&(g.silu() * u)),
         Some((l, s)) => {
-            let h = (gate(x) + l.gate.delta(x, s)).silu() * (up(x) + l.up.delta(x, s));
+            let h = (g + l.gate.delta(x, s)).silu() * (u + l.up.delta(x, s));
             down(&h) + l.down.delta(&h, s)
         }
     }

@@ -278,7 +278,7 @@ impl Moe {
             let ad = ad.as_ref().map(|(l, s)| (l, *s));
             let fp8 = self.fp8_matmul;
             let (gate, up, down) = (&self.gate_proj, &self.up_proj, &self.down_proj);
-            let ye = swiglu_with(&xe, [&|x| gate.linear(e, x, fp8), &|x| up.linear(e, x, fp8), &|x| down.linear(e, x, fp8)], ad);
+            let ye = swiglu_with(&xe, &|x| ExpertWeights::linear_pair(e, x, [gate, up], fp8), &|h| down.linear(e, h, fp8), ad);
             out = out.index_add(0, &tok, &(ye.to_kind(Kind::Float) * weights.narrow(0, start, n).unsqueeze(1)));
             start += n;
         }

@@ -222,6 +222,17 @@ impl ExpertWeights {
         }
     }
 
+    /// [`ExpertWeights::linear`] of one `x` against two projections of expert `e` (gate and up): fp8 on the
+    /// fast paths quantizes `x` once for both.
+    pub(crate) fn linear_pair(e: i64, x: &Tensor, [a, b]: [&ExpertWeights; 2], fp8: ExpertMatmul) -> [Tensor; 2] {
+        match (a, b) {
+            (ExpertWeights::Quantized(qa), ExpertWeights::Quantized(qb)) if qa.format == Quantization::Fp8 && qb.format == Quantization::Fp8 => {
+                crate::fp8_matmul::linear_many(x, [&qa.get(e), &qb.get(e)], fp8)
+            }
+            _ => [a.linear(e, x, fp8), b.linear(e, x, fp8)],
+        }
+    }
+
     /// Expert `e`'s quantized weights, if it is held quantized.
     pub(crate) fn quantized(&self, e: i64) -> Option<QTensor> {
         match self {
