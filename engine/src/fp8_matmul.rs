@@ -208,7 +208,8 @@ fn relative(a: &Tensor, b: &Tensor) -> f64 {
 /// activations on `device`, against [`Operands::reference`]: the path to take and why.
 pub fn probe(weights: &[QTensor], device: Device) -> MatmulPath {
     if !device.is_cuda() {
-        return MatmulPath::dequantize(format!("the fp8 fast path needs a CUDA GPU of compute capability 9.x (H100/H200); this model is on {}", format!("{device:?}").to_lowercase()));
+        let on = format!("{device:?}").to_lowercase();
+        return MatmulPath::dequantize(format!("the fp8 fast path needs a CUDA GPU of compute capability 9.x (H100/H200); this model is on {on}"));
     }
     if weights.is_empty() {
         return MatmulPath::dequantize("the model has no routed experts to multiply");
